@@ -1,0 +1,5 @@
+"""Commands: data."""
+
+from __future__ import annotations
+
+from .cli import app  # noqa: F401

@@ -1,0 +1,5 @@
+"""Commands: eval."""
+
+from __future__ import annotations
+
+from .cli import app  # noqa: F401
