@@ -1,5 +1,225 @@
-"""Commands: train."""
+"""Commands: train, runs, export."""
 
 from __future__ import annotations
 
-from .cli import app  # noqa: F401
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .cli import DbOpt, GcpoError, JsonOpt, app, console, err_console, print_json
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float | None], lo: float = 0.0, hi: float = 1.0) -> str:
+    out = []
+    for v in values:
+        if v is None:
+            out.append(" ")
+            continue
+        frac = 0.0 if hi <= lo else (min(max(v, lo), hi) - lo) / (hi - lo)
+        out.append(SPARK[min(len(SPARK) - 1, int(frac * len(SPARK)))])
+    return "".join(out)
+
+
+class RichDisplay:
+    """Progress bar with the numbers people watch (reward, golden-answer rate, all-wrong share,
+    tokens/s), plus one log line per step that stays in the scrollback."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.console = err_console
+        self.progress = Progress(
+            TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(bar_width=20),
+            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console,
+            disable=quiet, transient=False,
+        )
+        self.task = None
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text, highlight=False)
+
+    def start(self, ctx, total: int, done: int) -> None:
+        if not self.quiet:
+            r = ctx.recipe
+            self.console.print(f"run [bold]{ctx.run_id}[/]: {r.algorithm} on {len(ctx.pool)} problems "
+                               f"({len(ctx.holdout)} held out), B={r.problems_per_step} G={r.samples_per_problem}, "
+                               f"model {r.model.name}", highlight=False)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total, completed=done, stats="")
+
+    def step(self, step: int, m: dict) -> None:
+        stats = (f"reward {m['reward_mean']:.2f}  gold {m['ga_injections']}  all-wrong {m['all_wrong_frac']:.0%}"
+                 f"  {m['tokens_per_s']:.0f} tok/s")
+        self.progress.update(self.task, completed=step, stats=stats)
+        if not self.quiet:
+            self.progress.console.print(
+                f"step {step:>4}  reward {m['reward_mean']:.3f}  all-wrong {m['all_wrong_frac']:.2f}  "
+                f"GA {m['ga_injections']}  loss {m['loss']:+.4f}  |g| {m['grad_norm']:.3f}  "
+                f"len {m['completion_len_mean']:.0f}  {m['tokens_per_s']:.0f} tok/s  "
+                f"gen {m['gen_s']:.1f}s upd {m['update_s']:.1f}s", highlight=False)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _before_after_table(summary: dict) -> Table:
+    t = Table(title="Held-out accuracy")
+    t.add_column("when")
+    t.add_column("mean@k", justify="right")
+    t.add_column("extracted", justify="right")
+    for label in ("before", "after"):
+        m = summary.get(label) or {}
+        t.add_row(label, f"{m.get('mean_at_k', 0):.1%}", f"{1 - m.get('unextracted_rate', 0):.0%}")
+    b, a = (summary.get("before") or {}).get("mean_at_k"), (summary.get("after") or {}).get("mean_at_k")
+    if b is not None and a is not None:
+        t.add_row("gain", f"{(a - b) * 100:+.1f} pts", "")
+    return t
+
+
+@app.command("train")
+def train_cmd(
+    recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe name in recipes/ or a .yaml path.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Problem set to train on (see gcpo sets).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Override the model: hub id, folder, .gguf, smollm2-135m.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Number of training steps.")] = None,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps.")] = None,
+    override: Annotated[list[str], typer.Option("--override", "-o", help="Any recipe key: -o lr=2e-4 -o lora.r=8")] = [],
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run RUN_ID from its last checkpoint.")] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a model with GCPO (or the GRPO/DAPO baselines) on a problem set.
+
+    Every rollout of every step is recorded; Ctrl-C stops cleanly after saving.
+
+    Examples:
+      gcpo train --recipe smollm2-cpu
+      gcpo train --recipe 1.5b-qlora --data math-train --steps 200
+      gcpo train --recipe smollm2-cpu -o algorithm=grpo -o lr=2e-4
+      gcpo train --resume 01m8dz
+    """
+    from . import recipe as recipes
+    from .db import open_db
+    from .model import ModelError
+    from .train import TrainError, train
+
+    if not recipe and not resume:
+        raise GcpoError("give --recipe NAME (available: " + ", ".join(recipes.available()) + ") or --resume RUN_ID")
+    database = open_db(db)
+    try:
+        resolved = None
+        if not resume:
+            extra = list(override)
+            if data:
+                extra.append(f"data={data}")
+            if model:
+                extra.append(f"model.name={model}")
+            if steps is not None:
+                extra.append(f"steps={steps}")
+            if save_every is not None:
+                extra.append(f"save_every={save_every}")
+            resolved = recipes.load(recipe, extra)
+            if not as_json:
+                err_console.print("[bold]recipe[/] (resolved):", highlight=False)
+                err_console.print_json(json.dumps(recipes.to_dict(resolved)))
+        elif override or data or model:
+            raise GcpoError("--resume continues a run with its stored recipe; only --steps and --save-every apply")
+        summary = train(database, resolved, resume_run=resume, steps=steps, save_every=save_every,
+                        display=RichDisplay(quiet=as_json))
+    except (recipes.RecipeError, TrainError, ModelError) as e:
+        raise GcpoError(str(e)) from None
+    except KeyboardInterrupt:
+        raise GcpoError("stopped at once (second Ctrl-C); resume from the last checkpoint with --resume") from None
+    if as_json:
+        print_json(summary)
+        return
+    if summary.get("before") or summary.get("after"):
+        console.print(_before_after_table(summary))
+    console.print(f"run {summary['run_id']} {summary['status']} at step {summary['last_step']} "
+                  f"(checkpoint {summary['checkpoint_step']}); outputs in {summary['out_dir']}", highlight=False)
+    if summary["status"] == "interrupted":
+        console.print(f"resume with: gcpo train --resume {summary['run_id']}", highlight=False)
+
+
+@app.command("runs")
+def runs_cmd(
+    limit: Annotated[int, typer.Option("--limit", help="Show at most N runs (newest first).")] = 20,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List training runs: id, recipe, model, status, steps and the reward trend.
+
+    Example:
+      gcpo runs --json
+    """
+    from .db import open_db
+
+    database = open_db(db)
+    runs = list(database.query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", [limit]))
+    for r in runs:
+        r["reward_mean_per_step"] = [row[0] for row in database.execute(
+            "SELECT reward_mean FROM steps WHERE run_id = ? ORDER BY step", [r["id"]])]
+    if as_json:
+        print_json([{k: v for k, v in r.items() if k != "recipe_json"} for r in runs])
+        return
+    if not runs:
+        console.print("no runs yet: start one with gcpo train --recipe smollm2-cpu")
+        return
+    t = Table()
+    for col in ("id", "recipe", "algo", "model", "status", "steps", "reward"):
+        t.add_column(col, overflow="fold" if col == "id" else "ellipsis", no_wrap=col != "id")
+    for r in runs:
+        rewards = r["reward_mean_per_step"]
+        trend = sparkline(rewards[-20:]) + (f" {rewards[-1]:.2f}" if rewards else "")
+        t.add_row(r["id"], r["recipe"], r["algorithm"], Path(r["model"]).name[:18], r["status"],
+                  f"{r['last_step']}/{r['steps_planned']}", trend)
+    console.print(t)
+
+
+@app.command("export")
+def export_cmd(
+    run_id: Annotated[str, typer.Argument(help="Run id (or an unambiguous prefix).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write.")] = Path("gcpo-export"),
+    step: Annotated[Optional[int], typer.Option("--step", help="Checkpoint step (default: the latest).")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="Write base + adapter merged into a plain transformers model.")] = False,
+    db: DbOpt = None,
+) -> None:
+    """Export a run's LoRA adapter, or with --merge a merged model folder.
+
+    Examples:
+      gcpo export 01m8dz --out my-adapter
+      gcpo export 01m8dz --merge --out my-model
+    """
+    from .db import open_db
+    from .train import TrainError, checkpoint_dir, resolve_run
+
+    database = open_db(db)
+    try:
+        run = resolve_run(database, run_id)
+    except TrainError as e:
+        raise GcpoError(str(e)) from None
+    step = step or run["checkpoint_step"]
+    src = checkpoint_dir(run["out_dir"], step or 0) / "adapter"
+    if not step or not src.exists():
+        raise GcpoError(f"run {run['id']} has no checkpoint{'' if step is None else f' at step {step}'}")
+    if out.exists() and any(out.iterdir()):
+        raise GcpoError(f"{out} exists and is not empty")
+    if not merge:
+        shutil.copytree(src, out, dirs_exist_ok=True)
+        console.print(f"adapter of run {run['id']} step {step} written to {out}", highlight=False)
+        return
+    from .model import load_adapter, load_base
+    from .recipe import ModelConfig
+
+    base, tok, _ = load_base(ModelConfig(name=run["model"]), device="cpu")
+    merged = load_adapter(base, src).merge_and_unload()
+    merged.save_pretrained(out)
+    tok.save_pretrained(out)
+    console.print(f"merged model of run {run['id']} step {step} written to {out}", highlight=False)

