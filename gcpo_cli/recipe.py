@@ -132,6 +132,8 @@ def _check(key: str, value: Any, typ: Any) -> Any:
         return _check(key, value, args[0])
     if origin is Literal:
         choices = get_args(typ)
+        if isinstance(value, bool) and "on" in choices:  # YAML 1.1 reads on/off as booleans
+            value = "on" if value else "off"
         if value not in choices:
             raise RecipeError(f"recipe key '{key}': {value!r} is not one of {', '.join(map(str, choices))}")
         return value

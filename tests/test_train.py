@@ -1,0 +1,221 @@
+"""Training on the tiny random model: offline, seeded, a few seconds per run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from gcpo_cli import recipe as recipes
+from gcpo_cli import train as training
+from gcpo_cli.answers import Grader
+from gcpo_cli.model import build_tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> str:
+    """A random tiny model saved to a folder, loaded through the real loading code."""
+    return str(build_tiny(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+def tiny_recipe(tiny_dir, *overrides):
+    return recipes.load("tiny", [f"model.name={tiny_dir}", *overrides])
+
+
+def rollouts(db, run_id):
+    return list(db.query("SELECT * FROM rollouts WHERE run_id = ? ORDER BY step, problem_id, sample_index", [run_id]))
+
+
+def test_gcpo_run_records_every_rollout_and_goes_gold_only_in_all_wrong_groups(db, tiny_dir):
+    summary = training.train(db, tiny_recipe(tiny_dir))
+    assert summary["status"] == "completed" and summary["last_step"] == 3
+    rows = rollouts(db, summary["run_id"])
+    assert len(rows) == 3 * 2 * 4  # steps x B x G
+    keys = {(r["step"], r["problem_id"], r["sample_index"]) for r in rows}
+    assert len(keys) == len(rows)
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["step"], r["problem_id"]), []).append(r)
+    for group in groups.values():
+        golden = [r for r in group if r["is_golden"]]
+        others = [r for r in group if not r["is_golden"]]
+        if golden:  # exactly one replacement, in the last slot, only when the rest are wrong
+            assert len(golden) == 1 and golden[0]["sample_index"] == 3
+            assert golden[0]["correct"] == 1 and golden[0]["reward"] == 1.0
+            assert not any(r["correct"] for r in others)
+            assert golden[0]["advantage"] > 0 and all(r["advantage"] < 0 for r in others)
+            assert "\\boxed{" in golden[0]["completion"]
+    steps = list(db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY step", [summary["run_id"]]))
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    for s in steps:
+        n_golden = sum(1 for (st, _), g in groups.items() if st == s["step"] and any(r["is_golden"] for r in g))
+        assert s["ga_injections"] == n_golden
+        assert s["gen_s"] > 0 and s["tokens_per_s"] > 0 and s["grad_norm"] >= 0
+        assert json.loads(s["metrics_json"])["groups"] == 2
+    run = db["runs"].get(summary["run_id"])
+    assert json.loads(run["recipe_json"])["algorithm"] == "gcpo" and run["status"] == "completed"
+
+
+def _lora_state(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
+
+
+def _base_state(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" not in k}
+
+
+def test_update_moves_lora_weights_only_and_raises_golden_answer_logprob(db, tiny_dir):
+    ctx = training.setup(db, tiny_recipe(tiny_dir, "lr=5e-3"), None, None, None, training.NullDisplay())
+    lora0, base0 = _lora_state(ctx.model), _base_state(ctx.model)
+    pid = ctx.pool[0]["id"]
+    prompt = training.prompt_ids(ctx, pid)
+    wrong = [ctx.tok("I do not know.", add_special_tokens=False).input_ids + [ctx.tok.eos_token_id]] * 3
+    group = [training.Seq(pid, j, prompt, ids, "I do not know.", None, 0.0, False, False) for j, ids in enumerate(wrong)]
+    group.append(training.Seq(pid, 3, prompt, [], "", None, 0.0, False, False))
+    assert training.go_gold(ctx, group, None) == "injected"
+    ga = group[3]
+    assert ga.is_golden and ga.completion_ids[-1] == ctx.tok.eos_token_id
+    kept = training.assign_advantages(ctx, [group])
+    assert len(kept) == 1
+
+    def ga_logp():
+        with torch.no_grad():
+            logp, mask = training.completion_logprobs(ctx.model, [ga], ctx.tok.pad_token_id)
+        return float(logp.sum() / mask.sum())
+
+    before = ga_logp()
+    for _ in range(3):
+        stats = training.update(ctx.model, ctx.optimizer, group, ctx.recipe, ctx.tok.pad_token_id, training.StopFlag())
+    assert ga_logp() > before + 1e-3
+    assert stats["grad_norm"] > 0
+    lora1, base1 = _lora_state(ctx.model), _base_state(ctx.model)
+    assert any(not torch.equal(lora0[k], lora1[k]) for k in lora0)
+    assert all(torch.equal(base0[k], base1[k]) for k in base0)
+
+
+def test_all_correct_groups_are_skipped_from_the_loss(db, tiny_dir):
+    ctx = training.setup(db, tiny_recipe(tiny_dir), None, None, None, training.NullDisplay())
+    pid = ctx.pool[0]["id"]
+    prompt = training.prompt_ids(ctx, pid)
+    right = [training.Seq(pid, j, prompt, [5, 6], "x", "2", 1.0, True, False) for j in range(4)]
+    assert training.go_gold(ctx, right, None) is None
+    assert training.assign_advantages(ctx, [right]) == []
+    stats = training.update(ctx.model, ctx.optimizer, [], ctx.recipe, ctx.tok.pad_token_id, training.StopFlag())
+    assert stats["grad_norm"] == 0.0
+
+
+def test_dapo_dynamic_sampling_refills_the_batch_with_mixed_groups(db, tiny_dir, monkeypatch):
+    r = tiny_recipe(tiny_dir, "algorithm=dapo", "steps=1")
+    ctx = training.setup(db, r, None, None, None, training.NullDisplay())
+    first = set(training.curriculum.uniform([p["id"] for p in ctx.pool], 0, r.problems_per_step, r.seed))
+
+    def fake_score(seqs, answers, grader):  # the first batch is all wrong, any other problem mixed
+        for s in seqs:
+            s.correct = s.problem_id not in first and s.sample_index == 0
+            s.reward = float(s.correct)
+
+    monkeypatch.setattr(training, "score", fake_score)
+    with Grader() as g:
+        seqs, m = training.train_step(ctx, 1, g, training.StopFlag())
+    assert m["groups"] == 4 and m["groups_in_loss"] == 2  # two dropped, two refilled
+    assert m["ga_injections"] == 0  # DAPO has no golden answers
+    assert len({s.problem_id for s in seqs}) == 4 and len(seqs) == 16
+    dropped = [s for s in seqs if s.problem_id in first]
+    assert all(s.adv == 0.0 for s in dropped)
+    assert all(s.adv != 0.0 for s in seqs if s.problem_id not in first)
+
+
+def test_nf4_base_trains_lora_on_cpu(db, tiny_dir):
+    import bitsandbytes as bnb
+
+    ctx = training.setup(db, tiny_recipe(tiny_dir, "model.quant=nf4", "lr=5e-3"), None, None, None,
+                         training.NullDisplay())
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in ctx.model.modules())
+    lora0 = _lora_state(ctx.model)
+    with Grader() as g:
+        _, m = training.train_step(ctx, 1, g, training.StopFlag())
+    assert m["ga_injections"] >= 1 and m["grad_norm"] > 0
+    assert any(not torch.equal(lora0[k], v) for k, v in _lora_state(ctx.model).items())
+
+
+def test_resume_after_a_crash_continues_without_duplicates_and_matches_an_uninterrupted_run(db, tiny_dir, monkeypatch):
+    reference = training.train(db, tiny_recipe(tiny_dir, "save_every=2"))
+    real_save = training.save_checkpoint
+
+    def crash_at_3(db_, run_id, out_dir, step, *a):
+        if step == 3:  # step 3 is in the database, its checkpoint never gets written
+            raise KeyboardInterrupt
+        return real_save(db_, run_id, out_dir, step, *a)
+
+    monkeypatch.setattr(training, "save_checkpoint", crash_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(db, tiny_recipe(tiny_dir, "save_every=2"))
+    crashed = db.execute("SELECT id FROM runs ORDER BY id DESC LIMIT 1").fetchone()[0]
+    run = db["runs"].get(crashed)
+    assert run["status"] == "interrupted" and run["last_step"] == 3 and run["checkpoint_step"] == 2
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    resumed = training.train(db, resume_run=crashed[:10])
+    assert resumed["status"] == "completed" and resumed["last_step"] == 3
+    rows = rollouts(db, crashed)
+    assert len(rows) == len({(r["step"], r["problem_id"], r["sample_index"]) for r in rows}) == 24
+    strip = lambda rs: [(r["step"], r["problem_id"], r["sample_index"], r["completion"], r["is_golden"]) for r in rs]
+    assert strip(rows) == strip(rollouts(db, reference["run_id"]))
+
+
+def test_ctrl_c_abandons_the_step_saves_and_marks_the_run_interrupted(db, tiny_dir, monkeypatch):
+    real_generate = training.generate
+    calls = []
+
+    def generate_then_ctrl_c(*a, **kw):
+        calls.append(1)
+        out = real_generate(*a, **kw)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(training, "generate", generate_then_ctrl_c)
+    summary = training.train(db, tiny_recipe(tiny_dir, "save_every=5"))
+    assert summary["status"] == "interrupted" and summary["last_step"] == 1
+    assert summary["checkpoint_step"] == 1  # saved on the way out
+    assert [r[0] for r in db.execute("SELECT DISTINCT step FROM rollouts WHERE run_id = ?", [summary["run_id"]])] == [1]
+    monkeypatch.setattr(training, "generate", real_generate)
+    done = training.train(db, resume_run=summary["run_id"])
+    assert done["status"] == "completed" and done["last_step"] == 3
+
+
+def test_frontier_curriculum_prefers_problems_on_the_edge(db, tiny_dir):
+    from gcpo_cli.curriculum import frontier, frontier_weight
+
+    assert frontier_weight(4, 8) > frontier_weight(None, None) > frontier_weight(8, 8)
+    assert frontier_weight(0, 8) == frontier_weight(8, 8) > 0
+    summary = training.train(db, tiny_recipe(tiny_dir, "curriculum=frontier", "steps=2"))
+    picks = frontier(db, summary["run_id"], [p[0] for p in db.execute("SELECT id FROM problems")], 5, 2, 0, 32)
+    assert len(set(picks)) == 2
+
+
+def test_cli_train_runs_and_export(runner, tiny_dir, tmp_path):
+    from gcpo_cli.cli import app
+
+    result = runner.invoke(app, ["train", "--recipe", "tiny", "--model", tiny_dir, "--steps", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["status"] == "completed" and summary["last_step"] == 2
+    listed = json.loads(runner.invoke(app, ["runs", "--json"]).stdout)
+    assert listed[0]["id"] == summary["run_id"] and len(listed[0]["reward_mean_per_step"]) == 2
+    table = runner.invoke(app, ["runs"])
+    assert summary["run_id"] in table.output and "completed" in table.output
+    out = tmp_path / "adapter"
+    assert runner.invoke(app, ["export", summary["run_id"][:12], "--out", str(out)]).exit_code == 0
+    assert (out / "adapter_config.json").exists()
+    merged = tmp_path / "merged"
+    assert runner.invoke(app, ["export", summary["run_id"], "--merge", "--out", str(merged)]).exit_code == 0
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(merged) is not None
+    bad = runner.invoke(app, ["export", "zzzz", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "no run" in bad.output
+    missing = runner.invoke(app, ["train", "--recipe", "tiny", "--data", "nope"])
+    assert missing.exit_code == 1 and "no problem set named 'nope'" in missing.output
