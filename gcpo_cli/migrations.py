@@ -165,3 +165,19 @@ def m001_initial(db: Database) -> None:
     db["eval_results"].create_index(["evaluation_id", "problem_id"])
     # Full-text search over problem text, kept in sync by triggers.
     db["problems"].enable_fts(["text"], create_triggers=True)
+
+
+@migrations()
+def m002_inspect_indexes(db: Database) -> None:
+    # Covering indexes for `gcpo inspect` (issue 5): its per-step aggregates read only these
+    # columns, so SQLite groups a problem's (or a run's) rollouts by step straight from the
+    # index, in order, without fetching a row per rollout. Cheap for the trainer: a step
+    # writes a few hundred rollouts.
+    db["rollouts"].create_index(
+        ["problem_id", "run_id", "step", "is_golden", "correct"], if_not_exists=True
+    )
+    db["rollouts"].create_index(
+        ["run_id", "problem_id", "step", "is_golden", "correct"], if_not_exists=True
+    )
+    # `gcpo inspect --problem` also accepts the id a problem had in its source file.
+    db["set_problems"].create_index(["source_id"], if_not_exists=True)
