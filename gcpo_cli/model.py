@@ -223,6 +223,32 @@ def add_lora(model, lora_cfg, model_cfg):
     return get_peft_model(model, cfg)
 
 
+class MergedSampler:
+    """A plain copy of the base model that generates with the LoRA deltas merged into its
+    weights: sampling then costs what the base model costs, without the adapters' extra matmuls
+    (measured in bench/RESULTS.md). Only for unquantised bases; `sync` before each use."""
+
+    def __init__(self, base_model):
+        import copy
+
+        self.model = copy.deepcopy(base_model)
+        self.model.eval()
+
+    def sync(self, policy):
+        import torch
+        from peft.tuners.lora import LoraLayer
+
+        prefix = "base_model.model."
+        with torch.no_grad():
+            for name, module in policy.named_modules():
+                if isinstance(module, LoraLayer) and hasattr(module, "get_delta_weight"):
+                    target = self.model.get_submodule(name[len(prefix):] if name.startswith(prefix) else name)
+                    weight = module.get_base_layer().weight
+                    delta = sum(module.get_delta_weight(a) for a in module.active_adapters)
+                    target.weight.copy_(weight + delta)
+        return self.model
+
+
 def load_adapter(model, adapter_dir: Path, trainable: bool = False):
     from peft import PeftModel
 

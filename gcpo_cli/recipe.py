@@ -31,6 +31,9 @@ class ModelConfig:
     double_quant: bool = True  # nf4 only: quantise the quantisation constants too
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # compute / LoRA dtype
     gradient_checkpointing: bool = False
+    # bf16 autocast for the forward/backward of the update (sampling stays in `dtype`).
+    # auto: on where it is fast (CUDA bf16, CPUs with AMX), off elsewhere.
+    autocast: Literal["auto", "none", "bfloat16"] = "auto"
     # The embedded model is fp32 with full-vocab logits; a shorter chat system prompt is the
     # tokenizer's business, not ours: we always use the tokenizer's own chat template.
 

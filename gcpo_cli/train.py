@@ -133,32 +133,82 @@ def score(seqs: list[Seq], answers: list[str], grader: Grader) -> None:
         s.reward = 1.0 if s.correct else 0.0
 
 
-def completion_logprobs(model, seqs: list[Seq], pad_id: int):
+def _pad_left(rows: list[list[int]], pad_id: int):
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def completion_logprobs(model, seqs: list[Seq], pad_id: int, share_prompts: bool = True):
     """Log-probs of each completion token under `model`.  Returns logp, mask: [N, L].
 
-    Prompts are left-padded and completions right-padded so every completion starts at the
-    same column; only the last L+1 positions go through the LM head (logits_to_keep), never
-    the prompt's full-vocabulary logits."""
+    Only completion positions go through the LM head, never the prompt's full-vocabulary
+    logits. With share_prompts, each distinct prompt (a group's G members share one) is run
+    once and its KV cache fanned out to its completions; gradients flow back through the
+    shared prefix, so this is exact, with far fewer tokens than padding every sequence."""
     import torch
 
     from .loss import token_logprobs
 
     device = next(model.parameters()).device
-    P = max(len(s.prompt_ids) for s in seqs)
     L = max(len(s.completion_ids) for s in seqs)
-    ids = torch.full((len(seqs), P + L), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), P + L), dtype=torch.long)
+    comp = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    cmask = torch.zeros((len(seqs), L), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, P - len(s.prompt_ids):P] = torch.tensor(s.prompt_ids)
-        ids[i, P:P + len(s.completion_ids)] = torch.tensor(s.completion_ids)
-        attn[i, P - len(s.prompt_ids):P + len(s.completion_ids)] = 1
-    pos = (attn.cumsum(1) - 1).clamp(min=0)
-    out = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
-                logits_to_keep=L + 1, use_cache=False)
-    logits = out.logits[:, :-1]  # [N, L, V]: position P-1+t predicts completion token t
-    targets = ids[:, P:].to(device)
-    mask = attn[:, P:].to(device).float()
-    return token_logprobs(logits, targets) * mask, mask
+        comp[i, :len(s.completion_ids)] = torch.tensor(s.completion_ids)
+        cmask[i, :len(s.completion_ids)] = 1
+    if share_prompts:
+        prompts: dict[tuple, int] = {}
+        row = torch.tensor([prompts.setdefault(tuple(s.prompt_ids), len(prompts)) for s in seqs])
+        pids, pmask = _pad_left([list(p) for p in prompts], pad_id)
+        out = model(input_ids=pids.to(device), attention_mask=pmask.to(device),
+                    position_ids=((pmask.cumsum(1) - 1).clamp(min=0)).to(device), use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_select_indices(row.to(device))  # [P] prompts -> [N] rows, differentiable
+        attn = torch.cat([pmask[row], cmask], 1)
+        pos = pmask[row].sum(1, keepdim=True) + torch.arange(L)[None]
+        out2 = model(input_ids=comp.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
+                     past_key_values=cache, use_cache=True)
+        # the prompt's last position predicts completion token 0; completion t predicts t+1
+        logits = torch.cat([out.logits[row.to(device), -1:], out2.logits[:, :-1]], 1)  # [N, L, V]
+    else:
+        pids, pmask = _pad_left([s.prompt_ids for s in seqs], pad_id)
+        P = pids.shape[1]
+        ids, attn = torch.cat([pids, comp], 1), torch.cat([pmask, cmask], 1)
+        out = model(input_ids=ids.to(device), attention_mask=attn.to(device),
+                    position_ids=((attn.cumsum(1) - 1).clamp(min=0)).to(device), logits_to_keep=L + 1,
+                    use_cache=False)
+        logits = out.logits[:, :-1]  # position P-1+t predicts completion token t
+        assert logits.shape[1] == ids.shape[1] - P
+    mask = cmask.to(device).float()
+    return token_logprobs(logits, comp.to(device)) * mask, mask
+
+
+def autocast_context(model, setting: str):
+    """bf16 autocast for the update pass: "auto" uses it where matrix units make bf16 several
+    times faster (CUDA with bf16, CPUs with AMX); sampling always stays in the model's dtype."""
+    import contextlib
+    import functools
+
+    import torch
+
+    device = next(model.parameters()).device.type
+    if setting == "auto":
+        if device == "cuda":
+            on = torch.cuda.is_bf16_supported()
+        else:
+            on = bool(getattr(torch._C._cpu, "_is_amx_tile_supported", lambda: False)())
+    else:
+        on = setting == "bfloat16"
+    if not on:
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device_type=device, dtype=torch.bfloat16)
 
 
 def update(model, optimizer, seqs: list[Seq], recipe: Recipe, pad_id: int, stop: StopFlag) -> dict:
@@ -177,17 +227,25 @@ def update(model, optimizer, seqs: list[Seq], recipe: Recipe, pad_id: int, stop:
     active.sort(key=lambda s: len(s.prompt_ids) + len(s.completion_ids))
     chunks = [active[i:i + recipe.micro_batch] for i in range(0, len(active), recipe.micro_batch)]
     params = [p for p in model.parameters() if p.requires_grad]
+    # HF turns the KV cache off under gradient checkpointing, so no prompt sharing there.
+    share = not recipe.model.gradient_checkpointing
+    amp = autocast_context(model, recipe.model.autocast)
+
+    def logprobs(chunk):
+        with amp():
+            return completion_logprobs(model, chunk, pad_id, share)
+
     old: list = [None] * len(chunks)
     if recipe.updates_per_step > 1:  # pi_old must be frozen across the passes
         with torch.no_grad():
-            old = [completion_logprobs(model, c, pad_id)[0] for c in chunks]
+            old = [logprobs(c)[0] for c in chunks]
     ga_logp, ga_tokens, clipped, units = 0.0, 0, 0.0, 0.0
     for epoch in range(recipe.updates_per_step):
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for ci, chunk in enumerate(chunks):
             stop.check()
-            logp, mask = completion_logprobs(model, chunk, pad_id)
+            logp, mask = logprobs(chunk)
             old_logp = logp.detach() if old[ci] is None else old[ci]
             golden = torch.tensor([s.is_golden for s in chunk], device=logp.device)
             adv = torch.tensor([s.adv for s in chunk], device=logp.device, dtype=logp.dtype)
@@ -304,6 +362,10 @@ class Context:
     by_id: dict = field(default_factory=dict)
     prompt_ids: dict = field(default_factory=dict)
     start_step: int = 0
+    sampler: object = None  # MergedSampler, or None to sample from the policy itself (nf4)
+
+    def generation_model(self):
+        return self.sampler.sync(self.model) if self.sampler is not None else self.model
 
 
 class NullDisplay:
@@ -319,7 +381,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
           save_every: int | None, display) -> Context:
     import torch
 
-    from .model import add_lora, load_adapter, load_base
+    from .model import MergedSampler, add_lora, load_adapter, load_base
 
     if resume_run:
         run = resolve_run(db, resume_run)
@@ -345,6 +407,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
         run_id = create_run(db, recipe, data_set)
     torch.manual_seed(recipe.seed)
     model, tok, _ = load_base(recipe.model)
+    sampler = MergedSampler(model) if recipe.model.quant == "none" else None
     if start:
         ckpt = checkpoint_dir(run["out_dir"], start)
         model = load_adapter(model, ckpt / "adapter", trainable=True)
@@ -357,7 +420,8 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
         state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-    ctx = Context(db, run_id, recipe, model, tok, optimizer, scheduler, pool, holdout, start_step=start)
+    ctx = Context(db, run_id, recipe, model, tok, optimizer, scheduler, pool, holdout, start_step=start,
+                  sampler=sampler)
     ctx.by_id = {p["id"]: p for p in problems}
     return ctx
 
@@ -383,7 +447,7 @@ def rollout_groups(ctx: Context, pids: list[str], grader: Grader, stop: StopFlag
     r = ctx.recipe
     t0 = time.perf_counter()
     prompts = [ctx.tok.decode(prompt_ids(ctx, pid)) for pid in pids]
-    comps: list[list[Completion]] = generate(ctx.model, ctx.tok, prompts, n=r.samples_per_problem,
+    comps: list[list[Completion]] = generate(ctx.generation_model(), ctx.tok, prompts, n=r.samples_per_problem,
                                              max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                                              top_p=r.top_p, batch_size=r.problems_per_step * r.samples_per_problem)
     t1 = time.perf_counter()
@@ -514,7 +578,7 @@ def evaluate_holdout(ctx: Context, label: str, step: int) -> dict | None:
 
     e = ctx.recipe.eval
     return evaluate_problems(
-        ctx.db, ctx.model, ctx.tok, ctx.holdout, label=label, set_name=ctx.db["runs"].get(ctx.run_id)["data_set"],
+        ctx.db, ctx.generation_model(), ctx.tok, ctx.holdout, label=label, set_name=ctx.db["runs"].get(ctx.run_id)["data_set"],
         k=e.k, temperature=e.temperature, max_new_tokens=e.max_new_tokens or ctx.recipe.max_new_tokens,
         seed=ctx.recipe.seed, template=ctx.recipe.prompt_template, run_id=ctx.run_id, run_step=step,
         batch_size=max(32, ctx.recipe.problems_per_step * ctx.recipe.samples_per_problem), progress=False)

@@ -219,3 +219,28 @@ def test_cli_train_runs_and_export(runner, tiny_dir, tmp_path):
     assert bad.exit_code == 1 and "no run" in bad.output
     missing = runner.invoke(app, ["train", "--recipe", "tiny", "--data", "nope"])
     assert missing.exit_code == 1 and "no problem set named 'nope'" in missing.output
+
+
+def test_shared_prompt_forward_and_merged_sampler_are_exact(db, tiny_dir):
+    ctx = training.setup(db, tiny_recipe(tiny_dir, "lr=5e-2"), None, None, None, training.NullDisplay())
+    seqs = []
+    for p in ctx.pool[:2]:
+        prompt = training.prompt_ids(ctx, p["id"])
+        for j, text in enumerate(["1 + 1 = 2", "no idea at all", "3"]):
+            ids = ctx.tok(text, add_special_tokens=False).input_ids + [ctx.tok.eos_token_id]
+            seqs.append(training.Seq(p["id"], j, prompt, ids, text, None, 0.0, False, False))
+    with torch.no_grad():
+        shared, m1 = training.completion_logprobs(ctx.model, seqs, ctx.tok.pad_token_id, share_prompts=True)
+        plain, m2 = training.completion_logprobs(ctx.model, seqs, ctx.tok.pad_token_id, share_prompts=False)
+    assert torch.equal(m1, m2) and torch.allclose(shared, plain, atol=1e-5)
+    # after an update the merged sampler computes what the policy computes
+    for s, a in zip(seqs, [1.0, -1.0, 0.5] * 2):
+        s.adv = a
+    training.update(ctx.model, ctx.optimizer, seqs, ctx.recipe, ctx.tok.pad_token_id, training.StopFlag())
+    ids = torch.tensor([seqs[0].prompt_ids + seqs[0].completion_ids])
+    with torch.no_grad():
+        want = ctx.model(input_ids=ids).logits
+        got = ctx.generation_model()(input_ids=ids).logits
+    lora_b = [v for k, v in _lora_state(ctx.model).items() if "lora_B" in k]
+    assert any(bool(v.abs().sum() > 0) for v in lora_b)  # the deltas being merged are not zero
+    assert torch.allclose(want, got, atol=1e-4)
