@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 
@@ -36,7 +37,8 @@ class _App(typer.Typer):
                 try:
                     return fn(*a, **kw)
                 except GcpoError as e:
-                    err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+                    # escape: messages quote user input, which may hold [brackets]
+                    err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
                     raise typer.Exit(1)
 
             register(wrapper)

@@ -58,12 +58,11 @@ class RichDisplay:
         stats = (f"reward {m['reward_mean']:.2f}  gold {m['ga_injections']}  all-wrong {m['all_wrong_frac']:.0%}"
                  f"  {m['tokens_per_s']:.0f} tok/s")
         self.progress.update(self.task, completed=step, stats=stats)
-        if not self.quiet:
+        if not self.quiet:  # one line per step that fits 80 columns and stays in the scrollback
             self.progress.console.print(
-                f"step {step:>4}  reward {m['reward_mean']:.3f}  all-wrong {m['all_wrong_frac']:.2f}  "
-                f"GA {m['ga_injections']}  loss {m['loss']:+.4f}  |g| {m['grad_norm']:.3f}  "
-                f"len {m['completion_len_mean']:.0f}  {m['tokens_per_s']:.0f} tok/s  "
-                f"gen {m['gen_s']:.1f}s upd {m['update_s']:.1f}s", highlight=False)
+                f"step {step:>3}  reward {m['reward_mean']:.2f}  all-wrong {m['all_wrong_frac']:>4.0%}  "
+                f"GA {m['ga_injections']}  |g| {m['grad_norm']:.2f}  len {m['completion_len_mean']:.0f}  "
+                f"{m['tokens_per_s']:.0f} tok/s  {m['gen_s'] + m['update_s']:.0f}s", highlight=False)
 
     def stop(self) -> None:
         self.progress.stop()

@@ -34,6 +34,9 @@ class ModelConfig:
     # bf16 autocast for the forward/backward of the update (sampling stays in `dtype`).
     # auto: on where it is fast (CUDA bf16, CPUs with AMX), off elsewhere.
     autocast: Literal["auto", "none", "bfloat16"] = "auto"
+    # dtype of the merged sampling copy (unquantised bases only); auto: bfloat16 where the
+    # hardware has bf16 matrix units (CUDA, CPUs with AMX), else the model's dtype.
+    sampler_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # The embedded model is fp32 with full-vocab logits; a shorter chat system prompt is the
     # tokenizer's business, not ours: we always use the tokenizer's own chat template.
 

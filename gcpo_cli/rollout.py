@@ -40,12 +40,75 @@ def response_ids(tokenizer, text: str) -> list[int]:
 
 def _stop_ids(model, tokenizer) -> set[int]:
     ids = {tokenizer.eos_token_id}
-    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(gen_eos, int):
         ids.add(gen_eos)
     elif gen_eos:
         ids.update(gen_eos)
     return {i for i in ids if i is not None}
+
+
+def _sample(logits, temperature: float, top_p: float):
+    """Next tokens from [N, V] logits: greedy at temperature 0, else nucleus sampling."""
+    import torch
+
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    return torch.multinomial(probs, 1).squeeze(-1)
+
+
+def _decode_batch(model, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float,
+                  top_p: float, stop: set[int], pad: int) -> list[list[int]]:
+    """n continuations of each prompt with a KV cache. Each prompt is prefilled once and its
+    cache fanned out to its n samples; rows that finish are dropped from the batch, so late
+    steps only pay for the sequences still running. Returns [len(prompts) * n] token lists."""
+    import torch
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    rows = torch.arange(len(prompts), device=device).repeat_interleave(n)
+    cache = out.past_key_values
+    cache.batch_select_indices(rows)
+    logits = out.logits[rows, -1]  # [N, V]
+    attn = mask[rows]
+    pos = attn.sum(1)
+    alive = torch.arange(len(rows), device=device)  # which output row each batch row is
+    outputs: list[list[int]] = [[] for _ in range(len(rows))]
+    stop_t = torch.tensor(sorted(stop), device=device)
+    for t in range(max_new_tokens):
+        nxt = _sample(logits, temperature, top_p)
+        for r, tok in zip(alive.tolist(), nxt.tolist()):
+            outputs[r].append(tok)
+        running = ~torch.isin(nxt, stop_t)
+        if t == max_new_tokens - 1 or not bool(running.any()):
+            break
+        if not bool(running.all()):  # compact: finished rows leave the batch
+            keep = running.nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            alive, nxt, attn, pos = alive[keep], nxt[keep], attn[keep], pos[keep]
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
+        out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos[:, None],
+                    past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        logits = out.logits[:, -1]
+        pos = pos + 1
+    return outputs
 
 
 def generate(
@@ -59,49 +122,32 @@ def generate(
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[list[Completion]]:
-    """n completions for each prompt (temperature 0 = greedy). Uses the global torch RNG: seed
-    it first for reproducible samples. `on_batch(k)` is called after each batch of k prompts."""
+    """n completions for each prompt (temperature 0 = greedy: one decode, shared by the n).
+    Uses the global torch RNG: seed it first for reproducible samples. `on_batch(k)` is called
+    after each batch of k prompts. At most `batch_size` sequences decode together."""
     import torch
 
-    device = next(model.parameters()).device
     stop = _stop_ids(model, tokenizer)
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    per_batch = max(1, batch_size // n)
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # length bucketing
+    reps = 1 if temperature <= 0 else n
+    per_batch = max(1, batch_size // reps)
     results: list[list[Completion] | None] = [None] * len(prompts)
-    greedy = temperature <= 0
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(order), per_batch):
             idx = order[start : start + per_batch]
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):  # left padding: every prompt ends where sampling starts
-                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                mask[row, width - len(encoded[i]) :] = 1
-            kwargs = dict(do_sample=not greedy, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                          eos_token_id=sorted(stop), num_return_sequences=1 if greedy else n)
-            if not greedy:
-                kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-            else:
-                kwargs.update(temperature=None, top_p=None, top_k=None)
             with torch.inference_mode():
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-            gen = out[:, width:].tolist()
-            reps = 1 if greedy else n
+                seqs = _decode_batch(model, [encoded[i] for i in idx], reps, max_new_tokens,
+                                     temperature, top_p, stop, pad)
             for row, i in enumerate(idx):
                 comps = []
-                for j in range(reps):
-                    seq = gen[row * reps + j]
-                    cut = next((t + 1 for t, tok in enumerate(seq) if tok in stop), None)
-                    toks = seq[:cut] if cut is not None else seq
-                    comps.append(Completion(toks, tokenizer.decode(toks, skip_special_tokens=True),
-                                            truncated=cut is None))
-                if greedy:  # greedy samples are identical: decode once, share
+                for seq in seqs[row * reps:(row + 1) * reps]:
+                    done = bool(seq) and seq[-1] in stop
+                    comps.append(Completion(seq, tokenizer.decode(seq, skip_special_tokens=True), truncated=not done))
+                if reps == 1 and n > 1:  # greedy samples are identical: decode once, share
                     comps = [Completion(list(comps[0].token_ids), comps[0].text, comps[0].truncated) for _ in range(n)]
                 results[i] = comps
             if on_batch:

@@ -198,12 +198,11 @@ def autocast_context(model, setting: str):
 
     import torch
 
+    from .model import fast_bf16
+
     device = next(model.parameters()).device.type
     if setting == "auto":
-        if device == "cuda":
-            on = torch.cuda.is_bf16_supported()
-        else:
-            on = bool(getattr(torch._C._cpu, "_is_amx_tile_supported", lambda: False)())
+        on = fast_bf16(device)
     else:
         on = setting == "bfloat16"
     if not on:
@@ -407,7 +406,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
         run_id = create_run(db, recipe, data_set)
     torch.manual_seed(recipe.seed)
     model, tok, _ = load_base(recipe.model)
-    sampler = MergedSampler(model) if recipe.model.quant == "none" else None
+    sampler = MergedSampler(model, recipe.model.sampler_dtype) if recipe.model.quant == "none" else None
     if start:
         ckpt = checkpoint_dir(run["out_dir"], start)
         model = load_adapter(model, ckpt / "adapter", trainable=True)

@@ -222,7 +222,8 @@ def test_cli_train_runs_and_export(runner, tiny_dir, tmp_path):
 
 
 def test_shared_prompt_forward_and_merged_sampler_are_exact(db, tiny_dir):
-    ctx = training.setup(db, tiny_recipe(tiny_dir, "lr=5e-2"), None, None, None, training.NullDisplay())
+    ctx = training.setup(db, tiny_recipe(tiny_dir, "lr=5e-2", "model.sampler_dtype=float32", "model.autocast=none"),
+                         None, None, None, training.NullDisplay())
     seqs = []
     for p in ctx.pool[:2]:
         prompt = training.prompt_ids(ctx, p["id"])
@@ -244,3 +245,15 @@ def test_shared_prompt_forward_and_merged_sampler_are_exact(db, tiny_dir):
     lora_b = [v for k, v in _lora_state(ctx.model).items() if "lora_B" in k]
     assert any(bool(v.abs().sum() > 0) for v in lora_b)  # the deltas being merged are not zero
     assert torch.allclose(want, got, atol=1e-4)
+
+
+def test_bf16_sampler_tracks_the_policy(db, tiny_dir):
+    ctx = training.setup(db, tiny_recipe(tiny_dir, "model.sampler_dtype=bfloat16"), None, None, None,
+                         training.NullDisplay())
+    ids = torch.tensor([training.prompt_ids(ctx, ctx.pool[0]["id"])])
+    sampler = ctx.generation_model()
+    assert next(sampler.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        want = torch.log_softmax(ctx.model(input_ids=ids).logits.float(), -1)
+        got = torch.log_softmax(sampler(input_ids=ids).logits.float(), -1)
+    assert torch.allclose(want, got, atol=0.1)
