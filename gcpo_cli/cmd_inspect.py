@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 from rich.prompt import Prompt
 
@@ -155,7 +156,7 @@ def _picker(db, console: Console) -> None:
             else:
                 run_id = hist.resolve_run(db, ans)
         except GcpoError as e:
-            console.print(f"error: {e}")  # escaped by user_error
+            console.print(f"error: {escape(str(e))}")
             continue
         if _browse_run(db, console, run_id) == "quit":
             return

@@ -20,7 +20,6 @@ import re
 
 from sqlite_utils import Database
 
-from rich.markup import escape
 
 from .cli import GcpoError
 
@@ -45,9 +44,8 @@ def _glob_prefix(ref: str) -> str:
 
 
 def user_error(msg: str) -> GcpoError:
-    # cli prints the message through rich markup: escape it, so that ids, search words or
-    # paths with brackets print as typed.
-    return GcpoError(escape(msg))
+    # cli escapes GcpoError messages itself, so ids or search words with brackets print as typed.
+    return GcpoError(msg)
 
 
 def _fit(head: str, items: list[str], total: int | None = None) -> str:
