@@ -262,6 +262,27 @@ class MergedSampler:
         return self.model
 
 
+def prepare_for_update(model, model_cfg, autocast_on: bool) -> None:
+    """Speed settings for the policy's forward/backward (the maths is unchanged):
+    - the attention kernel (see ModelConfig.attention);
+    - under bf16 autocast, frozen fp32 Linear weights are stored in bf16 once, instead of being
+      cast on every forward and backward (autocast would round them to bf16 anyway). Norms,
+      embeddings and the (tied) LM head stay as they are."""
+    import torch
+
+    device = next(model.parameters()).device.type
+    attention = model_cfg.attention
+    if attention == "auto":
+        attention = "sdpa" if device == "cuda" else "eager"
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(attention)
+    if autocast_on and model_cfg.quant == "none" and model_cfg.dtype == "float32":
+        head = model.get_output_embeddings()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module is not head:
+                module.to(torch.bfloat16)
+
+
 def load_adapter(model, adapter_dir: Path, trainable: bool = False):
     from peft import PeftModel
 

@@ -37,6 +37,9 @@ class ModelConfig:
     # dtype of the merged sampling copy (unquantised bases only); auto: bfloat16 where the
     # hardware has bf16 matrix units (CUDA, CPUs with AMX), else the model's dtype.
     sampler_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # attention kernel for the update pass; auto: eager on CPU (its backward beats the CPU sdpa
+    # kernel on short sequences, bench/RESULTS.md), sdpa on CUDA (long sequences, less memory).
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
     # The embedded model is fp32 with full-vocab logits; a shorter chat system prompt is the
     # tokenizer's business, not ours: we always use the tokenizer's own chat template.
 

@@ -190,23 +190,25 @@ def completion_logprobs(model, seqs: list[Seq], pad_id: int, share_prompts: bool
     return token_logprobs(logits, comp.to(device)) * mask, mask
 
 
-def autocast_context(model, setting: str):
+def autocast_enabled(model, setting: str) -> bool:
     """bf16 autocast for the update pass: "auto" uses it where matrix units make bf16 several
-    times faster (CUDA with bf16, CPUs with AMX); sampling always stays in the model's dtype."""
+    times faster (CUDA with bf16, CPUs with AMX)."""
+    from .model import fast_bf16
+
+    if setting == "auto":
+        return fast_bf16(next(model.parameters()).device.type)
+    return setting == "bfloat16"
+
+
+def autocast_context(model, setting: str):
     import contextlib
     import functools
 
     import torch
 
-    from .model import fast_bf16
-
-    device = next(model.parameters()).device.type
-    if setting == "auto":
-        on = fast_bf16(device)
-    else:
-        on = setting == "bfloat16"
-    if not on:
+    if not autocast_enabled(model, setting):
         return contextlib.nullcontext
+    device = next(model.parameters()).device.type
     return functools.partial(torch.autocast, device_type=device, dtype=torch.bfloat16)
 
 
@@ -380,7 +382,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
           save_every: int | None, display) -> Context:
     import torch
 
-    from .model import MergedSampler, add_lora, load_adapter, load_base
+    from .model import MergedSampler, add_lora, load_adapter, load_base, prepare_for_update
 
     if resume_run:
         run = resolve_run(db, resume_run)
@@ -407,6 +409,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
     torch.manual_seed(recipe.seed)
     model, tok, _ = load_base(recipe.model)
     sampler = MergedSampler(model, recipe.model.sampler_dtype) if recipe.model.quant == "none" else None
+    prepare_for_update(model, recipe.model, autocast_enabled(model, recipe.model.autocast))
     if start:
         ckpt = checkpoint_dir(run["out_dir"], start)
         model = load_adapter(model, ckpt / "adapter", trainable=True)

@@ -81,8 +81,10 @@ def test_update_moves_lora_weights_only_and_raises_golden_answer_logprob(db, tin
     kept = training.assign_advantages(ctx, [group])
     assert len(kept) == 1
 
+    amp = training.autocast_context(ctx.model, ctx.recipe.model.autocast)
+
     def ga_logp():
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             logp, mask = training.completion_logprobs(ctx.model, [ga], ctx.tok.pad_token_id)
         return float(logp.sum() / mask.sum())
 
@@ -253,7 +255,7 @@ def test_bf16_sampler_tracks_the_policy(db, tiny_dir):
     ids = torch.tensor([training.prompt_ids(ctx, ctx.pool[0]["id"])])
     sampler = ctx.generation_model()
     assert next(sampler.parameters()).dtype == torch.bfloat16
-    with torch.no_grad():
+    with torch.no_grad(), training.autocast_context(ctx.model, ctx.recipe.model.autocast)():
         want = torch.log_softmax(ctx.model(input_ids=ids).logits.float(), -1)
         got = torch.log_softmax(sampler(input_ids=ids).logits.float(), -1)
     assert torch.allclose(want, got, atol=0.1)
