@@ -197,7 +197,7 @@ def export_cmd(
       gcpo export 01m8dz --merge --out my-model
     """
     from .db import open_db
-    from .train import TrainError, checkpoint_dir, resolve_run
+    from .runs import TrainError, checkpoint_dir, resolve_run
 
     database = open_db(db)
     try:
