@@ -12,9 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not SHARED_DATA.exists():  # CI lays shared/ beside the clone
-    SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The real data sets live in ../shared/data beside the checkout (CI lays shared/ beside its
+# clone too); GCPO_SHARED_DATA points elsewhere.
+SHARED_DATA = Path(os.environ.get("GCPO_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @pytest.fixture(autouse=True)
