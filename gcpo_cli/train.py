@@ -280,6 +280,7 @@ class Context:
     holdout: list[dict]
     by_id: dict = field(default_factory=dict)
     prompt_ids: dict = field(default_factory=dict)
+    prompt_text: dict = field(default_factory=dict)
     start_step: int = 0
     sampler: object = None  # MergedSampler, or None to sample from the policy itself (nf4)
 
@@ -346,10 +347,16 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
     return ctx
 
 
+def prompt_text(ctx: Context, pid: str) -> str:
+    if pid not in ctx.prompt_text:
+        ctx.prompt_text[pid] = render_prompt(ctx.tok, ctx.by_id[pid]["text"], ctx.recipe.prompt_template)
+    return ctx.prompt_text[pid]
+
+
 def prompt_ids(ctx: Context, pid: str) -> list[int]:
+    """The prompt's tokens, exactly as generate() tokenises the prompt text."""
     if pid not in ctx.prompt_ids:
-        text = render_prompt(ctx.tok, ctx.by_id[pid]["text"], ctx.recipe.prompt_template)
-        ctx.prompt_ids[pid] = ctx.tok(text, add_special_tokens=False).input_ids
+        ctx.prompt_ids[pid] = ctx.tok(prompt_text(ctx, pid), add_special_tokens=False).input_ids
     return ctx.prompt_ids[pid]
 
 
@@ -357,7 +364,7 @@ def rollout_groups(ctx: Context, pids: list[str], grader: Grader, stop: StopFlag
     """Sample G completions per problem and grade them."""
     r = ctx.recipe
     t0 = time.perf_counter()
-    prompts = [ctx.tok.decode(prompt_ids(ctx, pid)) for pid in pids]
+    prompts = [prompt_text(ctx, pid) for pid in pids]
     comps: list[list[Completion]] = generate(ctx.generation_model(), ctx.tok, prompts, n=r.samples_per_problem,
                                              max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                                              top_p=r.top_p, batch_size=r.problems_per_step * r.samples_per_problem)
@@ -383,12 +390,13 @@ def go_gold(ctx: Context, group: list[Seq], rng: random.Random) -> str | None:
     if slot is None:
         return None
     ids = response_ids(ctx.tok, problem["golden"])
-    if len(ids) > r.max_new_tokens:
+    truncated = len(ids) > r.max_new_tokens
+    if truncated:
         if r.golden_too_long == "skip":
             return "too_long"
         ids = ids[: r.max_new_tokens]
     group[slot] = Seq(problem["id"], slot, group[slot].prompt_ids, ids, problem["golden"],
-                      extract_answer(problem["golden"]), 1.0, True, False, is_golden=True)
+                      extract_answer(problem["golden"]), 1.0, True, truncated, is_golden=True)
     return "injected"
 
 

@@ -259,3 +259,18 @@ def test_bf16_sampler_tracks_the_policy(db, tiny_dir):
         want = torch.log_softmax(ctx.model(input_ids=ids).logits.float(), -1)
         got = torch.log_softmax(sampler(input_ids=ids).logits.float(), -1)
     assert torch.allclose(want, got, atol=0.1)
+
+
+@pytest.mark.parametrize("mode", ["skip", "truncate"])
+def test_golden_answer_longer_than_the_limit(db, tiny_dir, mode):
+    ctx = training.setup(db, tiny_recipe(tiny_dir, "max_new_tokens=10", f"golden_too_long={mode}"), None, None,
+                         None, training.NullDisplay())
+    with Grader() as g:
+        seqs, m = training.train_step(ctx, 1, g, training.StopFlag())
+    golden = [s for s in seqs if s.is_golden]
+    if mode == "skip":  # not injected, counted; the all-wrong groups stay without contrast
+        assert m["ga_too_long"] == 2 and m["ga_injections"] == 0 and not golden
+        assert m["sequences_in_loss"] == 0
+    else:
+        assert m["ga_injections"] == 2 and len(golden) == 2
+        assert all(len(s.completion_ids) == 10 and s.truncated for s in golden)
