@@ -17,10 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-
-
-class GcpoError(Exception):
-    """An error the user can fix: printed as one line, exit code 1, no traceback."""
+from .errors import GcpoError  # noqa: F401  (re-exported for the command modules)
 
 
 console = Console()

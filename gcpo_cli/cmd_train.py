@@ -106,8 +106,7 @@ def train_cmd(
     """
     from . import recipe as recipes
     from .db import open_db
-    from .model import ModelError
-    from .train import TrainError, train
+    from .train import train
 
     if not recipe and not resume:
         raise GcpoError("give --recipe NAME (available: " + ", ".join(recipes.available()) + ") or --resume RUN_ID")
@@ -132,8 +131,6 @@ def train_cmd(
             raise GcpoError("--resume continues a run with its stored recipe; only --steps and --save-every apply")
         summary = train(database, resolved, resume_run=resume, steps=steps, save_every=save_every,
                         display=RichDisplay(quiet=as_json))
-    except (recipes.RecipeError, TrainError, ModelError) as e:
-        raise GcpoError(str(e)) from None
     except KeyboardInterrupt:
         raise GcpoError("stopped at once (second Ctrl-C); resume from the last checkpoint with --resume") from None
     if as_json:
@@ -197,13 +194,10 @@ def export_cmd(
       gcpo export 01m8dz --merge --out my-model
     """
     from .db import open_db
-    from .runs import TrainError, checkpoint_dir, resolve_run
+    from .runs import checkpoint_dir, resolve_run
 
     database = open_db(db)
-    try:
-        run = resolve_run(database, run_id)
-    except TrainError as e:
-        raise GcpoError(str(e)) from None
+    run = resolve_run(database, run_id)
     step = step or run["checkpoint_step"]
     src = checkpoint_dir(run["out_dir"], step or 0) / "adapter"
     if not step or not src.exists():

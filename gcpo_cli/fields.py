@@ -15,6 +15,7 @@ import re
 import string
 from dataclasses import dataclass, field
 
+from .errors import GcpoError
 from .answers import extract_answer, normalize_answer_field, option_letter
 
 PROBLEM_NAMES = ("problem", "question", "prompt", "query", "input", "instruction", "text")
@@ -30,10 +31,6 @@ SAMPLE = 200  # rows looked at for detection; cheap, and enough to see a column'
 
 
 def user_error(message: str) -> Exception:
-    # Imported late: cli.py imports the command modules, which import ingest and this module, so
-    # a top-level import is a cycle whenever they are imported before cli (the trainer, the bench).
-    from .cli import GcpoError
-
     return GcpoError(message)
 
 

@@ -21,7 +21,7 @@ import re
 from sqlite_utils import Database
 
 
-from .cli import GcpoError
+from .errors import GcpoError
 
 # The golden rollout never counts as the model solving the problem; NULL flags count as 0.
 _K = "ifnull(sum(CASE WHEN is_golden = 1 THEN 0 ELSE correct END), 0)"

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from . import paths
+from .errors import GcpoError
 
 EMBEDDED = "smollm2-135m"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -24,7 +25,7 @@ CHATML_TEMPLATE = (
 )
 
 
-class ModelError(ValueError):
+class ModelError(GcpoError, ValueError):
     """The model named cannot be found or loaded (a user error: bad name, missing file)."""
 
 

@@ -17,9 +17,10 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import yaml
 
 from . import paths
+from .errors import GcpoError
 
 
-class RecipeError(ValueError):
+class RecipeError(GcpoError, ValueError):
     """A bad recipe key, type or value; the message names the key."""
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from . import paths
 from .db import dumps, new_id
+from .errors import GcpoError
 from .migrations import STEP_METRICS
 from .recipe import Recipe, to_dict
 
 
-class TrainError(ValueError):
+class TrainError(GcpoError, ValueError):
     """A user-fixable problem with a training request (unknown set, nothing to resume...)."""
 
 
