@@ -95,3 +95,4 @@ from . import cmd_data  # noqa: E402,F401
 from . import cmd_train  # noqa: E402,F401
 from . import cmd_eval  # noqa: E402,F401
 from . import cmd_inspect  # noqa: E402,F401
+

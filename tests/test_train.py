@@ -274,3 +274,50 @@ def test_golden_answer_longer_than_the_limit(db, tiny_dir, mode):
     else:
         assert m["ga_injections"] == 2 and len(golden) == 2
         assert all(len(s.completion_ids) == 10 and s.truncated for s in golden)
+
+
+def test_kill_9_leaves_no_partial_step_and_resume_continues(tiny_dir, gcpo_home, tmp_path):
+    """A real SIGKILL in the middle of training: only whole steps are in the database, and
+    --resume picks up from the last checkpoint without recording any rollout twice."""
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    db_path = tmp_path / "kill.db"
+    cmd = [sys.executable, "-m", "gcpo_cli", "train", "--recipe", "tiny", "--model", tiny_dir,
+           "--steps", "200", "--save-every", "2", "-o", "max_new_tokens=8", "--db", str(db_path), "--json"]
+    env = {**os.environ, "GCPO_HOME": str(gcpo_home)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            time.sleep(0.2)
+            if db_path.exists():
+                try:
+                    with sqlite3.connect(db_path) as c:
+                        done = c.execute("SELECT MAX(step) FROM steps").fetchone()[0] or 0
+                except sqlite3.OperationalError:
+                    continue
+                if done >= 3:
+                    break
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    with sqlite3.connect(db_path) as c:
+        run_id, status, last, ckpt = c.execute("SELECT id, status, last_step, checkpoint_step FROM runs").fetchone()
+        steps = [r[0] for r in c.execute("SELECT step FROM steps ORDER BY step")]
+        per_step = dict(c.execute("SELECT step, COUNT(*) FROM rollouts GROUP BY step"))
+    assert status == "running" and last >= 3  # killed: nobody could mark it
+    assert steps == list(range(1, last + 1))
+    assert all(per_step[s] == 2 * 4 for s in steps)  # whole steps only: B x G rollouts each
+    assert ckpt >= last - 2
+    resumed = subprocess.run([sys.executable, "-m", "gcpo_cli", "train", "--resume", run_id, "--steps",
+                              str(last + 1), "--db", str(db_path), "--json"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout[resumed.stdout.index("{"):])["last_step"] == last + 1
+    with sqlite3.connect(db_path) as c:
+        keys = c.execute("SELECT step, problem_id, sample_index FROM rollouts").fetchall()
+        steps = [r[0] for r in c.execute("SELECT step FROM steps ORDER BY step")]
+    assert len(keys) == len(set(keys)) == (last + 1) * 8
+    assert steps == list(range(1, last + 2))

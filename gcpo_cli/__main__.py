@@ -1,0 +1,5 @@
+"""python -m gcpo_cli: the same as the gcpo command."""
+
+from .cli import main
+
+main()
