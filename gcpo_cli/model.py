@@ -213,17 +213,26 @@ def load_base(model_cfg, device: str | None = None):
     return model, tok, source
 
 
-def add_lora(model, lora_cfg, model_cfg):
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model, prepare_model_for_kbit_training
+def prepare_base(model, model_cfg):
+    """What a base needs before an adapter goes on it, for a fresh run and a resumed one alike:
+    the k-bit preparation (fp32 norms, input grads) and gradient checkpointing."""
+    from peft import prepare_model_for_kbit_training
 
+    kwargs = {"use_reentrant": False}
     if model_cfg.quant == "nf4":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=model_cfg.gradient_checkpointing
-        )
-    elif model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=model_cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs=kwargs)
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.enable_input_require_grads()
+    return model
+
+
+def add_lora(model, lora_cfg):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
     targets = lora_cfg.target_modules
     if targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
@@ -290,12 +299,25 @@ def load_adapter(model, adapter_dir: Path, trainable: bool = False):
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
 
 
-def load_for_inference(name: str, adapter_dir: Path | None = None, quant: str = "none"):
-    """(model, tokenizer) in eval mode for `gcpo eval`: a model, optionally with a run's adapter."""
+def load_for_inference(name: str, adapter_dir: Path | None = None, quant: str = "none",
+                       dtype: str = "auto"):
+    """(model, tokenizer) in eval mode for `gcpo eval`: a model, optionally with a run's adapter.
+
+    Unquantised models get the adapter merged in and, with dtype "auto", the same sampling
+    dtype the trainer's MergedSampler uses (bf16 where it is fast), so `gcpo eval --run` and
+    the trainer's held-out evaluation compute the same thing."""
+    import torch
+
     from .recipe import ModelConfig
 
     model, tok, _ = load_base(ModelConfig(name=name, quant=quant))
     if adapter_dir is not None:
         model = load_adapter(model, adapter_dir)
+        if quant == "none":
+            model = model.merge_and_unload()
+    if quant == "none":
+        device = next(model.parameters()).device.type
+        if dtype == "bfloat16" or (dtype == "auto" and fast_bf16(device)):
+            model.to(torch.bfloat16)
     model.eval()
     return model, tok

@@ -89,6 +89,9 @@ class Recipe:
     golden_replace: Literal["last", "random"] = "last"  # which wrong rollout the GA replaces
     golden_too_long: Literal["skip", "truncate"] = "skip"  # GA over max_new_tokens
     golden_weighting: Literal["plain", "luffy"] = "plain"  # luffy: p/(p+0.1) shaping on GA tokens
+    # how a golden answer is written as a model response; {solution} and {answer} are filled in
+    # (a reasoning model's GA must close its thinking block as the model would)
+    golden_template: str = "{solution}"
 
     # policy loss
     ratio_level: Optional[Literal["sequence", "sequence_sum", "token"]] = None  # gcpo: sequence
@@ -96,7 +99,9 @@ class Recipe:
     eps_low: Optional[float] = None  # gcpo 3e-4, grpo 0.2, dapo 0.2
     eps_high: Optional[float] = None  # gcpo 4e-4, grpo 0.2, dapo 0.28
     scale_rewards: Literal["group", "none"] = "group"  # none = Dr. GRPO's unscaled advantage
-    all_correct: Literal["skip", "keep"] = "skip"  # zero-variance groups out of the loss
+    # zero-variance groups (all correct, or all wrong with no GA): out of the loss's denominator
+    # (gcpo, dapo) or in it with zero advantage (grpo, as TRL's GRPO counts them)
+    all_correct: Optional[Literal["skip", "keep"]] = None
     updates_per_step: int = 1  # optimiser passes over one batch of rollouts (PPO epochs)
 
     # DAPO
@@ -122,11 +127,11 @@ class Recipe:
 
 
 ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
-    "gcpo": dict(golden="on", ratio_level="sequence", loss_agg="sequence", eps_low=3e-4,
+    "gcpo": dict(golden="on", all_correct="skip", ratio_level="sequence", loss_agg="sequence", eps_low=3e-4,
                  eps_high=4e-4, dynamic_sampling=False, overlong_buffer=0),
-    "grpo": dict(golden="off", ratio_level="token", loss_agg="token_mean", eps_low=0.2,
+    "grpo": dict(golden="off", all_correct="keep", ratio_level="token", loss_agg="token_mean", eps_low=0.2,
                  eps_high=0.2, dynamic_sampling=False, overlong_buffer=0),
-    "dapo": dict(golden="off", ratio_level="token", loss_agg="token_sum", eps_low=0.2,
+    "dapo": dict(golden="off", all_correct="skip", ratio_level="token", loss_agg="token_sum", eps_low=0.2,
                  eps_high=0.28, dynamic_sampling=True, overlong_buffer=-1),
 }
 _SECTIONS = {"model": ModelConfig, "lora": LoraConfig, "eval": EvalConfig}
@@ -216,6 +221,15 @@ def _validate(r: "Recipe") -> None:
             raise RecipeError(f"recipe key '{key}': must be in [0, 1), got {v}")
     if r.lora.r < 1 or r.lora.alpha <= 0:
         raise RecipeError("recipe key 'lora.r' must be >= 1 and 'lora.alpha' > 0")
+    if r.ratio_level != "token" and r.loss_agg == "token_sum":
+        raise RecipeError("recipe key 'loss_agg': token_sum needs ratio_level token "
+                          "(a sequence-level ratio has one term per sequence)")
+    if "{solution}" not in r.golden_template:
+        raise RecipeError("recipe key 'golden_template': must contain {solution}")
+    try:
+        r.golden_template.format(solution="x", answer="1")
+    except (KeyError, IndexError, ValueError) as e:
+        raise RecipeError(f"recipe key 'golden_template': {e!s} (write literal braces as {{{{ }}}})") from None
     if "{problem}" not in r.prompt_template:
         raise RecipeError("recipe key 'prompt_template': must contain {problem}")
     try:
@@ -262,11 +276,6 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str) and key.endswith(("lr", "eps_low", "eps_high")):
-        try:  # YAML 1.1 reads "2e-4" as a string
-            value = float(value)
-        except ValueError:
-            pass
     return key, value
 
 

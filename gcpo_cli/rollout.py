@@ -63,6 +63,19 @@ def _sample(logits, temperature: float, top_p: float):
     return torch.multinomial(probs, 1).squeeze(-1)
 
 
+def pad_left(rows: list[list[int]], pad_id: int):
+    """Left-pad token lists so that they all end in the same column.  -> ids, mask: [N, W]."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
 def _decode_batch(model, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float,
                   top_p: float, stop: set[int], pad: int) -> list[list[int]]:
     """n continuations of each prompt with a KV cache. Each prompt is prefilled once and its
@@ -72,12 +85,7 @@ def _decode_batch(model, prompts: list[list[int]], n: int, max_new_tokens: int, 
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
+    ids, mask = pad_left(prompts, pad)
     ids, mask = ids.to(device), mask.to(device)
     cache = DynamicCache(config=model.config)
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),

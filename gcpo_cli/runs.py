@@ -50,10 +50,12 @@ def save_checkpoint(db, run_id: str, out_dir: str, step: int, model, optimizer, 
                tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    # Point the run at the new checkpoint before pruning the old one's optimiser state: a crash
+    # between the two must leave the database naming a complete checkpoint.
+    db["runs"].update(run_id, dict(checkpoint_step=step, updated_at=paths.utcnow()))
     for other in final.parent.glob("step-*"):
         if other != final and (other / "trainer_state.pt").exists():
             (other / "trainer_state.pt").unlink()
-    db["runs"].update(run_id, dict(checkpoint_step=step, updated_at=paths.utcnow()))
     return final
 
 

@@ -29,7 +29,7 @@ from .db import dumps
 from .recipe import Recipe, from_dict, to_dict
 from .runs import (TrainError, checkpoint_dir, create_run, discard_after, make_scheduler,  # noqa: F401
                    record_step, resolve_run, save_checkpoint)
-from .rollout import Completion, generate, render_prompt, response_ids
+from .rollout import Completion, generate, pad_left, render_prompt, response_ids
 
 
 class _Abandon(Exception):
@@ -50,7 +50,7 @@ class Seq:
     correct: bool
     truncated: bool
     is_golden: bool = False
-    adv: float = 0.0
+    adv: float | None = 0.0  # None: displaced by the golden answer, not in the loss
     seq_ratio: float | None = None
 
 
@@ -127,18 +127,6 @@ def score(seqs: list[Seq], answers: list[str], grader: Grader) -> None:
         s.reward = 1.0 if s.correct else 0.0
 
 
-def _pad_left(rows: list[list[int]], pad_id: int):
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    return ids, mask
-
-
 def completion_logprobs(model, seqs: list[Seq], pad_id: int, share_prompts: bool = True):
     """Log-probs of each completion token under `model`.  Returns logp, mask: [N, L].
 
@@ -148,8 +136,10 @@ def completion_logprobs(model, seqs: list[Seq], pad_id: int, share_prompts: bool
     shared prefix, so this is exact, with far fewer tokens than padding every sequence."""
     import torch
 
-    from .loss import token_logprobs
+    from .loss import head_logprobs
 
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = base.get_decoder(), base.get_output_embeddings()  # LoRA lives inside both
     device = next(model.parameters()).device
     L = max(len(s.completion_ids) for s in seqs)
     comp = torch.full((len(seqs), L), pad_id, dtype=torch.long)
@@ -160,28 +150,26 @@ def completion_logprobs(model, seqs: list[Seq], pad_id: int, share_prompts: bool
     if share_prompts:
         prompts: dict[tuple, int] = {}
         row = torch.tensor([prompts.setdefault(tuple(s.prompt_ids), len(prompts)) for s in seqs])
-        pids, pmask = _pad_left([list(p) for p in prompts], pad_id)
-        out = model(input_ids=pids.to(device), attention_mask=pmask.to(device),
-                    position_ids=((pmask.cumsum(1) - 1).clamp(min=0)).to(device), use_cache=True, logits_to_keep=1)
+        pids, pmask = pad_left([list(p) for p in prompts], pad_id)
+        out = decoder(input_ids=pids.to(device), attention_mask=pmask.to(device),
+                      position_ids=((pmask.cumsum(1) - 1).clamp(min=0)).to(device), use_cache=True)
         cache = out.past_key_values
         cache.batch_select_indices(row.to(device))  # [P] prompts -> [N] rows, differentiable
         attn = torch.cat([pmask[row], cmask], 1)
         pos = pmask[row].sum(1, keepdim=True) + torch.arange(L)[None]
-        out2 = model(input_ids=comp.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
-                     past_key_values=cache, use_cache=True)
+        out2 = decoder(input_ids=comp.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
+                       past_key_values=cache, use_cache=True)
         # the prompt's last position predicts completion token 0; completion t predicts t+1
-        logits = torch.cat([out.logits[row.to(device), -1:], out2.logits[:, :-1]], 1)  # [N, L, V]
+        hidden = torch.cat([out.last_hidden_state[row.to(device), -1:], out2.last_hidden_state[:, :-1]], 1)
     else:
-        pids, pmask = _pad_left([s.prompt_ids for s in seqs], pad_id)
+        pids, pmask = pad_left([s.prompt_ids for s in seqs], pad_id)
         P = pids.shape[1]
         ids, attn = torch.cat([pids, comp], 1), torch.cat([pmask, cmask], 1)
-        out = model(input_ids=ids.to(device), attention_mask=attn.to(device),
-                    position_ids=((attn.cumsum(1) - 1).clamp(min=0)).to(device), logits_to_keep=L + 1,
-                    use_cache=False)
-        logits = out.logits[:, :-1]  # position P-1+t predicts completion token t
-        assert logits.shape[1] == ids.shape[1] - P
+        out = decoder(input_ids=ids.to(device), attention_mask=attn.to(device),
+                      position_ids=((attn.cumsum(1) - 1).clamp(min=0)).to(device), use_cache=False)
+        hidden = out.last_hidden_state[:, P - 1:-1]  # position P-1+t predicts completion token t
     mask = cmask.to(device).float()
-    return token_logprobs(logits, comp.to(device)) * mask, mask
+    return head_logprobs(hidden, head, comp.to(device)) * mask, mask  # [N, L]
 
 
 def autocast_enabled(model, setting: str) -> bool:
@@ -239,7 +227,8 @@ def update(model, optimizer, seqs: list[Seq], recipe: Recipe, pad_id: int, stop:
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for ci, chunk in enumerate(chunks):
-            stop.check()
+            if epoch == 0:  # after the first optimiser step the step is finished, not abandoned
+                stop.check()
             logp, mask = logprobs(chunk)
             old_logp = logp.detach() if old[ci] is None else old[ci]
             golden = torch.tensor([s.is_golden for s in chunk], device=logp.device)
@@ -258,7 +247,8 @@ def update(model, optimizer, seqs: list[Seq], recipe: Recipe, pad_id: int, stop:
                     if s.is_golden:
                         ga_logp += float(old_logp[i].sum())
                         ga_tokens += len(s.completion_ids)
-        stop.check()
+        if epoch == 0:
+            stop.check()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
         optimizer.step()
         stats.update(loss=total, grad_norm=float(grad_norm))
@@ -301,18 +291,13 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
           save_every: int | None, display) -> Context:
     import torch
 
-    from .model import MergedSampler, add_lora, load_adapter, load_base, prepare_for_update
+    from .model import MergedSampler, add_lora, load_adapter, load_base, prepare_base, prepare_for_update
 
     if resume_run:
         run = resolve_run(db, resume_run)
         overrides = {k: v for k, v in dict(steps=steps, save_every=save_every).items() if v is not None}
         recipe = from_dict({**json.loads(run["recipe_json"]), **overrides})
         run_id, data_set, start = run["id"], run["data_set"], int(run["checkpoint_step"] or 0)
-        dropped = discard_after(db, run_id, start)
-        if dropped:
-            display.message(f"discarded {dropped} step(s) recorded after checkpoint {start}")
-        db["runs"].update(run_id, dict(status="running", steps_planned=recipe.steps, error=None,
-                                       recipe_json=dumps(to_dict(recipe))))
     else:
         data_set = recipe.data or default_data(db, recipe)
         start = 0
@@ -323,17 +308,17 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
     if not pool:
         raise TrainError(f"set '{data_set}' has {len(problems)} problems and eval.holdout is "
                          f"{recipe.eval.holdout}: nothing left to train on")
-    if not resume_run:
-        run_id = create_run(db, recipe, data_set)
     torch.manual_seed(recipe.seed)
     model, tok, _ = load_base(recipe.model)
     sampler = MergedSampler(model, recipe.model.sampler_dtype) if recipe.model.quant == "none" else None
     prepare_for_update(model, recipe.model, autocast_enabled(model, recipe.model.autocast))
+    model = prepare_base(model, recipe.model)
     if start:
         ckpt = checkpoint_dir(run["out_dir"], start)
         model = load_adapter(model, ckpt / "adapter", trainable=True)
     else:
-        model = add_lora(model, recipe.lora, recipe.model)
+        model = add_lora(model, recipe.lora)
+    model.train()  # from_pretrained leaves eval mode: no gradient checkpointing, no LoRA dropout
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = make_scheduler(optimizer, recipe)
@@ -341,6 +326,16 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
         state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+    # The run is created (or marked running) only once everything loaded: a missing model or
+    # checkpoint leaves no phantom "running" run behind.
+    if resume_run:
+        dropped = discard_after(db, run_id, start)
+        if dropped:
+            display.message(f"discarded {dropped} step(s) recorded after checkpoint {start}")
+        db["runs"].update(run_id, dict(status="running", steps_planned=recipe.steps, error=None,
+                                       recipe_json=dumps(to_dict(recipe))))
+    else:
+        run_id = create_run(db, recipe, data_set)
     ctx = Context(db, run_id, recipe, model, tok, optimizer, scheduler, pool, holdout, start_step=start,
                   sampler=sampler)
     ctx.by_id = {p["id"]: p for p in problems}
@@ -389,14 +384,18 @@ def go_gold(ctx: Context, group: list[Seq], rng: random.Random) -> str | None:
                        r.golden_replace, rng)
     if slot is None:
         return None
-    ids = response_ids(ctx.tok, problem["golden"])
+    text = r.golden_template.format(solution=problem["golden"], answer=problem["answer"])
+    ids = response_ids(ctx.tok, text)
     truncated = len(ids) > r.max_new_tokens
     if truncated:
         if r.golden_too_long == "skip":
             return "too_long"
         ids = ids[: r.max_new_tokens]
-    group[slot] = Seq(problem["id"], slot, group[slot].prompt_ids, ids, problem["golden"],
-                      extract_answer(problem["golden"]), 1.0, True, truncated, is_golden=True)
+    # The displaced rollout is still recorded (advantage NULL: not in the loss); the GA is
+    # recorded as one extra row, sample index G.
+    group[slot].adv = None
+    group[slot] = Seq(problem["id"], len(group), group[slot].prompt_ids, ids, text,
+                      extract_answer(text), 1.0, True, truncated, is_golden=True)
     return "injected"
 
 
@@ -436,6 +435,7 @@ def train_step(ctx: Context, step: int, grader: Grader, stop: StopFlag) -> tuple
                                    r.problems_per_step, r.seed, r.frontier_window)
     else:
         pids = curriculum.uniform([p["id"] for p in ctx.pool], step - 1, r.problems_per_step, r.seed)
+    pids = list(dict.fromkeys(pids))  # an epoch boundary can draw a problem twice in one step
     groups, timing = rollout_groups(ctx, pids, grader, stop)
     all_groups = list(groups)
     if r.dynamic_sampling:  # DAPO: keep only mixed groups, refill from unused problems
@@ -468,10 +468,7 @@ def train_step(ctx: Context, step: int, grader: Grader, stop: StopFlag) -> tuple
     lr = ctx.optimizer.param_groups[0]["lr"]
     ctx.scheduler.step()
     update_s = time.perf_counter() - t0
-    final = {(s.problem_id, s.sample_index): s for g in all_groups for s in g}
-    for g in groups:  # golden answers took their slots
-        for s in g:
-            final[(s.problem_id, s.sample_index)] = s
+    final = sampled + [s for g in groups for s in g if s.is_golden]
     n_groups = max(1, len(all_groups))
     metrics = dict(
         reward_mean=sum(s.correct for s in sampled) / max(1, len(sampled)),
@@ -487,7 +484,7 @@ def train_step(ctx: Context, step: int, grader: Grader, stop: StopFlag) -> tuple
         groups=len(all_groups), groups_in_loss=len(kept),
         sequences_in_loss=sum(1 for g in kept for s in g if s.adv != 0.0),
     )
-    return list(final.values()), metrics
+    return final, metrics
 
 
 def evaluate_holdout(ctx: Context, label: str, step: int) -> dict | None:

@@ -123,3 +123,18 @@ def test_token_logprobs_equals_log_softmax_gather():
     targets = torch.randint(0, 11, (2, 3))
     ref = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
     assert torch.allclose(token_logprobs(logits, targets), ref, atol=1e-6)
+
+
+def test_chunked_head_logprobs_match_and_backprop_like_the_full_computation():
+    from gcpo_cli.loss import head_logprobs
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 13, bias=False)
+    hidden = torch.randn(3, 5, 8, requires_grad=True)
+    targets = torch.randint(0, 13, (3, 5))
+    full = head_logprobs(hidden, head, targets)  # one chunk
+    (g_full,) = torch.autograd.grad(full.sum(), hidden)
+    chunked = head_logprobs(hidden, head, targets, max_elements=13 * 4)  # chunks of 4 positions
+    (g_chunked,) = torch.autograd.grad(chunked.sum(), hidden)
+    assert torch.allclose(full, chunked, atol=1e-6) and torch.allclose(g_full, g_chunked, atol=1e-6)
+    assert torch.allclose(full, token_logprobs(head(hidden), targets), atol=1e-6)

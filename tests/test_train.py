@@ -33,7 +33,8 @@ def test_gcpo_run_records_every_rollout_and_goes_gold_only_in_all_wrong_groups(d
     summary = training.train(db, tiny_recipe(tiny_dir))
     assert summary["status"] == "completed" and summary["last_step"] == 3
     rows = rollouts(db, summary["run_id"])
-    assert len(rows) == 3 * 2 * 4  # steps x B x G
+    sampled = [r for r in rows if not r["is_golden"]]
+    assert len(sampled) == 3 * 2 * 4  # steps x B x G: every sampled rollout, displaced ones too
     keys = {(r["step"], r["problem_id"], r["sample_index"]) for r in rows}
     assert len(keys) == len(rows)
     groups = {}
@@ -42,11 +43,14 @@ def test_gcpo_run_records_every_rollout_and_goes_gold_only_in_all_wrong_groups(d
     for group in groups.values():
         golden = [r for r in group if r["is_golden"]]
         others = [r for r in group if not r["is_golden"]]
-        if golden:  # exactly one replacement, in the last slot, only when the rest are wrong
-            assert len(golden) == 1 and golden[0]["sample_index"] == 3
+        assert sorted(r["sample_index"] for r in others) == [0, 1, 2, 3]
+        if golden:  # exactly one replacement (of the last), only when every sample is wrong
+            assert len(golden) == 1 and golden[0]["sample_index"] == 4  # recorded as an extra row
             assert golden[0]["correct"] == 1 and golden[0]["reward"] == 1.0
             assert not any(r["correct"] for r in others)
-            assert golden[0]["advantage"] > 0 and all(r["advantage"] < 0 for r in others)
+            displaced = [r for r in others if r["advantage"] is None]
+            assert [r["sample_index"] for r in displaced] == [3]  # kept in the record, not in the loss
+            assert golden[0]["advantage"] > 0 and all(r["advantage"] < 0 for r in others if r is not displaced[0])
             assert "\\boxed{" in golden[0]["completion"]
     steps = list(db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY step", [summary["run_id"]]))
     assert [s["step"] for s in steps] == [1, 2, 3]
@@ -162,7 +166,8 @@ def test_resume_after_a_crash_continues_without_duplicates_and_matches_an_uninte
     resumed = training.train(db, resume_run=crashed[:10])
     assert resumed["status"] == "completed" and resumed["last_step"] == 3
     rows = rollouts(db, crashed)
-    assert len(rows) == len({(r["step"], r["problem_id"], r["sample_index"]) for r in rows}) == 24
+    assert len(rows) == len({(r["step"], r["problem_id"], r["sample_index"]) for r in rows})
+    assert sum(1 for r in rows if not r["is_golden"]) == 24
     strip = lambda rs: [(r["step"], r["problem_id"], r["sample_index"], r["completion"], r["is_golden"]) for r in rs]
     assert strip(rows) == strip(rollouts(db, reference["run_id"]))
 
@@ -307,7 +312,7 @@ def test_kill_9_leaves_no_partial_step_and_resume_continues(tiny_dir, gcpo_home,
     with sqlite3.connect(db_path) as c:
         run_id, status, last, ckpt = c.execute("SELECT id, status, last_step, checkpoint_step FROM runs").fetchone()
         steps = [r[0] for r in c.execute("SELECT step FROM steps ORDER BY step")]
-        per_step = dict(c.execute("SELECT step, COUNT(*) FROM rollouts GROUP BY step"))
+        per_step = dict(c.execute("SELECT step, COUNT(*) FROM rollouts WHERE is_golden = 0 GROUP BY step"))
     assert status == "running" and last >= 3  # killed: nobody could mark it
     assert steps == list(range(1, last + 1))
     assert all(per_step[s] == 2 * 4 for s in steps)  # whole steps only: B x G rollouts each
@@ -319,5 +324,22 @@ def test_kill_9_leaves_no_partial_step_and_resume_continues(tiny_dir, gcpo_home,
     with sqlite3.connect(db_path) as c:
         keys = c.execute("SELECT step, problem_id, sample_index FROM rollouts").fetchall()
         steps = [r[0] for r in c.execute("SELECT step FROM steps ORDER BY step")]
-    assert len(keys) == len(set(keys)) == (last + 1) * 8
+    assert len(keys) == len(set(keys))
+    with sqlite3.connect(db_path) as c:
+        sampled = c.execute("SELECT COUNT(*) FROM rollouts WHERE is_golden = 0").fetchone()[0]
+    assert sampled == (last + 1) * 8
     assert steps == list(range(1, last + 2))
+
+
+def test_golden_template_renders_the_answer_as_the_model_would_write_it(db, tiny_dir):
+    template = "{solution}\n</think>\n\nFinal: \\boxed{{{answer}}}"
+    ctx = training.setup(db, tiny_recipe(tiny_dir, f"golden_template={json.dumps(template)}",
+                                         "max_new_tokens=120"), None, None, None, training.NullDisplay())
+    p = ctx.pool[0]
+    group = [training.Seq(p["id"], j, training.prompt_ids(ctx, p["id"]), [5], "x", None, 0.0, False, False)
+             for j in range(4)]
+    assert training.go_gold(ctx, group, None) == "injected"
+    ga = group[3]
+    assert ga.text == f"{p['golden']}\n</think>\n\nFinal: \\boxed{{{p['answer']}}}"
+    assert ga.extracted == p["answer"]
+    assert ctx.tok.decode(ga.completion_ids[:-1]) == ga.text
