@@ -1,0 +1,383 @@
+"""gcpo eval: metrics against hand computations, grading of hard answer pairs, the grader's
+robustness, and the command end to end on the tiny model (resume, --json, --compare, golden)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import pytest
+
+from gcpo_cli.answers import Grader, extract_answer, grading_target, verify_answer
+from gcpo_cli.cli import app
+from gcpo_cli.evaluation import (Sample, average, evaluate_problems, maj_at_k, mean_and_stderr, pass_at_k,
+                                 summarize)
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+@pytest.mark.parametrize("n,c,k,expected", [
+    (5, 2, 1, 0.4),  # pass@1 is the plain accuracy c/n
+    (5, 2, 2, 1 - 3 / 10),  # 1 - C(3,2)/C(5,2)
+    (5, 2, 3, 1 - 1 / 10),  # 1 - C(3,3)/C(5,3)
+    (5, 2, 4, 1.0),  # fewer than k wrong samples: some draw of k always holds a correct one
+    (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5)
+    (4, 0, 2, 0.0),
+    (4, 4, 4, 1.0),
+])
+def test_pass_at_k_is_the_unbiased_estimator(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+    assert pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k))
+
+
+def test_pass_at_k_needs_k_samples():
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
+
+
+def test_mean_and_stderr_by_hand():
+    m, se = mean_and_stderr([1.0, 0.0, 0.5, 0.5])
+    # sample variance = (0.25 + 0.25 + 0 + 0) / 3 = 1/6; se = sqrt(1/6 / 4)
+    assert m == 0.5 and se == pytest.approx(math.sqrt(1 / 24))
+    assert mean_and_stderr([0.7]) == (0.7, None)
+
+
+@pytest.mark.parametrize("answers,verdicts,expected", [
+    (["1/2", "0.5", "3", "3", "3"], [True, True, False, False, False], False),  # wrong 3 outvotes
+    (["1/2", "0.5", "3"], [True, True, False], True),  # correct spellings vote together
+    (["3", "1/2"], [False, True], False),  # a tie goes to the answer stated first
+    (["1/2", "3"], [True, False], True),
+    ([None, None, "2"], [False, False, True], True),  # no answer, no vote
+    (["\\text{4}", "4 ", "5"], [False, False, True], False),  # wrong answers group by normalised text
+    ([None, None], [False, False], False),
+])
+def test_maj_at_k(answers, verdicts, expected):
+    assert maj_at_k(answers, verdicts) is expected
+
+
+def test_summarize_by_hand():
+    p1 = [Sample("1", True, 10), Sample("2", False, 20, True), Sample("2", False, 30), Sample("1", True, 40)]
+    p2 = [Sample("7", False, 5), Sample(None, False, 5, True), Sample("7", False, 5), Sample("8", False, 5)]
+    m = summarize([p1, p2], k=2)
+    assert m["n_problems"] == 2 and m["n_samples"] == 8
+    assert m["mean_at_k"] == pytest.approx(0.25)
+    assert m["stderr"] == pytest.approx(0.25)  # std([0.5, 0]) = 0.3536, / sqrt(2)
+    assert m["pass_at_k"] == pytest.approx((1 - 1 / 6) / 2)  # p1: 1 - C(2,2)/C(4,2); p2: 0
+    assert m["maj_at_k"] == pytest.approx(0.5)  # p1: a 2-2 tie led by the correct "1"; p2: all wrong
+    assert m["mean_tokens"] == pytest.approx(120 / 8)
+    assert m["truncation_rate"] == pytest.approx(2 / 8)
+    assert m["unextracted_rate"] == pytest.approx(1 / 8)
+    avg = average([m, dict(m, mean_at_k=0.75, n_problems=3)])
+    assert avg["mean_at_k"] == pytest.approx(0.5) and avg["n_problems"] == 5
+    assert avg["stderr"] == pytest.approx(math.sqrt(2 * 0.25**2) / 2)
+
+
+# -------------------------------------------------------------------------- extraction, grading
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("so \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
+    ("first \\boxed{3} then \\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),
+    ("Put the answer in \\boxed{}. I think \\boxed{7} and \\boxed{}", "7"),  # an echoed empty box
+    ("Natalia sold 72 clips.\n#### 72", "72"),
+    ("#### 5\nQuestion: next one\n#### 9", "9"),  # the last answer line, not the rest of the text
+    ("Final Answer: The final answer is $5$. I hope it is correct.", "5"),
+    ("The answer is 3.5.", "3.5"),
+    ("So the answer is (B).", "(B)"),
+    ("answer = 42", "42"),
+    ("$\\boxed{\\textbf{(113) }}$", "113"),  # AoPS bolds its answers
+    ("I am not sure.", None),
+    ("the answer isn't clear", None),
+])
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_extraction_is_linear_on_degenerate_completions():
+    t = time.perf_counter()
+    assert extract_answer("\\boxed{" * 20000) is None  # was quadratic: ~70 s
+    assert extract_answer("#### " + " " * 50000 + "x") == "x"
+    assert extract_answer("the answer is " + "9" * 300000) is not None
+    assert time.perf_counter() - t < 2
+
+
+# Hard pairs drawn from the answer formats in ../shared/data (MATH-500, GSM8K, AIME, AMC's
+# floats, MathQA's letters): (gold, predicted, verdict). Every kind has a pair that must fail.
+HARD_PAIRS = [
+    # fractions
+    ("\\frac{1}{2}", "0.5", True), ("\\frac{3}{4}", "3/4", True), ("\\dfrac{17}{50}", "\\frac{17}{50}", True),
+    ("\\dfrac{17}{50}", "0.34", True), ("\\frac{3}{4}", "\\frac{4}{3}", False), ("\\frac{270}7", "\\frac{270}{7}", True),
+    # mixed numbers
+    ("2\\frac{1}{2}", "\\frac{5}{2}", True), ("7\\frac{1}{2}", "7.5", True), ("5/2", "2 1/2", True),
+    ("2\\frac{1}{2}", "1", False), ("1", "2 1/2", False),  # not 2 * 1/2
+    # degrees
+    ("90^\\circ", "90", True), ("30^\\circ", "30^{\\circ}", True), ("\\frac{270}7\\text{ degrees}", "\\frac{270}{7}", True),
+    ("145^\\circ", "35^\\circ", False),
+    # percentages
+    ("25\\%", "25", True), ("40\\%", "40%", True), ("40\\%", "45\\%", False),
+    # units, currency, thousands separators
+    ("5.4 \\text{ cents}", "5.4", True), ("864 \\mbox{ inches}^2", "864", True), ("15\\mbox{ cm}^2", "15 \\text{cm}^2", True),
+    ("\\$32,\\!348", "32348", True), ("\\$18.90", "18.9", True), ("10,\\!080", "10080", True), ("58,500", "58500", True),
+    ("18", "\\$18", True), ("18", "18 dollars", True), ("1,080", "1,800", False), ("18", "19 dollars", False),
+    # intervals
+    ("(3,4]", "(3, 4]", True), ("(3,4]", "[3,4]", False), ("(-\\infty, 0]", "(-\\infty,0]", True),
+    ("(0,9) \\cup (9,36)", "(0,9)\\cup(9,36)", True), ("x \\in [-2,7]", "[-2,7]", True),
+    ("(-\\infty, 2) \\cup (3, \\infty)", "(-\\infty, 3) \\cup (2, \\infty)", False),
+    # tuples
+    ("(6,31,-1)", "(6, 31, -1)", True), ("(6,31,-1)", "(6,-1,31)", False),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\pi/2)", True), ("(15,-29)", "(15,29)", False),
+    # sets and lists of solutions
+    ("\\{1\\pm\\sqrt{5},-2\\}", "\\{-2, 1+\\sqrt{5}, 1-\\sqrt{5}\\}", True), ("3, 5, 7", "7, 5, 3", True),
+    ("1,-2", "-2, 1", True), ("1,-2", "1, 2", False),
+    # expressions
+    ("x^5 - x^4 + x^3 - x^2 + x - 1", "x^5-x^4+x^3-x^2+x-1", True), ("6r^2-4r-24", "2(3r^2-2r-12)", True),
+    ("p - q", "q - p", False), ("18+2\\pi", "2\\pi+18", True), ("\\sqrt{51}", "\\sqrt{50}", False),
+    ("\\frac{\\sqrt{21}}{5}", "\\sqrt{21}/5", True), ("6 - 5i", "6+5i", False),
+    ("\\begin{pmatrix} -1/3 \\\\ 2/3 \\end{pmatrix}", "\\begin{pmatrix} -\\frac{1}{3} \\\\ \\frac{2}{3} \\end{pmatrix}", True),
+    ("\\begin{pmatrix} -2 \\\\ -14 \\end{pmatrix}", "\\begin{pmatrix} -2 \\\\ 14 \\end{pmatrix}", False),
+    # option letters
+    ("b", "(B)", True), ("b", "b )", True), ("b", "c", False), ("\\text{(C)}", "C", True), ("\\text{(C)}", "(D)", False),
+    # floats written as 27.0, leading zeros, text answers
+    ("27", "27.0", True), ("27.0", "27", True), ("145", "145.00", True), (".35625", "0.35625", True),
+    (".0000672", "6.72\\times10^{-5}", True), ("27", "27.5", False), ("3", "3.01", False), ("0.3333", "\\frac{1}{3}", False),
+    ("073", "73", True), ("\\text{Evelyn}", "Evelyn", True), ("\\text{east}", "\\text{west}", False),
+    ("5", "x=5", True), ("5", "y = 6", False), ("5", None, False), ("5", "", False),
+]
+
+
+@pytest.fixture(scope="module")
+def grader():
+    with Grader(seconds_per_item=20) as g:
+        yield g
+
+
+def test_hard_pairs_grade_both_ways(grader):
+    verdicts = grader.grade([(g, p) for g, p, _ in HARD_PAIRS])
+    wrong = [(g, p, want) for (g, p, want), got in zip(HARD_PAIRS, verdicts) if got != want]
+    assert not wrong, wrong
+    assert sum(not want for *_, want in HARD_PAIRS) >= 20  # the table tests rejection too
+
+
+def test_option_values_map_to_letters():
+    mathqa = "the compound ratio of 5 : 6 , 3 : 2 and 6 : 5 ?\n\nOptions: a ) 1 : 1 , b ) 3 : 2 , c ) 12 , d ) 9 , e ) 2 : 3"
+    assert grading_target(mathqa, "c", "12") == "c"  # the value of option c
+    assert grading_target(mathqa, "c", "60 = c") == "c"  # MathQA rationales end like this
+    assert grading_target(mathqa, "c", "0.3571 option d is correct") == "d"
+    assert grading_target(mathqa, "c", "e ( 15 / 2 minutes )") == "e"
+    assert grading_target(mathqa, "c", "13") == "13"  # no option has that value: graded as is
+    assert verify_answer("c", grading_target(mathqa, "c", "9")) is False
+
+
+def test_grader_survives_pathological_input_and_threads():
+    bad = [
+        ("5", "9" * 1_000_000),  # a huge output
+        ("5", "x^{2}+" * 200_000),  # a huge expression (cut to its first 1000 characters)
+        ("5", "\\frac{" * 400 + "1" + "}{2}" * 400),  # deeply nested LaTeX
+        ("5", "(" * 3000 + "1" + ")" * 3000),
+        ("5", "10^{10^{10}}"),  # sympy would evaluate a 10-billion-digit power
+    ]
+    result: dict = {}
+
+    def work():  # signal-based time-outs cannot run here: the worker process must do them
+        t = time.perf_counter()
+        # An outer deadline shorter than math-verify's own 5 s alarm: the power tower overruns
+        # it, so its worker is killed and a fresh one grades the rest.
+        with Grader(seconds_per_item=1.5, timeout_s=5) as g:
+            result["verdicts"] = g.grade(bad + [("\\frac{1}{2}", "0.5"), ("\\sqrt{2}", "\\sqrt{3}")])
+            result["restarts"] = g.restarts
+        result["seconds"] = time.perf_counter() - t
+
+    th = threading.Thread(target=work)
+    th.start()
+    th.join(120)
+    assert not th.is_alive()
+    assert result["verdicts"] == [False] * len(bad) + [True, False]
+    assert result["restarts"] >= 1
+    assert result["seconds"] < 45
+
+
+# --------------------------------------------------------------------------------- the command
+
+
+def _rows(n: int, offset: int = 0) -> list[dict]:
+    return [{"problem": f"What is {i} + {i}?", "solution": f"{i} + {i} = {2 * i}. \\boxed{{{2 * i}}}",
+             "answer": str(2 * i)} for i in range(offset, offset + n)]
+
+
+@pytest.fixture
+def small_set(db, shared_data):
+    """Six real GSM8K and MATH-500 rows (their worked solutions become golden answers)."""
+    from gcpo_cli.ingest import ingest_rows
+
+    rows = []
+    for name, n in (("gsm8k/test.jsonl", 3), ("math500/test.jsonl", 3)):
+        with open(shared_data / name) as f:
+            for _ in range(n):
+                r = json.loads(f.readline())
+                if "question" in r:  # GSM8K: the answer field is the worked solution
+                    r = {"problem": r["question"], "solution": r["answer"], "answer": r["answer"].split("####")[-1].strip()}
+                rows.append({k: r[k] for k in ("problem", "solution", "answer")})
+    ingest_rows(db, rows, "mixed", problem="problem", solution="solution", answer="answer")
+    return "mixed"
+
+
+def _json(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_golden_answers_are_accepted_and_a_wrong_one_is_not(runner, db, small_set):
+    from gcpo_cli.ingest import ingest_rows
+
+    out = _json(runner.invoke(app, ["eval", "--model", "golden", "--data", small_set, "--json"]))
+    s = out["results"][0]["sets"][0]
+    assert s["n_problems"] == 6 and s["mean_at_k"] == 1.0 and s["unextracted_rate"] == 0.0
+    # A golden solution that reaches the wrong answer must be caught by the same check.
+    ingest_rows(db, [{"problem": "What is 2 + 3?", "solution": "2 + 3 = 6. \\boxed{6}", "answer": "5"}],
+                "bad", problem="problem", solution="solution", answer="answer")
+    out = _json(runner.invoke(app, ["eval", "--model", "golden", "--data", "bad", "--json"]))
+    assert out["results"][0]["sets"][0]["mean_at_k"] == 0.0
+
+
+def test_eval_tiny_model_stores_results_and_prints_a_table(runner, db, small_set):
+    r = runner.invoke(app, ["eval", "--model", "tiny", "--data", small_set, "--limit", "3", "--max-tokens", "8"])
+    assert r.exit_code == 0, r.output
+    assert "mixed" in r.stdout and "mean@1" in r.stdout and "pass@1" in r.stdout
+    ev = list(db["evaluations"].rows)
+    assert len(ev) == 1 and ev[0]["status"] == "done" and ev[0]["model"] == "tiny"
+    res = list(db["eval_results"].rows)
+    assert len(res) == 3 and all(x["tokens"] and x["tokens"] <= 8 and x["completion"] is not None for x in res)
+    assert json.loads(ev[0]["metrics_json"])["n_problems"] == 3
+
+
+def test_json_shape_with_k_samples_and_two_sets(runner, db, small_set):
+    from gcpo_cli.ingest import ingest_rows
+
+    ingest_rows(db, _rows(4), "sums", problem="problem", solution="solution", answer="answer")
+    out = _json(runner.invoke(app, ["eval", "-m", "tiny", "-d", small_set, "-d", "sums", "--limit", "2", "--k", "2",
+                                    "--temperature", "1.0", "--max-tokens", "4", "--json"]))
+    assert out["params"]["k"] == 2 and out["params"]["limit"] == 2
+    (res,) = out["results"]
+    assert res["label"] == "tiny" and [s["set_name"] for s in res["sets"]] == ["mixed", "sums"]
+    for s in res["sets"]:
+        assert {"evaluation_id", "mean_at_k", "stderr", "pass_at_k", "maj_at_k", "mean_tokens", "truncation_rate",
+                "unextracted_rate", "n_problems", "n_samples", "k"} <= set(s)
+        assert s["n_problems"] == 2 and s["n_samples"] == 4 and s["k"] == 2
+    assert res["average"]["n_problems"] == 4
+    assert db["eval_results"].count == 8
+
+
+def test_interrupted_evaluation_resumes_only_unfinished_problems(db, monkeypatch):
+    from gcpo_cli import rollout
+    from gcpo_cli.model import load_for_inference
+
+    model, tok = load_for_inference("tiny")
+    problems = [{"id": f"p{i}", "text": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(5)]
+    for p in problems:  # eval_results reference problems
+        db["problems"].insert(dict(p, metadata_json="{}", created_at="2025-01-01T00:00:00Z"))
+    real, calls = rollout.generate, []
+
+    def flaky(model, tok, prompts, n, *a, **kw):
+        if calls:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C during the second batch
+        calls.append(len(prompts))
+        return real(model, tok, prompts, n, *a, **kw)
+
+    kw = dict(label="tiny", set_name="s", k=1, max_new_tokens=4, batch_size=2, progress=False)
+    monkeypatch.setattr(rollout, "generate", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_problems(db, model, tok, problems, **kw)
+    (ev,) = db["evaluations"].rows
+    assert ev["status"] == "interrupted"
+    first = {r["problem_id"] for r in db["eval_results"].rows}
+    assert len(first) == 2  # the first batch was kept
+
+    seen: list[str] = []
+
+    def counting(model, tok, prompts, n, *a, **kw):
+        seen.extend(prompts)
+        return real(model, tok, prompts, n, *a, **kw)
+
+    monkeypatch.setattr(rollout, "generate", counting)
+    out = evaluate_problems(db, model, tok, problems, **kw)
+    assert out["evaluation_id"] == ev["id"] and out["resumed"] == 2
+    assert len(seen) == 3  # only the unfinished problems were generated again
+    assert db["evaluations"].get(ev["id"])["status"] == "done"
+    rows = list(db["eval_results"].rows)
+    assert len(rows) == 5 and {r["problem_id"] for r in rows} == {p["id"] for p in problems}
+    assert out["n_problems"] == 5
+    # A finished evaluation is not reopened: the same call starts a new one.
+    again = evaluate_problems(db, model, tok, problems, **kw)
+    assert again["evaluation_id"] != ev["id"] and again["resumed"] == 0
+
+
+def test_run_checkpoint_compared_with_its_base(runner, db, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from gcpo_cli.ingest import ingest_rows
+    from gcpo_cli.model import load_for_inference
+
+    ingest_rows(db, _rows(3), "sums", problem="problem", solution="solution", answer="answer")
+    base, _ = load_for_inference("tiny")
+    out_dir = tmp_path / "run"
+    get_peft_model(base, LoraConfig(r=2, target_modules="all-linear")).save_pretrained(
+        out_dir / "checkpoints" / "step-2" / "adapter")
+    db["runs"].insert(dict(id="r1", model="tiny", out_dir=str(out_dir), status="completed",
+                           recipe_json=json.dumps({"prompt_template": "Q: {problem}"})))
+    out = _json(runner.invoke(app, ["eval", "--run", "r1", "--data", "sums", "--compare", "tiny",
+                                    "--max-tokens", "4", "--json"]))
+    run_res, base_res = out["results"]
+    assert run_res["label"] == "run:r1@2" and run_res["run_step"] == 2 and run_res["adapter"].endswith("adapter")
+    assert base_res["label"] == "tiny"
+    d = base_res["sets"][0]["delta"]["mean_at_k"]
+    assert d == pytest.approx(base_res["sets"][0]["mean_at_k"] - run_res["sets"][0]["mean_at_k"])
+    stored = {e["model"]: e for e in db["evaluations"].rows}
+    assert stored["run:r1@2"]["run_id"] == "r1" and stored["run:r1@2"]["run_step"] == 2
+    assert json.loads(stored["run:r1@2"]["params_json"])["template"] == "Q: {problem}"  # the run's own
+    r = runner.invoke(app, ["eval", "--run", "r1", "--step", "7", "--data", "sums"])
+    assert r.exit_code != 0 and "no checkpoint at step 7; steps: 2" in r.output
+
+
+def test_benchmarks_offline(runner, db, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = runner.invoke(app, ["eval", "--model", "golden", "--benchmark", "gsm9k"])
+    assert r.exit_code == 1 and "unknown benchmark 'gsm9k'" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["eval", "--model", "golden", "--benchmark", "gsm8k"])
+    assert r.exit_code == 1 and "gcpo ingest" in r.output and "gsm8k/test.jsonl --name gsm8k" in r.output
+    # The synthetic benchmark is built in; its worked solutions all grade correct.
+    out = _json(runner.invoke(app, ["eval", "--model", "golden", "--benchmark", "synthetic", "--limit", "10", "--json"]))
+    assert out["results"][0]["sets"][0]["set_name"] == "synthetic"
+    assert out["results"][0]["sets"][0]["mean_at_k"] == 1.0
+
+
+def test_benchmark_comes_from_the_hub_when_online(db, shared_data, monkeypatch):
+    from gcpo_cli import evaluation, ingest
+    from gcpo_cli.errors import GcpoError
+
+    real, calls = ingest.ingest_source, []
+
+    def hub(db_, source, set_name, **kw):  # the hub, played by the shared copy of the same file
+        calls.append((source, kw))
+        return real(db_, str(shared_data / "gsm8k" / "test.jsonl"), set_name)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(ingest, "ingest_source", hub)
+    monkeypatch.setattr(evaluation, "_hub_reachable", lambda: True)
+    assert evaluation.resolve_benchmark(db, "gsm8k") == "gsm8k"
+    assert calls[0][0] == "hf:openai/gsm8k" and calls[0][1]["subset"] == "main" and calls[0][1]["split"] == "test"
+    assert len(evaluation.set_problems(db, "gsm8k")) == 1319
+    evaluation.resolve_benchmark(db, "gsm8k")
+    assert len(calls) == 1  # once ingested, the set is used as it is
+    monkeypatch.setattr(evaluation, "_hub_reachable", lambda: False)  # no connection: the advice
+    with pytest.raises(GcpoError, match="cannot be reached.*gcpo ingest .*math500/test.jsonl --name math500"):
+        evaluation.resolve_benchmark(db, "math500")
+    assert len(calls) == 1
+
+
+def test_bad_invocations_end_in_one_line(runner, db):
+    r = runner.invoke(app, ["eval", "--data", "x"])
+    assert r.exit_code == 1 and "exactly one of --model" in r.output
+    r = runner.invoke(app, ["eval", "--model", "tiny", "--data", "nope"])
+    assert r.exit_code == 1 and "no problem set named 'nope'" in r.output
