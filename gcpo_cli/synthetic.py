@@ -62,19 +62,25 @@ def parse_levels(spec: str) -> list[int]:
 def arithmetic(count: int = 200, seed: int = 0, levels: list[int] | tuple[int, ...] = LEVELS) -> list[dict]:
     """`count` distinct problems, levels in round-robin, as rows with problem/solution/answer/level.
 
-    Deterministic for a given (count, seed, levels)."""
+    A level that runs out of distinct problems (level 1 has only 81) leaves the rotation and the
+    others fill the count. Deterministic for a given (count, seed, levels)."""
     rng = random.Random(seed)
     rows, seen = [], set()
-    attempts = 0
+    active = list(levels)
+    turn = 0
     while len(rows) < count:
-        level = levels[len(rows) % len(levels)]
-        problem, answer, solution = _problem(level, rng)
-        attempts += 1
-        if problem in seen:
-            if attempts > 50 * count + 1000:
-                raise ValueError(f"cannot make {count} distinct problems at levels {list(levels)}")
+        if not active:
+            raise ValueError(f"cannot make {count} distinct problems at levels {list(levels)}")
+        level = active[turn % len(active)]
+        for _ in range(200):  # a few collisions are normal; 200 in a row means exhausted
+            problem, answer, solution = _problem(level, rng)
+            if problem not in seen:
+                break
+        else:
+            active.remove(level)
             continue
         seen.add(problem)
+        turn += 1
         rows.append(
             {"id": f"arith-{seed}-{len(rows)}", "problem": problem, "solution": solution,
              "answer": answer, "level": level}
