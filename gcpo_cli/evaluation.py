@@ -199,17 +199,21 @@ def _progress(enabled: bool, description: str, total: int, completed: int):
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
+    from rich.table import Column
     from rich.text import Text
 
     class Rate(ProgressColumn):
         def render(self, task):  # this session's problems over its time (a resume starts at N)
             done = task.completed - task.fields.get("resumed_from", 0)
             rate = done / task.elapsed if task.elapsed and done else None
-            return Text(f"{rate:.2f} problems/s" if rate else "– problems/s", style="cyan")
+            return Text(f"{rate:.2f} problems/s" if rate else "– problems/s", style="cyan", no_wrap=True)
 
-    # stderr: --json output on stdout stays clean.
-    prog = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), Rate(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+    # stderr: --json output on stdout stays clean. The label is the column that gives way, so
+    # the line fits an 80-column terminal.
+    prog = Progress(TextColumn("{task.description}", markup=False, table_column=Column(ratio=1, no_wrap=True,
+                                                                                     overflow="ellipsis")),
+                    BarColumn(bar_width=12), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), expand=True)
     prog.add_task(description, total=total, completed=completed, resumed_from=completed)
     return prog
 
