@@ -16,6 +16,7 @@ loses at most those steps and no rollout is ever recorded twice. Sampling is see
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -360,9 +361,13 @@ def rollout_groups(ctx: Context, pids: list[str], grader: Grader, stop: StopFlag
     r = ctx.recipe
     t0 = time.perf_counter()
     prompts = [prompt_text(ctx, pid) for pid in pids]
-    comps: list[list[Completion]] = generate(ctx.generation_model(), ctx.tok, prompts, n=r.samples_per_problem,
-                                             max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                                             top_p=r.top_p, batch_size=r.problems_per_step * r.samples_per_problem)
+    # A quantised policy samples itself: under the update's bf16 autocast, so activations and the
+    # KV cache are bf16 rather than the fp32 that k-bit preparation leaves (GPU memory).
+    amp = autocast_context(ctx.model, r.model.autocast) if ctx.sampler is None else contextlib.nullcontext
+    with amp():
+        comps: list[list[Completion]] = generate(
+            ctx.generation_model(), ctx.tok, prompts, n=r.samples_per_problem, max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature, top_p=r.top_p, batch_size=r.problems_per_step * r.samples_per_problem)
     t1 = time.perf_counter()
     stop.check()
     groups = [[Seq(pid, j, prompt_ids(ctx, pid), c.token_ids, c.text, extract_answer(c.text), 0.0, False,
