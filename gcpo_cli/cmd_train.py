@@ -12,20 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .cli import DbOpt, GcpoError, JsonOpt, app, console, err_console, print_json
-
-SPARK = "▁▂▃▄▅▆▇█"
-
-
-def sparkline(values: list[float | None], lo: float = 0.0, hi: float = 1.0) -> str:
-    out = []
-    for v in values:
-        if v is None:
-            out.append(" ")
-            continue
-        frac = 0.0 if hi <= lo else (min(max(v, lo), hi) - lo) / (hi - lo)
-        out.append(SPARK[min(len(SPARK) - 1, int(frac * len(SPARK)))])
-    return "".join(out)
-
+from .render import sparkline
 
 class RichDisplay:
     """Progress bar with the numbers people watch (reward, golden-answer rate, all-wrong share,
@@ -168,12 +155,13 @@ def runs_cmd(
     if not runs:
         console.print("no runs yet: start one with gcpo train --recipe smollm2-cpu")
         return
-    t = Table()
+    t = Table(box=None, pad_edge=False, collapse_padding=True, header_style="bold underline")  # fits 80 columns
     for col in ("id", "recipe", "algo", "model", "status", "steps", "reward"):
-        t.add_column(col, overflow="fold" if col == "id" else "ellipsis", no_wrap=col != "id")
+        # ids are what people copy: never squeezed; the model name gives way first
+        t.add_column(col, no_wrap=True, overflow="ellipsis", min_width=16 if col == "id" else None)
     for r in runs:
         rewards = r["reward_mean_per_step"]
-        trend = sparkline(rewards[-20:]) + (f" {rewards[-1]:.2f}" if rewards else "")
+        trend = sparkline(rewards, 8, lo=0.0, hi=1.0) + (f" {rewards[-1]:.2f}" if rewards else "")
         t.add_row(r["id"], r["recipe"], r["algorithm"], Path(r["model"]).name[:18], r["status"],
                   f"{r['last_step']}/{r['steps_planned']}", trend)
     console.print(t)
