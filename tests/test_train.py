@@ -212,8 +212,9 @@ def test_cli_train_runs_and_export(runner, tiny_dir, tmp_path):
     assert summary["status"] == "completed" and summary["last_step"] == 2
     listed = json.loads(runner.invoke(app, ["runs", "--json"]).stdout)
     assert listed[0]["id"] == summary["run_id"] and len(listed[0]["reward_mean_per_step"]) == 2
-    table = runner.invoke(app, ["runs"])
-    assert summary["run_id"] in table.output and "completed" in table.output
+    table = runner.invoke(app, ["runs"], env={"COLUMNS": "80"})
+    assert summary["run_id"] in table.output and "completed" in table.output  # ids are never squeezed
+    assert max(len(line) for line in table.output.splitlines()) <= 80
     out = tmp_path / "adapter"
     assert runner.invoke(app, ["export", summary["run_id"][:12], "--out", str(out)]).exit_code == 0
     assert (out / "adapter_config.json").exists()
