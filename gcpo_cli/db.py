@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from pathlib import Path
@@ -39,7 +38,3 @@ def new_id() -> str:
 
 def dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
-
-
-def db_path_from_env() -> str | None:
-    return os.environ.get("GCPO_DB")

@@ -86,23 +86,17 @@ class StopFlag:
 # ---------------------------------------------------------------------------- data
 
 def load_problems(db, set_name: str) -> list[dict]:
-    row = db.execute("SELECT id FROM problem_sets WHERE name = ?", [set_name]).fetchone()
-    if row is None:
-        names = [r[0] for r in db.execute("SELECT name FROM problem_sets ORDER BY name")]
-        raise TrainError(f"no problem set named '{set_name}' (sets: {', '.join(names) or 'none'}; "
-                         "add one with gcpo ingest)")
-    problems = [
-        dict(id=i, text=t, answer=a)
-        for i, t, a in db.execute(
-            "SELECT p.id, p.text, p.answer FROM set_problems sp JOIN problems p ON p.id = sp.problem_id "
-            "WHERE sp.set_id = ? ORDER BY sp.position, p.id", [row[0]])
-    ]
+    """The set's problems in ingest order, each with its first verified golden answer (or None)."""
+    from .evaluation import set_problems
+
+    problems = set_problems(db, set_name)
+    set_id = db.execute("SELECT id FROM problem_sets WHERE name = ?", [set_name]).fetchone()[0]
     # A golden answer is only used once its final answer verified against the problem's answer:
     # an unverified one could teach a wrong answer.
     golden: dict[str, str] = {}
     for pid, text in db.execute(
         "SELECT g.problem_id, g.text FROM golden_answers g JOIN set_problems sp ON sp.problem_id = g.problem_id "
-        "WHERE sp.set_id = ? AND g.verified = 1 ORDER BY g.created_at, g.id", [row[0]]):
+        "WHERE sp.set_id = ? AND g.verified = 1 ORDER BY g.created_at, g.id", [set_id]):
         golden.setdefault(pid, text)
     for p in problems:
         p["golden"] = golden.get(p["id"])
