@@ -269,8 +269,17 @@ class Context:
     start_step: int = 0
     sampler: object = None  # MergedSampler, or None to sample from the policy itself (nf4)
 
+    stale: bool = True  # the policy changed since the sampler last merged its weights
+
     def generation_model(self):
-        return self.sampler.sync(self.model) if self.sampler is not None else self.model
+        """The model to sample from; the merged copy is refreshed only after an update (DAPO's
+        refill rounds and the held-out evaluation reuse it)."""
+        if self.sampler is None:
+            return self.model
+        if self.stale:
+            self.sampler.sync(self.model)
+            self.stale = False
+        return self.sampler.model
 
 
 class NullDisplay:
@@ -464,6 +473,7 @@ def train_step(ctx: Context, step: int, grader: Grader, stop: StopFlag) -> tuple
     kept = assign_advantages(ctx, groups)
     t0 = time.perf_counter()
     stats = update(ctx.model, ctx.optimizer, [s for g in kept for s in g], r, ctx.tok.pad_token_id, stop)
+    ctx.stale = True
     lr = ctx.optimizer.param_groups[0]["lr"]
     ctx.scheduler.step()
     update_s = time.perf_counter() - t0
