@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gcpo_cli import recipe as recipes  # noqa: E402
 from gcpo_cli import train as training  # noqa: E402
-from gcpo_cli.db import open_db  # noqa: E402
+from gcpo_cli.store import open_db  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
             algorithm=algo, run_id=s["run_id"], before=s["before"]["mean_at_k"], after=s["after"]["mean_at_k"],
             wall_s=round(wall, 1), reward_per_step=[round(x["reward_mean"], 3) for x in steps],
             steps_with_zero_grad=sum(1 for x in steps if not x["grad_norm"]),
-            ga_injections=sum(int(x["ga_injections"]) for x in steps),
+            golden_injections=sum(int(x["golden_injections"]) for x in steps),
         ))
         print(f"{algo}: held-out {results[-1]['before']:.1%} -> {results[-1]['after']:.1%} in {wall:.0f}s",
               file=sys.stderr, flush=True)
@@ -46,7 +46,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for x in results:
         print(f"| {x['algorithm']} | {x['before']:.1%} | {x['after']:.1%} | {100 * (x['after'] - x['before']):+.1f} "
-              f"| {x['wall_s']:.0f} | {x['steps_with_zero_grad']} | {x['ga_injections']} |")
+              f"| {x['wall_s']:.0f} | {x['steps_with_zero_grad']} | {x['golden_injections']} |")
     print(json.dumps(results))
 
 

@@ -99,7 +99,8 @@ def bench_generation(model, tok, prompts: int, max_new_tokens: int, batch: int) 
 
 def bench_baseline(db, model, tok, label: str, limit: int, k: int, max_new_tokens: int, temperature: float,
                    batch: int) -> list[dict]:
-    from gcpo_cli.evaluation import evaluate_problems, set_problems
+    from gcpo_cli.evaluation import evaluate_problems
+    from gcpo_cli.store import set_problems
     from gcpo_cli.ingest import ensure_synthetic_set, ingest_source
 
     ingest_source(db, str(DATA / "gsm8k" / "test.jsonl"), "gsm8k")
@@ -107,7 +108,7 @@ def bench_baseline(db, model, tok, label: str, limit: int, k: int, max_new_token
     ensure_synthetic_set(db, "synthetic", count=200, seed=0, levels="1-5")
     out = []
     for name in ("gsm8k", "math500", "synthetic"):
-        problems = set_problems(db, name, limit)
+        _, problems = set_problems(db, name, limit)
         out.append(evaluate_problems(db, model, tok, problems, label=label, set_name=name, k=k,
                                      temperature=temperature, max_new_tokens=max_new_tokens, seed=0,
                                      batch_size=batch, progress=sys.stderr.isatty()))
@@ -140,7 +141,7 @@ def main() -> None:
           f"{g['verifications_per_s']:.0f} verifications/s overall, {g['math_verify_per_s']:.1f}/s through "
           f"math-verify; worker start {g['worker_start_s']:.1f} s")
 
-    from gcpo_cli.db import open_db
+    from gcpo_cli.store import open_db
     from gcpo_cli.model import load_for_inference
 
     t = time.perf_counter()

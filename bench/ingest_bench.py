@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from gcpo_cli.answers import Grader
-from gcpo_cli.db import open_db
+from gcpo_cli.store import open_db
 from gcpo_cli.ingest import ingest_source
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

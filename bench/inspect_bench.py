@@ -32,9 +32,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from gcpo_cli import history as hist
-from gcpo_cli import render
-from gcpo_cli.db import open_db
+from gcpo_cli.store import history as hist
+from gcpo_cli import render, store
+from gcpo_cli.store import open_db
 
 G = 8
 PER_STEP = 100
@@ -73,7 +73,7 @@ def build(path: Path) -> dict:
            [(f"ga-{p}", p, f"Worked solution. The answer is \\boxed{{{truth[p]}}}.", truth[p], "bench",
              1, now) for p in pids if has_ga[p]])
     for run_id, steps, algo, created in RUNS:
-        insert(conn, "runs", "id, recipe, recipe_json, model, algorithm, data_set, seed, status,"
+        insert(conn, "runs", "id, recipe, recipe_json, model, algorithm, set_name, seed, status,"
                " steps_planned, last_step, created_at, updated_at",
                [(run_id, "bench", json.dumps({"algorithm": algo, "group_size": G}), "bench-model", algo,
                  "bench", 0, "finished", steps, steps, created, created)])
@@ -97,11 +97,11 @@ def build(path: Path) -> dict:
                                  f"The answer is \\boxed{{{ans}}}.", ans, float(right), int(right),
                                  40 + i, 0, int(is_g), 0.0, 1.0))
             insert(conn, "rollouts", "run_id, step, problem_id, sample_index, completion, extracted_answer,"
-                   " reward, correct, tokens, truncated, is_golden, advantage, seq_ratio", rows)
+                   " reward, correct, completion_tokens, truncated, is_golden, advantage, seq_ratio", rows)
             n += len(rows)
             step_rows.append((run_id, step, sum(r[6] for r in rows) / len(rows), aw / PER_STEP, inj,
                               40.0 + step / 100, 300.0 + rng.random() * 50, now))
-        insert(conn, "steps", "run_id, step, reward_mean, all_wrong_frac, ga_injections, completion_len_mean,"
+        insert(conn, "steps", "run_id, step, reward_mean, all_wrong_frac, golden_injections, completion_tokens_mean,"
                " tokens_per_s, created_at", step_rows)
     for k, (run_id, steps, _, _) in enumerate(RUNS):
         eid = f"01benchevl{k}00000"
@@ -109,7 +109,7 @@ def build(path: Path) -> dict:
                " status, created_at, updated_at",
                [(eid, "bench-model", run_id, steps, "bench", "{}", "{}", "finished", now, now)])
         insert(conn, "eval_results", "evaluation_id, problem_id, sample_index, completion,"
-               " extracted_answer, correct, tokens, truncated, created_at",
+               " extracted_answer, correct, completion_tokens, truncated, created_at",
                [(eid, p, i, "eval", truth[p], int(rng.random() < 0.5), 30, 0, now)
                 for p in pids for i in range(4)])
     conn.execute("COMMIT")
@@ -121,8 +121,8 @@ def build(path: Path) -> dict:
 def views(db) -> dict:
     run_a = RUNS[0][0]
     return {
-        "problem": (lambda: hist.problem_history(db, hist.resolve_problem(db, HOT)), render.render_problem),
-        "run": (lambda: hist.run_history(db, hist.resolve_run(db, run_a[:11])), render.render_run),
+        "problem": (lambda: hist.problem_history(db, store.resolve_problem(db, HOT)), render.render_problem),
+        "run": (lambda: hist.run_history(db, store.resolve_run(db, run_a[:11])["id"]), render.render_run),
         "set": (lambda: hist.set_history(db, "bench"), render.render_set),
     }
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gcpo_cli import recipe as recipes  # noqa: E402
 from gcpo_cli import train as training  # noqa: E402
-from gcpo_cli.db import open_db  # noqa: E402
+from gcpo_cli.store import open_db  # noqa: E402
 from gcpo_cli.ingest import ingest_rows  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def main() -> None:
         db = open_db(Path(tmp) / "bench.db")
         ingest_rows(db, trl_rows(4 * args.steps + 64), "trl-addition", source="bench:trl-addition")
         r = recipes.load("smollm2-cpu", [
-            "data=trl-addition", f"algorithm={args.algorithm}", f"steps={args.steps}", "save_every=0",
+            "set_name=trl-addition", f"algorithm={args.algorithm}", f"steps={args.steps}", "save_every=0",
             "lr=1e-5", "eval.holdout=0", "curriculum=uniform", *args.override])
         timer = Timer()
         t0 = time.perf_counter()

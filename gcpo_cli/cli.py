@@ -1,50 +1,20 @@
-"""The `gcpo` command line: thin commands that parse options, call one function and print.
+"""The `gcpo` command line, assembled from the command modules' own Typer apps.
 
-Commands live in cmd_*.py modules that register on `app`; torch and transformers are imported
-lazily inside them so that `gcpo --help` and the data commands start fast.
+Imports run one way: cli.py -> cmd_*.py -> cmd_common.py and the library. Torch and
+transformers are imported lazily inside the commands that need them, so `gcpo --help` and the
+data commands start fast.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import sys
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from . import __version__
-from .errors import GcpoError  # noqa: F401  (re-exported for the command modules)
+from . import __version__, cmd_data, cmd_eval, cmd_inspect, cmd_train
+from .cmd_common import console, make_app
 
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-class _App(typer.Typer):
-    def command(self, *args, **kwargs):
-        register = super().command(*args, **kwargs)
-
-        def decorator(fn):
-            @functools.wraps(fn)
-            def wrapper(*a, **kw):
-                try:
-                    return fn(*a, **kw)
-                except GcpoError as e:
-                    # escape: messages quote user input, which may hold [brackets]
-                    err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-                    raise typer.Exit(1)
-
-            register(wrapper)
-            return fn
-
-        return decorator
-
-
-app = _App(
+app = make_app(
     name="gcpo",
     help=(
         "Teach small language models to reason in math with GCPO: when every sampled answer "
@@ -52,23 +22,9 @@ app = _App(
         "Everything is recorded in one SQLite database (GCPO_HOME or --db)."
     ),
     no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode="rich",
-    pretty_exceptions_show_locals=False,
 )
-
-# Shared options: one spelling everywhere.
-DbOpt = Annotated[
-    Optional[Path],
-    typer.Option("--db", help="SQLite database file (default: $GCPO_HOME/gcpo.db).", show_default=False),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-
-
-def print_json(obj) -> None:
-    """JSON for scripts goes to stdout unstyled (rich would wrap and colour it)."""
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
-    sys.stdout.flush()
+for module in (cmd_data, cmd_train, cmd_eval, cmd_inspect):
+    app.add_typer(module.app)
 
 
 def _version(value: bool) -> None:
@@ -88,11 +44,3 @@ def _root(
 
 def main() -> None:
     app()
-
-
-# Register the commands (each module adds its commands to `app`).
-from . import cmd_data  # noqa: E402,F401
-from . import cmd_train  # noqa: E402,F401
-from . import cmd_eval  # noqa: E402,F401
-from . import cmd_inspect  # noqa: E402,F401
-

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Optional
 
@@ -12,8 +11,11 @@ from rich.prompt import Confirm
 from rich.table import Table
 
 from . import ingest as ing
-from .cli import DbOpt, GcpoError, JsonOpt, app, console, err_console, print_json
-from .db import open_db
+from . import store
+from .cmd_common import SET_HELP, DbOpt, JsonOpt, console, err_console, make_app, one_of, print_json
+from .errors import GcpoError
+
+app = make_app()
 
 WIDTH = 80  # summaries fit a classic terminal; --json has everything untruncated
 LIST_MAX = 20  # mismatches / rejected rows shown in the table
@@ -107,8 +109,8 @@ def ingest_cmd(
     source: Annotated[str, typer.Argument(
         help="A .jsonl/.json/.csv/.parquet file, a folder saved by datasets, hf:ORG/NAME, "
              "or synthetic:arithmetic.", show_default=False, metavar="SOURCE")],
-    name: Annotated[str, typer.Option("--name", "-n", help="Problem set to add the rows to (created if new).",
-                                      show_default=False)],
+    set_name: Annotated[Optional[str], typer.Option("--set", "-s", help="Problem set to add the rows to (created if new).",
+                                                    show_default=False)] = None,
     split: Annotated[Optional[str], typer.Option(help="Split of a hub dataset or datasets folder.")] = None,
     subset: Annotated[Optional[str], typer.Option(help="Subset (config) of a hub dataset.")] = None,
     problem: Annotated[Optional[str], typer.Option(
@@ -128,13 +130,18 @@ def ingest_cmd(
         "--yes", "-y", help="Accept the detected fields without asking.")] = False,
     json_out: JsonOpt = False,
     db: DbOpt = None,
+    old_name: Annotated[Optional[str], typer.Option("--name", "-n", hidden=True)] = None,
 ) -> None:
     """Add problems to a set from a file, a datasets folder, the hub or a generator.
 
     Finds the problem, worked solution and final answer on its own (flags override; on a terminal it asks when unsure), checks each worked solution's final answer against the answer with math-verify, and writes everything in one transaction. Re-ingesting the same source is a no-op; a problem in two sets is stored once.
 
-    Example: gcpo ingest ../shared/data/gsm8k/test.jsonl --name gsm8k-test
+    Example: gcpo ingest data/gsm8k/test.jsonl --set gsm8k-test
     """
+    name = one_of(set_name, old_name, "--set")
+    if name is None:
+        raise GcpoError("name the problem set to add to: --set NAME")
+    store.require_set_name(name)
     loaded = ing.load_source(source, split=split, subset=subset, count=count, seed=seed, levels=levels)
     overrides = dict(problem=problem, solution=solution, answer=answer, id=id_)
     mapping = ing.detect(loaded, **overrides)
@@ -147,7 +154,7 @@ def ingest_cmd(
             err_console.print(f"note: unsure field detection ({escape('; '.join(mapping.unsure))}); used "
                               f"{escape(_mapping_line(mapping.describe()))}. Flags override; --yes hides this.",
                               highlight=False)
-    database = open_db(db)
+    database = store.open_db(db)
     try:
         report = ing.ingest_loaded(database, loaded, name, mapping=mapping, skip_invalid=skip_invalid,
                                    **overrides)
@@ -159,27 +166,6 @@ def ingest_cmd(
         _print_report(report)
 
 
-def _set_id(database, name: str) -> int:
-    row = database.execute("SELECT id FROM problem_sets WHERE name = ?", [name]).fetchone()
-    if row:
-        return row[0]
-    known = [r[0] for r in database.execute("SELECT name FROM problem_sets ORDER BY name")]
-    raise GcpoError(f"no problem set named {name!r}; "
-                    + (f"known sets: {', '.join(known)}" if known else "none yet (gcpo ingest ... --name SET)"))
-
-
-_SETS_SQL = """
-SELECT s.name, s.created_at, COUNT(sp.problem_id) AS problems,
-  COALESCE(SUM(g.problem_id IS NOT NULL), 0) AS with_golden,
-  COALESCE(SUM(g.verified), 0) AS verified
-FROM problem_sets s
-LEFT JOIN set_problems sp ON sp.set_id = s.id
-LEFT JOIN (SELECT problem_id, MAX(verified) AS verified FROM golden_answers GROUP BY problem_id) g
-  ON g.problem_id = sp.problem_id
-GROUP BY s.id ORDER BY s.name
-"""
-
-
 @app.command("sets")
 def sets_cmd(json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """List problem sets with their size, golden-answer coverage and verified share.
@@ -188,16 +174,8 @@ def sets_cmd(json_out: JsonOpt = False, db: DbOpt = None) -> None:
 
     Example: gcpo sets --json
     """
-    database = open_db(db)
-    rows = []
-    for name, created, n, golden, verified in database.execute(_SETS_SQL).fetchall():
-        sources = [r[0] for r in database.execute(
-            "SELECT i.source FROM ingests i JOIN problem_sets s ON s.id = i.set_id WHERE s.name = ?"
-            " ORDER BY i.id", [name])]
-        rows.append({"name": name, "problems": n, "with_golden": golden, "verified": verified,
-                     "golden_coverage": round(golden / n, 4) if n else 0.0,
-                     "verified_share": round(verified / golden, 4) if golden else 0.0,
-                     "sources": sources, "created_at": created})
+    database = store.open_db(db)
+    rows = store.list_sets(database)
     database.close()
     if json_out:
         print_json(rows)
@@ -219,7 +197,7 @@ def sets_cmd(json_out: JsonOpt = False, db: DbOpt = None) -> None:
 
 @app.command("problems")
 def problems_cmd(
-    set_name: Annotated[str, typer.Option("--set", help="Problem set to list.", show_default=False)],
+    set_name: Annotated[str, typer.Option("--set", "-s", help=SET_HELP, show_default=False)],
     search: Annotated[Optional[str], typer.Option(help="Full-text search in the problem text.")] = None,
     limit: Annotated[int, typer.Option(help="Most problems to show.", min=1)] = 20,
     json_out: JsonOpt = False,
@@ -231,25 +209,11 @@ def problems_cmd(
 
     Example: gcpo problems --set gsm8k-test --search "ducks eggs" --limit 5
     """
-    database = open_db(db)
-    set_id = _set_id(database, set_name)
-    sql = ("SELECT p.id, sp.position, sp.source_id, p.text, p.answer, p.metadata_json,"
-           " (SELECT MAX(g.verified) FROM golden_answers g WHERE g.problem_id = p.id)"
-           " FROM set_problems sp JOIN problems p ON p.id = sp.problem_id")
-    args: list = [set_id]
-    if search is not None:
-        if not search.strip():
-            raise GcpoError("--search needs some words")
-        sql += (" JOIN problems_fts f ON f.rowid = p.rowid WHERE sp.set_id = ? AND problems_fts MATCH ?"
-                " ORDER BY f.rank LIMIT ?")
-        args += [database.quote_fts(search), limit]
-    else:
-        sql += " WHERE sp.set_id = ? ORDER BY sp.position LIMIT ?"
-        args.append(limit)
-    status = {None: "none", 0: "unverified", 1: "verified"}
-    rows = [{"id": pid, "position": pos, "source_id": sid, "text": text, "answer": ans,
-             "golden": status[g], "metadata": json.loads(meta or "{}")}
-            for pid, pos, sid, text, ans, meta, g in database.execute(sql, args).fetchall()]
+    if search is not None and not search.strip():
+        raise GcpoError("--search needs some words")
+    database = store.open_db(db)
+    rows = [dict(r, metadata=store.loads(r.pop("metadata_json")) or {})
+            for r in store.list_problems(database, set_name, search, limit)]
     database.close()
     if json_out:
         print_json(rows)

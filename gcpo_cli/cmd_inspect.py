@@ -1,13 +1,13 @@
-"""Command: inspect (issue 5). What happened to a problem, a run or a set, read from SQLite.
+"""Command: inspect. What happened to a problem, a run or a set, read from SQLite.
 
 Reads only, so it never blocks the trainer: under WAL a reader sees the last committed step while
-a step is being written. The queries live in history.py, the drawing in render.py.
+a step is being written. The queries live in store/history.py, the drawing in render.py and
+plot.py.
 """
 
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,10 +16,12 @@ from rich.markup import escape
 from rich.console import Console
 from rich.prompt import Prompt
 
-from . import history as hist
-from . import paths, render
-from .cli import DbOpt, GcpoError, JsonOpt, app, print_json
-from .db import open_db
+from . import render, store
+from .cmd_common import RUN_HELP, SET_HELP, DbOpt, JsonOpt, make_app, open_for_reading, print_json
+from .errors import GcpoError
+from .store import history as hist
+
+app = make_app()
 
 PAGE = 20
 
@@ -32,14 +34,6 @@ def _console() -> Console:
 
 def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
-
-
-def _open(db_path: Optional[Path]):
-    path = Path(db_path) if db_path else paths.default_db()
-    # A read command should not leave an empty database behind a mistyped --db.
-    if not path.exists():
-        raise hist.user_error(f"no database at {path} (ingest and train first, or pass --db)")
-    return open_db(path)
 
 
 # Typer's rich help keeps single newlines, so paragraphs are one string each.
@@ -60,27 +54,16 @@ HELP = (
 )
 
 
-@contextmanager
-def snapshot(db):
-    """One read transaction per view, so all of a view's queries see the same committed steps
-    while the trainer commits more. Short-lived: an open reader holds back WAL checkpoints."""
-    db.conn.execute("BEGIN")
-    try:
-        yield
-    finally:
-        db.conn.execute("ROLLBACK")
-
-
 @app.command("inspect", help=HELP)
 def inspect_cmd(
     problem: Annotated[Optional[str], typer.Option(
         "--problem", "-p", help="Problem id, unambiguous id prefix, source id, or words from its text.",
         show_default=False)] = None,
     run: Annotated[Optional[str], typer.Option(
-        "--run", "-r", help="Run id or prefix. Alone: the run's view; with --problem or --set: "
+        "--run", "-r", help=RUN_HELP + " Alone: the run's view; with --problem or --set: "
         "limit them to this run.", show_default=False)] = None,
     set_name: Annotated[Optional[str], typer.Option(
-        "--set", "-s", help="Problem set name: its measured difficulty and the problems that most "
+        "--set", "-s", help=SET_HELP + " Its measured difficulty and the problems that most "
         "need golden answers.", show_default=False)] = None,
     full: Annotated[bool, typer.Option(
         "--full", help="Show everything: every completion, every listed problem, the whole recipe.")] = False,
@@ -98,17 +81,17 @@ def inspect_cmd(
         raise GcpoError("--json needs a target: --problem ID, --run ID or --set NAME")
     if problem is None and run is None and set_name is None and not _interactive():
         raise GcpoError("pass --problem ID, --run ID or --set NAME (no terminal for the picker)")
-    if plot is not None:
-        _check_plot_target(plot)
-    db = _open(db_path)
+    if plot is not None and not plot.parent.exists():
+        raise GcpoError(f"cannot write {plot}: folder {plot.parent} does not exist")
+    db = open_for_reading(db_path)
     try:
         console = _console()
         if problem is None and run is None and set_name is None:
             return _picker(db, console)
-        with snapshot(db):
-            run_id = hist.resolve_run(db, run) if run is not None else None
+        with store.snapshot(db):
+            run_id = store.resolve_run(db, run)["id"] if run is not None else None
             if problem is not None:
-                data = hist.problem_history(db, hist.resolve_problem(db, problem), run_id, full=full)
+                data = hist.problem_history(db, store.resolve_problem(db, problem), run_id, full=full)
                 draw, kind = render.render_problem, "problem"
             elif set_name is not None:
                 data = hist.set_history(db, set_name, run_id, limit=None if (full or json_out) else 10)
@@ -117,7 +100,9 @@ def inspect_cmd(
                 data = hist.run_history(db, run_id)
                 draw, kind = render.render_run, "run"
         if plot is not None:
-            _plot(kind, data, plot)
+            from .plot import plot as draw_plot
+
+            draw_plot(kind, data, plot)
         if json_out:
             print_json(data)
         else:
@@ -139,7 +124,7 @@ def _ask(console: Console, prompt: str) -> Optional[str]:
 
 def _picker(db, console: Console) -> None:
     """Choose a run, then walk its problems (n/p/number/id) without retyping ids."""
-    runs = hist.list_runs(db)
+    runs = store.list_runs(db)
     if not runs:
         raise GcpoError("no runs recorded yet; pass --problem ID or --set NAME")
     while True:
@@ -154,7 +139,7 @@ def _picker(db, console: Console) -> None:
             if ans.isdigit() and 1 <= int(ans) <= len(runs):
                 run_id = runs[int(ans) - 1]["id"]
             else:
-                run_id = hist.resolve_run(db, ans)
+                run_id = store.resolve_run(db, ans)["id"]
         except GcpoError as e:
             console.print(f"error: {escape(str(e))}")
             continue
@@ -163,7 +148,7 @@ def _picker(db, console: Console) -> None:
 
 
 def _browse_run(db, console: Console, run_id: str) -> str:
-    with snapshot(db):
+    with store.snapshot(db):
         rh = hist.run_history(db, run_id)
     ps = rh["problems"]
     story: dict[str, str] = {}
@@ -190,7 +175,7 @@ def _browse_run(db, console: Console, run_id: str) -> str:
     def show_page() -> None:
         nonlocal page
         ids = order[page * PAGE:(page + 1) * PAGE]
-        texts = hist.problem_texts(db, ids)
+        texts = store.problem_texts(db, ids)
         console.print(f"Problems of run {run_id} ({len(order)}), page {page + 1}:", markup=False)
         render.render_problem_list(console, [(page * PAGE + i + 1, p, story[p], texts.get(p, ""))
                                              for i, p in enumerate(ids)])
@@ -215,101 +200,19 @@ def _browse_run(db, console: Console, run_id: str) -> str:
             idx = int(ans) - 1
         else:
             try:
-                pid = hist.resolve_problem(db, ans)
+                pid = store.resolve_problem(db, ans)
             except GcpoError as e:
                 console.print(f"error: {e}")
                 continue
             if pid not in order:
                 console.print(f"{pid} was not sampled in this run; showing its history anyway", markup=False)
-                with snapshot(db):
+                with store.snapshot(db):
                     h = hist.problem_history(db, pid)
                 render.render_problem(console, h)
                 continue
             idx = order.index(pid)
         pid = order[idx]
         console.rule(f"problem {idx + 1} of {len(order)} · {story[pid]}")
-        with snapshot(db):
+        with store.snapshot(db):
             h = hist.problem_history(db, pid, run_id)
         render.render_problem(console, h)
-
-
-# ----------------------------------------------------------------------------- plot
-def _check_plot_target(path: Path) -> None:
-    if not path.parent.exists():
-        raise hist.user_error(f"cannot write {path}: folder {path.parent} does not exist")
-
-
-def _plot(kind: str, data: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display needed, none opened
-        import matplotlib.pyplot as plt
-    except ImportError:
-        # Both install lines, on one 80-column line: the extra, or matplotlib alone.
-        raise hist.user_error(
-            "no matplotlib: pip install 'gcpo-cli[plot]' or pip install matplotlib") from None
-    if kind == "problem":
-        fig = _plot_problem(plt, data)
-    else:
-        fig = _plot_run(plt, data)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    # Write beside the target, then rename, so a failure never leaves half a file behind.
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight")
-        tmp.replace(path)
-    except (ValueError, OSError) as e:
-        tmp.unlink(missing_ok=True)
-        raise hist.user_error(f"cannot write {path}: {e}") from None
-    finally:
-        plt.close(fig)
-
-
-def _plot_problem(plt, h: dict):
-    runs = h["runs"] or [None]
-    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 2.6 * len(runs)), squeeze=False, layout="constrained")
-    for ax, r in zip(axes[:, 0], runs):
-        if r is None:
-            ax.text(0.5, 0.5, "never sampled in training", ha="center", va="center")
-            ax.set_axis_off()
-            continue
-        st = [s["step"] for s in r["steps"]]
-        share = [s["k"] / s["n"] if s["n"] else 0 for s in r["steps"]]
-        ax.plot(st, share, marker=".", lw=1, label="share correct (k/G, golden not counted)")
-        gold = [s["step"] for s in r["steps"] if s["golden"]]
-        if gold:
-            ax.scatter(gold, [0] * len(gold), marker="*", s=60, color="goldenrod", label="golden injected",
-                       zorder=3)
-        if r["graduated_step"] is not None:
-            ax.axvline(r["graduated_step"], ls="--", color="green",
-                       label=f"graduated (step {r['graduated_step']})")
-        if r["regressed_steps"]:
-            ax.scatter(r["regressed_steps"], [0] * len(r["regressed_steps"]), marker="x", color="red",
-                       label="regressed", zorder=4)
-        ax.set_ylim(-0.08, 1.05)
-        ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole numbers
-        ax.set_ylabel("k / G")
-        ax.set_title(f"run {r['run_id']} ({r['algorithm'] or '-'})", fontsize=9, loc="left")
-        ax.legend(fontsize=7, loc="upper left")
-    axes[-1, 0].set_xlabel("step")
-    fig.suptitle(f"problem {h['problem']['id']}: {render.one_line(h['problem']['text'], 70)}", fontsize=10)
-    return fig
-
-
-def _plot_run(plt, h: dict):
-    curves = render.RUN_CURVES
-    fig, axes = plt.subplots(len(curves), 1, figsize=(9, 1.9 * len(curves)), sharex=True, squeeze=False,
-                             layout="constrained")
-    for ax, (key, name) in zip(axes[:, 0], curves):
-        pts = [(s["step"], s[key]) for s in h["steps"] if s.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts), lw=1)
-        else:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-        ax.set_ylabel(name, fontsize=8)
-    axes[-1, 0].xaxis.get_major_locator().set_params(integer=True)
-    axes[-1, 0].set_xlabel("step")
-    r = h["run"]
-    fig.suptitle(f"run {r['id']} ({r['algorithm'] or '-'}, {r['model'] or '-'})", fontsize=10)
-    return fig

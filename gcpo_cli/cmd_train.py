@@ -11,8 +11,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .cli import DbOpt, GcpoError, JsonOpt, app, console, err_console, print_json
+from . import checkpoints, store
+from .cmd_common import RUN_HELP, SET_HELP, DbOpt, JsonOpt, console, err_console, make_app, one_of, print_json
+from .errors import GcpoError
 from .render import sparkline
+
+app = make_app()
+
 
 class RichDisplay:
     """Progress bar with the numbers people watch (reward, golden-answer rate, all-wrong share,
@@ -42,13 +47,13 @@ class RichDisplay:
         self.task = self.progress.add_task("train", total=total, completed=done, stats="")
 
     def step(self, step: int, m: dict) -> None:
-        stats = (f"reward {m['reward_mean']:.2f}  gold {m['ga_injections']}  all-wrong {m['all_wrong_frac']:.0%}"
+        stats = (f"reward {m['reward_mean']:.2f}  gold {m['golden_injections']}  all-wrong {m['all_wrong_frac']:.0%}"
                  f"  {m['tokens_per_s']:.0f} tok/s")
         self.progress.update(self.task, completed=step, stats=stats)
         if not self.quiet:  # one line per step that fits 80 columns and stays in the scrollback
             self.progress.console.print(
                 f"step {step:>3}  reward {m['reward_mean']:.2f}  all-wrong {m['all_wrong_frac']:>4.0%}  "
-                f"GA {m['ga_injections']}  |g| {m['grad_norm']:.2f}  len {m['completion_len_mean']:.0f}  "
+                f"gold {m['golden_injections']}  |g| {m['grad_norm']:.2f}  len {m['completion_tokens_mean']:.0f}  "
                 f"{m['tokens_per_s']:.0f} tok/s  {m['gen_s'] + m['update_s']:.0f}s", highlight=False)
 
     def stop(self) -> None:
@@ -71,51 +76,51 @@ def _before_after_table(summary: dict) -> Table:
 
 @app.command("train")
 def train_cmd(
-    recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe name in recipes/ or a .yaml path.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Problem set to train on (see gcpo sets).")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe name (see below) or a .yaml path.")] = None,
+    set_name: Annotated[Optional[str], typer.Option("--set", "-s", help=SET_HELP + " Default: the recipe's.",
+                                                    show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Override the model: hub id, folder, .gguf, smollm2-135m.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Number of training steps.")] = None,
-    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Number of training steps.", min=1)] = None,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps.", min=0)] = None,
     override: Annotated[list[str], typer.Option("--override", "-o", help="Any recipe key: -o lr=2e-4 -o lora.r=8")] = [],
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run RUN_ID from its last checkpoint.")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run RUN from its last checkpoint.",
+                                                  metavar="RUN")] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
+    old_data: Annotated[Optional[str], typer.Option("--data", hidden=True)] = None,
 ) -> None:
     """Train a model with GCPO (or the GRPO/DAPO baselines) on a problem set.
 
-    Every rollout of every step is recorded; Ctrl-C stops cleanly after saving.
+    Every rollout of every step is recorded; Ctrl-C stops cleanly after saving. Recipes:
+    smollm2-cpu (the embedded model on 2 CPU cores), 1.5b-qlora (one 24 GB GPU), tiny (tests).
 
     Examples:
       gcpo train --recipe smollm2-cpu
-      gcpo train --recipe 1.5b-qlora --data math-train --steps 200
+      gcpo train --recipe 1.5b-qlora --set math-train --steps 200
       gcpo train --recipe smollm2-cpu -o algorithm=grpo -o lr=2e-4
       gcpo train --resume 01m8dz
     """
     from . import recipe as recipes
-    from .db import open_db
     from .train import train
 
+    set_name = one_of(set_name, old_data, "--set")
     if not recipe and not resume:
-        raise GcpoError("give --recipe NAME (available: " + ", ".join(recipes.available()) + ") or --resume RUN_ID")
-    database = open_db(db)
+        raise GcpoError("give --recipe NAME (available: " + ", ".join(recipes.available()) + ") or --resume RUN")
+    if resume and (recipe or override or set_name is not None or model):
+        raise GcpoError("--resume continues a run with its stored recipe; only --steps and --save-every apply")
+    resolved = None
+    if not resume:
+        # Typed flags go in as values: `--set 007` is the set named "007", never re-read as YAML.
+        values = {k: v for k, v in {"set_name": set_name, "model.name": model, "steps": steps,
+                                    "save_every": save_every}.items() if v is not None}
+        if set_name is not None:
+            store.require_set_name(set_name)
+        resolved = recipes.load(recipe, list(override), values)
+        if not as_json:
+            err_console.print("[bold]recipe[/] (resolved):", highlight=False)
+            err_console.print_json(json.dumps(recipes.to_dict(resolved)))
+    database = store.open_db(db)
     try:
-        resolved = None
-        if not resume:
-            extra = list(override)
-            if data:
-                extra.append(f"data={data}")
-            if model:
-                extra.append(f"model.name={model}")
-            if steps is not None:
-                extra.append(f"steps={steps}")
-            if save_every is not None:
-                extra.append(f"save_every={save_every}")
-            resolved = recipes.load(recipe, extra)
-            if not as_json:
-                err_console.print("[bold]recipe[/] (resolved):", highlight=False)
-                err_console.print_json(json.dumps(recipes.to_dict(resolved)))
-        elif override or data or model:
-            raise GcpoError("--resume continues a run with its stored recipe; only --steps and --save-every apply")
         summary = train(database, resolved, resume_run=resume, steps=steps, save_every=save_every,
                         display=RichDisplay(quiet=as_json))
     except KeyboardInterrupt:
@@ -142,15 +147,9 @@ def runs_cmd(
     Example:
       gcpo runs --json
     """
-    from .db import open_db
-
-    database = open_db(db)
-    runs = list(database.query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", [limit]))
-    for r in runs:
-        r["reward_mean_per_step"] = [row[0] for row in database.execute(
-            "SELECT reward_mean FROM steps WHERE run_id = ? ORDER BY step", [r["id"]])]
+    runs = store.list_runs(store.open_db(db), limit)
     if as_json:
-        print_json([{k: v for k, v in r.items() if k != "recipe_json"} for r in runs])
+        print_json(runs)
         return
     if not runs:
         console.print("no runs yet: start one with gcpo train --recipe smollm2-cpu")
@@ -169,38 +168,37 @@ def runs_cmd(
 
 @app.command("export")
 def export_cmd(
-    run_id: Annotated[str, typer.Argument(help="Run id (or an unambiguous prefix).")],
+    run: Annotated[Optional[str], typer.Option("--run", "-r", help=RUN_HELP, show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder to write.")] = Path("gcpo-export"),
-    step: Annotated[Optional[int], typer.Option("--step", help="Checkpoint step (default: the latest).")] = None,
+    step: Annotated[Optional[int], typer.Option("--step", help="Checkpoint step (default: the latest).",
+                                                show_default=False)] = None,
     merge: Annotated[bool, typer.Option("--merge", help="Write base + adapter merged into a plain transformers model.")] = False,
     db: DbOpt = None,
+    old_run: Annotated[Optional[str], typer.Argument(hidden=True, show_default=False)] = None,
 ) -> None:
     """Export a run's LoRA adapter, or with --merge a merged model folder.
 
     Examples:
-      gcpo export 01m8dz --out my-adapter
-      gcpo export 01m8dz --merge --out my-model
+      gcpo export --run 01m8dz --out my-adapter
+      gcpo export --run 01m8dz --merge --out my-model
     """
-    from .db import open_db
-    from .runs import checkpoint_dir, resolve_run
-
-    database = open_db(db)
-    run = resolve_run(database, run_id)
-    step = step or run["checkpoint_step"]
-    src = checkpoint_dir(run["out_dir"], step or 0) / "adapter"
-    if not step or not src.exists():
-        raise GcpoError(f"run {run['id']} has no checkpoint{'' if step is None else f' at step {step}'}")
+    ref = one_of(run, old_run, "--run")
+    if ref is None:
+        raise GcpoError("name the run to export: --run RUN (see gcpo runs)")
+    row = store.resolve_run(store.open_db(db), ref)
+    step = checkpoints.pick(row, step)
+    src = checkpoints.adapter(row["out_dir"], step)
     if out.exists() and any(out.iterdir()):
         raise GcpoError(f"{out} exists and is not empty")
     if not merge:
         shutil.copytree(src, out, dirs_exist_ok=True)
-        console.print(f"adapter of run {run['id']} step {step} written to {out}", highlight=False)
+        console.print(f"adapter of run {row['id']} step {step} written to {out}", highlight=False)
         return
     from .model import load_adapter, load_base
     from .recipe import ModelConfig
 
-    base, tok, _ = load_base(ModelConfig(name=run["model"]), device="cpu")
+    base, tok, _ = load_base(ModelConfig(name=row["model"]), device="cpu")
     merged = load_adapter(base, src).merge_and_unload()
     merged.save_pretrained(out)
     tok.save_pretrained(out)
-    console.print(f"merged model of run {run['id']} step {step} written to {out}", highlight=False)
+    console.print(f"merged model of run {row['id']} step {step} written to {out}", highlight=False)

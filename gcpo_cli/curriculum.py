@@ -1,6 +1,6 @@
 """Which problems to train on next.
 
-Both samplers are stateless functions of (seed, step, database): a resumed run picks exactly
+Both samplers are stateless functions of (seed, step, the run's history): a resumed run picks exactly
 the problems an uninterrupted one would have, with no sampler state to save.
 - uniform: epochs of seeded permutations, B problems per step.
 - frontier: favours problems the model solves sometimes (pass rate p near 1/2: weight p(1-p)),
@@ -27,21 +27,6 @@ def uniform(problem_ids: list[str], step: int, batch: int, seed: int) -> list[st
     return out
 
 
-def pass_rates(db, run_id: str, window: int) -> dict[str, tuple[int, int]]:
-    """problem_id -> (correct, attempts) over its last `window` non-golden rollouts in the run."""
-    rows = db.execute(
-        """
-        SELECT problem_id, SUM(correct), COUNT(*) FROM (
-          SELECT problem_id, correct,
-                 ROW_NUMBER() OVER (PARTITION BY problem_id ORDER BY step DESC, sample_index) AS rn
-          FROM rollouts WHERE run_id = ? AND is_golden = 0
-        ) WHERE rn <= ? GROUP BY problem_id
-        """,
-        [run_id, window],
-    ).fetchall()
-    return {pid: (int(c), int(n)) for pid, c, n in rows}
-
-
 def frontier_weight(correct: int | None, attempts: int | None) -> float:
     if not attempts:
         return UNSEEN
@@ -49,9 +34,9 @@ def frontier_weight(correct: int | None, attempts: int | None) -> float:
     return FLOOR + p * (1 - p)
 
 
-def frontier(db, run_id: str, problem_ids: list[str], step: int, batch: int, seed: int,
-             window: int) -> list[str]:
-    rates = pass_rates(db, run_id, window)
+def frontier(rates: dict[str, tuple[int, int]], problem_ids: list[str], step: int, batch: int,
+             seed: int) -> list[str]:
+    """`rates`: problem id -> (correct, attempts) in this run (store.pass_rates)."""
     weights = [frontier_weight(*rates.get(pid, (None, None))) for pid in problem_ids]
     rng = random.Random(seed * 1_000_003 + step)
     # Weighted sampling without replacement (Efraimidis-Spirakis keys).

@@ -7,8 +7,8 @@
 - `evaluate_problems` is shared by `gcpo eval` and the trainer's held-out evaluation. It writes
   one transaction per generation batch, so an interrupted evaluation keeps what it finished and
   the same call (same model label, set and parameters) resumes it without redoing those problems.
-- `BENCHMARKS` names the known benchmarks, their hub ids and fields, and the file in
-  ../shared/data that holds each offline.
+- `BENCHMARKS` names the known benchmarks, their hub ids and fields.
+- `compare` puts several evaluations side by side with their differences from the first.
 """
 
 from __future__ import annotations
@@ -20,16 +20,15 @@ import time
 from collections import Counter
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
-from . import paths
+from . import store
 from .answers import Grader, _clean_str, extract_answer, grading_target
-from .db import dumps, new_id
 from .errors import GcpoError
 from .rollout import DEFAULT_TEMPLATE
 
-METRICS = ("mean_at_k", "stderr", "pass_at_k", "maj_at_k", "mean_tokens", "truncation_rate",
+METRICS = ("mean_at_k", "stderr", "pass_at_k", "maj_at_k", "completion_tokens_mean", "truncation_rate",
            "unextracted_rate")
+GOLDEN = "golden"  # the "model" that answers with each problem's own golden answers
 
 
 # ------------------------------------------------------------------------------------- metrics
@@ -76,9 +75,9 @@ def maj_at_k(answers: list[str | None], verdicts: list[bool]) -> bool:
 
 @dataclass
 class Sample:
-    extracted: str | None
+    extracted_answer: str | None
     correct: bool
-    tokens: int | None = None
+    completion_tokens: int | None = None
     truncated: bool = False
 
 
@@ -92,15 +91,15 @@ def summarize(samples: list[list[Sample]], k: int) -> dict:
     if not samples:  # nothing graded (a golden check of a set without golden answers)
         return out | {key: None for key in METRICS}
     mean, se = mean_and_stderr([sum(x.correct for x in s) / len(s) for s in samples])
-    tokens = [x.tokens for x in flat if x.tokens is not None]
+    tokens = [x.completion_tokens for x in flat if x.completion_tokens is not None]
     out.update(
         mean_at_k=mean,
         stderr=se,
         pass_at_k=sum(pass_at_k(len(s), sum(x.correct for x in s), min(k, len(s))) for s in samples) / len(samples),
-        maj_at_k=sum(maj_at_k([x.extracted for x in s], [x.correct for x in s]) for s in samples) / len(samples),
-        mean_tokens=sum(tokens) / len(tokens) if tokens else None,
+        maj_at_k=sum(maj_at_k([x.extracted_answer for x in s], [x.correct for x in s]) for s in samples) / len(samples),
+        completion_tokens_mean=sum(tokens) / len(tokens) if tokens else None,
         truncation_rate=sum(x.truncated for x in flat) / len(flat),
-        unextracted_rate=sum(x.extracted is None for x in flat) / len(flat),
+        unextracted_rate=sum(x.extracted_answer is None for x in flat) / len(flat),
     )
     return out
 
@@ -131,47 +130,12 @@ def _params(problems: list[dict], **kw) -> dict:
     return dict(kw, problems=len(problems), problems_sha=hashlib.sha256(ids.encode()).hexdigest()[:16])
 
 
-def _open_evaluation(db, evaluation_id, label, set_name, params, run_id, run_step) -> tuple[str, set[str]]:
-    """(id, problems already finished): the given id, else the newest unfinished evaluation with
-    the same model, set, run and parameters, else a new one."""
-    pj, now = dumps(params), paths.utcnow()
-    if evaluation_id is None:
-        row = db.execute(
-            "SELECT id FROM evaluations WHERE model = ? AND set_name = ? AND params_json = ?"
-            " AND run_id IS ? AND run_step IS ? AND status != 'done' ORDER BY created_at DESC LIMIT 1",
-            [label, set_name, pj, run_id, run_step]).fetchone()
-        evaluation_id = row[0] if row else None
-    if evaluation_id is None or not db.execute("SELECT 1 FROM evaluations WHERE id = ?", [evaluation_id]).fetchone():
-        evaluation_id = evaluation_id or new_id()
-        with db.atomic():
-            db["evaluations"].insert(dict(id=evaluation_id, model=label, run_id=run_id, run_step=run_step,
-                                          set_name=set_name, params_json=pj, metrics_json=None,
-                                          status="running", created_at=now, updated_at=now))
-        return evaluation_id, set()
-    with db.atomic():
-        db["evaluations"].update(evaluation_id, dict(status="running", updated_at=now))
-    done = {r[0] for r in db.execute(
-        "SELECT DISTINCT problem_id FROM eval_results WHERE evaluation_id = ?", [evaluation_id])}
-    return evaluation_id, done
-
-
-def _write_results(db, evaluation_id: str, rows: list[tuple]) -> None:
-    now = paths.utcnow()
-    with db.atomic():
-        db.conn.executemany(
-            "INSERT INTO eval_results (evaluation_id, problem_id, sample_index, completion,"
-            " extracted_answer, correct, tokens, truncated, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            [(evaluation_id, *r, now) for r in rows])
-        db.conn.execute("UPDATE evaluations SET updated_at = ? WHERE id = ?", [now, evaluation_id])
-
-
 def stored_samples(db, evaluation_id: str, problem_ids: list[str] | None = None) -> list[list[Sample]]:
     """The samples an evaluation stored, grouped by problem (in `problem_ids` order if given)."""
     by: dict[str, list[Sample]] = {}
-    for pid, ext, ok, tok, trunc in db.execute(
-            "SELECT problem_id, extracted_answer, correct, tokens, truncated FROM eval_results"
-            " WHERE evaluation_id = ? ORDER BY problem_id, sample_index", [evaluation_id]):
-        by.setdefault(pid, []).append(Sample(ext, bool(ok), tok, bool(trunc)))
+    for r in store.evaluation_results(db, evaluation_id):
+        by.setdefault(r["problem_id"], []).append(Sample(r["extracted_answer"], bool(r["correct"]),
+                                                         r["completion_tokens"], bool(r["truncated"])))
     order = problem_ids if problem_ids is not None else list(by)
     return [by[p] for p in order if p in by]
 
@@ -179,18 +143,8 @@ def stored_samples(db, evaluation_id: str, problem_ids: list[str] | None = None)
 def _finish(db, evaluation_id: str, problems: list[dict], k: int, extra: dict) -> dict:
     metrics = summarize(stored_samples(db, evaluation_id, [p["id"] for p in problems]), k)
     metrics.update(extra)
-    with db.atomic():
-        db["evaluations"].update(evaluation_id, dict(status="done", metrics_json=dumps(metrics),
-                                                     updated_at=paths.utcnow()))
+    store.finish_evaluation(db, evaluation_id, metrics)
     return metrics
-
-
-def _mark_interrupted(db, evaluation_id: str) -> None:
-    try:
-        with db.atomic():
-            db["evaluations"].update(evaluation_id, dict(status="interrupted", updated_at=paths.utcnow()))
-    except Exception:  # the database may be what failed; the original error matters more
-        pass
 
 
 def _progress(enabled: bool, description: str, total: int, completed: int):
@@ -234,21 +188,21 @@ def _store(db, evaluation_id: str, grader: Grader, items: list[tuple]) -> None:
     them in one transaction: a problem's samples are stored all together or not at all."""
     verdicts = grader.grade([(p["answer"], grading_target(p["text"], p["answer"], ext))
                              for p, _, _, ext, _, _ in items])
-    _write_results(db, evaluation_id, [(p["id"], j, text, ext, int(ok), tokens, int(trunc))
-                                       for (p, j, text, ext, tokens, trunc), ok in zip(items, verdicts)])
+    store.write_results(db, evaluation_id, [
+        dict(problem_id=p["id"], sample_index=j, completion=text, extracted_answer=ext, correct=int(ok),
+             completion_tokens=tokens, truncated=int(trunc))
+        for (p, j, text, ext, tokens, trunc), ok in zip(items, verdicts)])
 
 
 def evaluate_problems(db, model, tok, problems: list[dict], *, label: str, set_name: str, k: int = 1,
                       temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 512,
                       seed: int = 0, template: str = DEFAULT_TEMPLATE, run_id: str | None = None,
-                      run_step: int | None = None, batch_size: int = 32,
-                      evaluation_id: str | None = None, progress: bool = True,
+                      run_step: int | None = None, batch_size: int = 32, progress: bool = True,
                       grader: Grader | None = None) -> dict:
     """Sample k completions for each problem ({id, text, answer}), grade and store them, and
     return the evaluation's metrics with "evaluation_id", "model", "set_name" and timing.
 
-    Resumes the unfinished evaluation with the same label, set, run and parameters (or
-    `evaluation_id`). The global torch RNG is seeded with `seed` inside a fork, so the caller's
+    Resumes the unfinished evaluation with the same label, set, run and parameters. The global torch RNG is seeded with `seed` inside a fork, so the caller's
     RNG stream (the trainer's) is untouched. A resumed evaluation samples its remaining problems
     from a fresh seed: equivalent, not bit-identical to an uninterrupted one (greedy is)."""
     import torch
@@ -259,7 +213,8 @@ def evaluate_problems(db, model, tok, problems: list[dict], *, label: str, set_n
         raise ValueError("k, max_new_tokens and batch_size must be at least 1")
     params = _params(problems, k=k, temperature=temperature, top_p=top_p,
                      max_new_tokens=max_new_tokens, seed=seed, template=template)
-    ev_id, done = _open_evaluation(db, evaluation_id, label, set_name, params, run_id, run_step)
+    ev_id, done = store.open_evaluation(db, model=label, set_name=set_name, params=params, run_id=run_id,
+                                        run_step=run_step)
     todo = [p for p in problems if p["id"] not in done]
     prompts = {p["id"]: render_prompt(tok, p["text"], template) for p in todo}
     # Length bucketing across the whole set, one generation batch per chunk: padding stays
@@ -287,7 +242,7 @@ def evaluate_problems(db, model, tok, problems: list[dict], *, label: str, set_n
                 _store(db, ev_id, grader, items)
                 _advance(prog, len(chunk))
     except BaseException:
-        _mark_interrupted(db, ev_id)
+        store.mark_evaluation_interrupted(db, ev_id)
         raise
     seconds = time.perf_counter() - t0
     metrics = _finish(db, ev_id, problems, k, {})
@@ -301,56 +256,36 @@ def evaluate_golden(db, problems: list[dict], *, set_name: str, progress: bool =
                     grader: Grader | None = None) -> dict:
     """Grade each problem's own golden answers as if a model had written them: a check of the
     extractor and grader on a benchmark's formats. Problems without one are counted, not graded."""
-    golden: dict[str, list[tuple[str, str | None]]] = {}
-    ids = [p["id"] for p in problems]
-    for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-        chunk = ids[i : i + 900]
-        for pid, text, final in db.execute(
-                f"SELECT problem_id, text, final_answer FROM golden_answers WHERE problem_id IN"
-                f" ({','.join('?' * len(chunk))}) ORDER BY problem_id, id", chunk):
-            # A completion is graded on what extract_answer finds; the ingest's own reading
-            # (MathQA's trailing "answer : d") stands in where it finds nothing.
-            golden.setdefault(pid, []).append((text, extract_answer(text) or final))
+    # A completion is graded on what extract_answer finds; the ingest's own reading (MathQA's
+    # trailing "answer : d") stands in where it finds nothing.
+    golden = {pid: [(g["text"], extract_answer(g["text"]) or g["final_answer"]) for g in gs]
+              for pid, gs in store.golden_answers(db, [p["id"] for p in problems]).items()}
     have = [p for p in problems if p["id"] in golden]
     params = _params(have, golden=True)
-    ev_id, done = _open_evaluation(db, None, "golden", set_name, params, None, None)
+    ev_id, done = store.open_evaluation(db, model=GOLDEN, set_name=set_name, params=params, run_id=None,
+                                        run_step=None)
     t0 = time.perf_counter()
     todo = [p for p in have if p["id"] not in done]
     try:
         with ExitStack() as stack:
             grader = _grader(stack, grader)
-            prog = stack.enter_context(_progress(progress, f"golden · {set_name}", len(have), len(done)))
+            prog = stack.enter_context(_progress(progress, f"{GOLDEN} · {set_name}", len(have), len(done)))
             for start in range(0, len(todo), 64):
                 chunk = todo[start : start + 64]
                 _store(db, ev_id, grader, [(p, j, text, ext, None, False) for p in chunk
                                            for j, (text, ext) in enumerate(golden[p["id"]])])
                 _advance(prog, len(chunk))
     except BaseException:
-        _mark_interrupted(db, ev_id)
+        store.mark_evaluation_interrupted(db, ev_id)
         raise
     seconds = time.perf_counter() - t0
     metrics = _finish(db, ev_id, have, 1, {"no_golden": len(problems) - len(have)})
-    return dict(evaluation_id=ev_id, model="golden", set_name=set_name, run_id=None, run_step=None,
+    return dict(evaluation_id=ev_id, model=GOLDEN, set_name=set_name, run_id=None, run_step=None,
                 **metrics, resumed=len(done), seconds=round(seconds, 3),
                 problems_per_s=len(todo) / seconds if todo and seconds else None, tokens_per_s=None)
 
 
 # ------------------------------------------------------------------------------ sets, benchmarks
-
-
-def set_problems(db, set_name: str, limit: int | None = None) -> list[dict]:
-    """The problems of a set in ingest order ({id, text, answer}); the first `limit` of them."""
-    if not db.execute("SELECT 1 FROM problem_sets WHERE name = ?", [set_name]).fetchone():
-        known = [r[0] for r in db.execute("SELECT name FROM problem_sets ORDER BY name")]
-        raise GcpoError(f"no problem set named '{set_name}'"
-                    + (f"; sets: {', '.join(known)}" if known else "; ingest one with: gcpo ingest FILE --name NAME"))
-    q = ("SELECT p.id, p.text, p.answer FROM set_problems sp JOIN problem_sets s ON s.id = sp.set_id"
-         " JOIN problems p ON p.id = sp.problem_id WHERE s.name = ? ORDER BY sp.position")
-    args: list = [set_name]
-    if limit is not None:
-        q += " LIMIT ?"
-        args.append(limit)
-    return [dict(id=i, text=t, answer=a) for i, t, a in db.execute(q, args)]
 
 
 @dataclass(frozen=True)
@@ -361,21 +296,20 @@ class Benchmark:
     problem: str | None = None  # field, or a template such as "{Body} {Question}"; None: detect
     answer: str | None = None  # None: detect (or the last \boxed{} of `solution`)
     solution: str | None = None
-    local: str | None = None  # the file under ../shared/data that holds it
 
 
 # Hub copies as the Qwen2.5-Math / simpleRL evaluation suites load them; fields per dataset card.
 BENCHMARKS: dict[str, Benchmark] = {
-    "aime24": Benchmark("HuggingFaceH4/aime_2024", "train", None, "problem", "answer", "solution", "aime24/test.jsonl"),
+    "aime24": Benchmark("HuggingFaceH4/aime_2024", "train", None, "problem", "answer", "solution"),
     "aime25": Benchmark("math-ai/aime25", "test", None, "problem", "answer"),
-    "amc23": Benchmark("math-ai/amc23", "test", None, "question", "answer", None, "amc23/test.jsonl"),
-    "math500": Benchmark("HuggingFaceH4/MATH-500", "test", None, "problem", "answer", "solution", "math500/test.jsonl"),
-    "gsm8k": Benchmark("openai/gsm8k", "test", "main", "question", "answer", None, "gsm8k/test.jsonl"),
-    "minerva_math": Benchmark("math-ai/minervamath", "test", None, "question", "answer", None, "minerva_math/test.jsonl"),
+    "amc23": Benchmark("math-ai/amc23", "test", None, "question", "answer"),
+    "math500": Benchmark("HuggingFaceH4/MATH-500", "test", None, "problem", "answer", "solution"),
+    "gsm8k": Benchmark("openai/gsm8k", "test", "main", "question", "answer"),
+    "minerva_math": Benchmark("math-ai/minervamath", "test", None, "question", "answer"),
     "olympiadbench": Benchmark("math-ai/olympiadbench", "test", None, "question", "final_answer", "solution"),
-    "svamp": Benchmark("ChilleD/SVAMP", "test", None, "{Body} {Question}", "Answer", None, "svamp/test.jsonl"),
-    "mawps": Benchmark("MU-NLPC/Calc-mawps", "test", None, "question", "result_float", None, "mawps/test.jsonl"),
-    "mathqa": Benchmark("allenai/math_qa", "test", None, "Problem", "correct", "Rationale", "mathqa/test.jsonl"),
+    "svamp": Benchmark("ChilleD/SVAMP", "test", None, "{Body} {Question}", "Answer"),
+    "mawps": Benchmark("MU-NLPC/Calc-mawps", "test", None, "question", "result_float"),
+    "mathqa": Benchmark("allenai/math_qa", "test", None, "Problem", "correct", "Rationale"),
     "synthetic": Benchmark(None),  # built in: synthetic:arithmetic, levels 1-5
 }
 SYNTHETIC = dict(count=200, seed=0, levels="1-5")
@@ -401,25 +335,10 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _local_file(rel: str | None) -> Path | None:
-    if not rel:
-        return None
-    env = os.environ.get("GCPO_SHARED_DATA")  # as the tests use it: the shared data elsewhere
-    for base in ([Path(env)] if env else []) + [paths.REPO_ROOT.parent / "shared" / "data",
-                                               paths.REPO_ROOT / "shared" / "data"]:
-        if (base / rel).exists():
-            return base / rel
-    return None
-
-
 def ingest_hint(name: str) -> str:
     """How to put a benchmark into the database from a file, as one command."""
     b = BENCHMARKS[name]
-    path = _local_file(b.local)
-    if path is not None:
-        rel = os.path.relpath(path)  # ../shared/data/... from the checkout, as people type it
-        return f"gcpo ingest {rel if not rel.startswith('../../..') else path} --name {name}"
-    return (f"gcpo ingest FILE --name {name}, with FILE a JSONL/CSV/Parquet copy of the hub dataset "
+    return (f"gcpo ingest FILE --set {name}, with FILE a JSONL/CSV/Parquet copy of the hub dataset "
             f"{b.hub_id} (split {b.split})")
 
 
@@ -429,11 +348,10 @@ def resolve_benchmark(db, name: str, grader: Grader | None = None) -> str:
     from .ingest import ensure_synthetic_set, ingest_source
 
     if name not in BENCHMARKS:
-        raise GcpoError(f"unknown benchmark '{name}'; known: {', '.join(BENCHMARKS)} (use --data SET for any ingested set)")
+        raise GcpoError(f"unknown benchmark '{name}'; known: {', '.join(BENCHMARKS)} (use --set SET for any ingested set)")
     if name == "synthetic":
         return ensure_synthetic_set(db, "synthetic", grader=grader, **SYNTHETIC)
-    if db.execute("SELECT 1 FROM problem_sets s JOIN set_problems sp ON sp.set_id = s.id WHERE s.name = ?"
-                  " LIMIT 1", [name]).fetchone():
+    if store.has_problems(db, name):
         return name
     hint = ingest_hint(name)
     if _offline():
@@ -450,3 +368,91 @@ def resolve_benchmark(db, name: str, grader: Grader | None = None) -> str:
         raise GcpoError(f"benchmark '{name}' is not in the database and could not be fetched from the hub"
                         f" ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); ingest it from a file: {hint}")
     return name
+
+
+# ------------------------------------------------------------------------------ what to evaluate
+
+
+@dataclass
+class Target:
+    """One model to evaluate: a model name, or a training run's checkpoint (base + adapter)."""
+
+    label: str
+    model: str
+    adapter: str | None = None
+    run_id: str | None = None
+    run_step: int | None = None
+    template: str | None = None  # the run's own prompt template
+
+
+def run_target(db, ref: str, step: int | None) -> Target:
+    """A run's checkpoint (the newest unless `step`), with the run's own prompt template."""
+    from . import checkpoints
+
+    run = store.resolve_run(db, ref)
+    step = checkpoints.pick(run, step)
+    recipe = store.loads(run["recipe_json"])
+    template = recipe.get("prompt_template") if isinstance(recipe, dict) else None
+    return Target(f"run:{run['id']}@{step}", run["model"], str(checkpoints.adapter(run["out_dir"], step)),
+                  run["id"], step, template)
+
+
+def parse_target(db, spec: str, is_model_name) -> Target:
+    """A --compare value: a model name (`is_model_name(spec)`), else RUN[@STEP] (an id prefix
+    will do)."""
+    if is_model_name(spec):
+        return Target(spec, spec)
+    ref, _, step = spec.partition("@")
+    run = store.resolve_run(db, ref)
+    if step and not step.isdigit():
+        raise GcpoError(f"--compare {spec}: the step after '@' must be a number")
+    return run_target(db, run["id"], int(step) if step else None)
+
+
+def evaluate_target(db, t: Target, sets: dict[str, list[dict]], grader: Grader, template: str | None, p: dict,
+                    progress: bool) -> list[dict]:
+    """Every set's metrics for one target; `p` holds k, temperature, top_p, max_new_tokens,
+    seed and batch_size."""
+    import gc
+
+    from .model import load_for_inference
+
+    if t.model == GOLDEN:
+        return [evaluate_golden(db, problems, set_name=name, grader=grader, progress=progress)
+                for name, problems in sets.items()]
+    try:
+        model, tok = load_for_inference(t.model, adapter_dir=t.adapter)
+    except GcpoError:
+        raise
+    except (OSError, ValueError) as e:  # a hub id offline, a folder transformers cannot read
+        raise GcpoError(f"cannot load model '{t.model}': {str(e).splitlines()[0][:300]}") from None
+    try:
+        return [evaluate_problems(db, model, tok, problems, label=t.label, set_name=name, k=p["k"],
+                                  temperature=p["temperature"], top_p=p["top_p"], max_new_tokens=p["max_new_tokens"],
+                                  seed=p["seed"], template=template or t.template or DEFAULT_TEMPLATE,
+                                  run_id=t.run_id, run_step=t.run_step, batch_size=p["batch_size"],
+                                  progress=progress, grader=grader)
+                for name, problems in sets.items()]
+    finally:
+        del model, tok
+        gc.collect()
+
+
+def result(t: Target, per_set: list[dict]) -> dict:
+    return dict(label=t.label, model=t.model, run_id=t.run_id, run_step=t.run_step, adapter=t.adapter,
+                sets=per_set, average=average(per_set))
+
+
+def compare(results: list[dict]) -> list[dict]:
+    """Adds to every result after the first its difference from the first ("delta")."""
+    keys = ("mean_at_k", "pass_at_k", "maj_at_k")
+
+    def delta(a: dict, b: dict) -> dict:
+        return {key: None if a.get(key) is None or b.get(key) is None else a[key] - b[key] for key in keys}
+
+    for r in results[1:]:
+        for s, b in zip(r["sets"], results[0]["sets"]):
+            s["delta"] = delta(s, b)
+        if r["average"] and results[0]["average"]:
+            r["average"]["delta"] = delta(r["average"], results[0]["average"])
+    return results

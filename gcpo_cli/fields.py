@@ -30,10 +30,6 @@ OPTION_NAMES = ("options", "choices")
 SAMPLE = 200  # rows looked at for detection; cheap, and enough to see a column's habits
 
 
-def user_error(message: str) -> Exception:
-    return GcpoError(message)
-
-
 def problem_id(text: str) -> str:
     """16 hex chars of sha256 over the whitespace-normalised problem text."""
     return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:16]
@@ -91,7 +87,7 @@ def _text(row: dict, name: str) -> str:
     return v
 
 
-def render_problem(problem: str, row: dict) -> str:
+def problem_text(problem: str, row: dict) -> str:
     """The problem text of one row; ValueError naming the field when it is missing or empty."""
     if "{" not in problem:
         return _text(row, problem)
@@ -130,7 +126,7 @@ def detect_mapping(rows: list[dict], *, problem: str | None = None, solution: st
 
     def check(flag: str, name: str) -> None:
         if name not in cols:
-            raise user_error(f"{label}: {flag} {name!r} is not a field; fields: {listing}")
+            raise GcpoError(f"{label}: {flag} {name!r} is not a field; fields: {listing}")
 
     def first(names, exclude=()) -> str | None:
         return next((lower[n] for n in names if n in lower and lower[n] not in exclude), None)
@@ -139,7 +135,7 @@ def detect_mapping(rows: list[dict], *, problem: str | None = None, solution: st
         try:
             names = fields_of(problem)
         except ValueError as e:
-            raise user_error(str(e))
+            raise GcpoError(str(e))
         for f in names:
             check("--problem", f)
     elif "body" in lower and "question" in lower:
@@ -148,7 +144,7 @@ def detect_mapping(rows: list[dict], *, problem: str | None = None, solution: st
         texty = [lower[n] for n in PROBLEM_NAMES
                  if n in lower and _share(sample, lower[n], lambda v: isinstance(v, str)) >= 0.5]
         if not texty:
-            raise user_error(f"{label}: no problem field found (looked for {', '.join(PROBLEM_NAMES)}); "
+            raise GcpoError(f"{label}: no problem field found (looked for {', '.join(PROBLEM_NAMES)}); "
                              f"fields: {listing}; pass --problem FIELD or a template like '{{a}} {{b}}'")
         problem = texty[0]
         if problem.lower() not in STRONG_PROBLEM:
@@ -183,7 +179,7 @@ def detect_mapping(rows: list[dict], *, problem: str | None = None, solution: st
         if solution is None and kind in ("hashes", "boxed"):
             solution = answer  # GSM8K's `answer` is the worked solution itself
     if answer is None and solution is None:
-        raise user_error(f"{label}: no answer field found (looked for {', '.join(ANSWER_NAMES)}); "
+        raise GcpoError(f"{label}: no answer field found (looked for {', '.join(ANSWER_NAMES)}); "
                          f"fields: {listing}; pass --answer FIELD")
     if id:
         check("--id", id)
@@ -230,7 +226,7 @@ def build_records(rows: list[dict], where: list[str], m: Mapping
 
 
 def _record(row: dict, where: str, m: Mapping, used: set[str]) -> Record:
-    text = render_problem(m.problem, row)
+    text = problem_text(m.problem, row)
     if m.options and row.get(m.options) not in (None, "", []):
         text = f"{text}\n\nOptions: {_format_options(row[m.options])}"
     option_mode = m.answer_kind == "option"

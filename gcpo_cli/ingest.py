@@ -23,11 +23,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import synthetic
+from . import store, synthetic
 from .answers import Grader, _local_verdict
-from .db import dumps
-from .fields import Mapping, Record, user_error, build_records, detect_mapping, problem_id  # noqa: F401
-from .paths import utcnow
+from .errors import GcpoError
+from .fields import Mapping, Record, build_records, detect_mapping
 
 SYNTHETIC_KINDS = ("arithmetic",)
 
@@ -64,28 +63,28 @@ def load_source(source: str, *, split: str | None = None, subset: str | None = N
         return _load_hub(source[3:], split, subset)
     path = Path(source).expanduser()
     if subset:
-        raise user_error("--subset applies to hub datasets (hf:ORG/NAME) only")
+        raise GcpoError("--subset applies to hub datasets (hf:ORG/NAME) only")
     if path.is_dir():
         return _load_folder(path, source, split)
     if split:
-        raise user_error("--split applies to hub datasets and datasets folders, not to a single file")
+        raise GcpoError("--split applies to hub datasets and datasets folders, not to a single file")
     if not path.exists():
-        raise user_error(f"{source}: file not found")
+        raise GcpoError(f"{source}: file not found")
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise user_error(f"{source}: cannot read the file ({e.strerror})")
+        raise GcpoError(f"{source}: cannot read the file ({e.strerror})")
     src = str(path.resolve())
     ext = path.suffix.lower()
     if ext not in (".jsonl", ".ndjson", ".json", ".csv", ".parquet"):
-        raise user_error(f"{source}: unknown format {ext or '(no extension)'!r}; expected .jsonl, .json, "
+        raise GcpoError(f"{source}: unknown format {ext or '(no extension)'!r}; expected .jsonl, .json, "
                          ".csv, .parquet, a folder saved by datasets, hf:ORG/NAME or synthetic:arithmetic")
     if ext == ".parquet":
         rows = _read_with_datasets("parquet", path, source)
         return Loaded(src, source, rows, [f"row {i + 1}" for i in range(len(rows))], _sha(data))
     text = _decode(data, source)
     if not text.strip():
-        raise user_error(f"{source}: the file is empty")
+        raise GcpoError(f"{source}: the file is empty")
     if ext == ".csv":
         return _load_csv(path, source, src, text, data)
     if ext == ".json" and text.lstrip().startswith("["):
@@ -106,7 +105,7 @@ def _decode(data: bytes, label: str) -> str:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise user_error(f"{label}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column "
+        raise GcpoError(f"{label}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column "
                          f"{col}); re-save the file as UTF-8")
 
 
@@ -148,7 +147,7 @@ def _parse_json_array(text: str, label: str) -> tuple[list[dict], list[str]]:
             start = pos
             obj, pos = dec.raw_decode(text, pos)
             if not isinstance(obj, dict):
-                raise user_error(f"{label}: line {line_at(start)}: expected a JSON object, got "
+                raise GcpoError(f"{label}: line {line_at(start)}: expected a JSON object, got "
                                  f"{type(obj).__name__}")
             rows.append(obj)
             where.append(f"line {line_at(start)}")
@@ -160,9 +159,9 @@ def _parse_json_array(text: str, label: str) -> tuple[list[dict], list[str]]:
         if pos >= len(text) or text[ws.match(text, pos + 1).end():]:
             raise json.JSONDecodeError("Expecting ']' at the end of the array", text, min(pos, len(text) - 1))
     except json.JSONDecodeError as e:
-        raise user_error(f"{label}: line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})")
+        raise GcpoError(f"{label}: line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})")
     if not rows:
-        raise user_error(f"{label}: the JSON array is empty")
+        raise GcpoError(f"{label}: the JSON array is empty")
     return rows, where
 
 
@@ -179,11 +178,11 @@ def _load_csv(path: Path, label: str, src: str, text: str, data: bytes) -> Loade
                 starts.append(prev_end + 1)
             prev_end = reader.line_num
     except csv.Error as e:
-        raise user_error(f"{label}: line {reader.line_num}: not valid CSV ({e})")
+        raise GcpoError(f"{label}: line {reader.line_num}: not valid CSV ({e})")
     if not header or not any(h.strip() for h in header):
-        raise user_error(f"{label}: line 1: no header row")
+        raise GcpoError(f"{label}: line 1: no header row")
     if not starts:
-        raise user_error(f"{label}: no rows after the header")
+        raise GcpoError(f"{label}: no rows after the header")
     import datasets
 
     # Every column as text: pandas would read "007" as 7 and an integer column with a gap as floats.
@@ -208,7 +207,7 @@ def _read_with_datasets(kind: str, path: Path, label: str, **kwargs) -> list[dic
                                        keep_in_memory=True, **kwargs)
             return ds.to_list()
         except Exception as e:  # pyarrow/pandas raise many types; all mean "cannot read this"
-            raise user_error(f"{label}: cannot read as {kind.upper()}: {_first_line(e)}")
+            raise GcpoError(f"{label}: cannot read as {kind.upper()}: {_first_line(e)}")
         finally:
             datasets.logging.set_verbosity(verbosity)
 
@@ -223,12 +222,12 @@ def _pick_split(obj, split: str | None, label: str):
 
     if not isinstance(obj, datasets.DatasetDict):
         if split:
-            raise user_error(f"{label}: holds one dataset with no splits; leave out --split")
+            raise GcpoError(f"{label}: holds one dataset with no splits; leave out --split")
         return obj
     if split is None and len(obj) == 1:
         split = next(iter(obj))
     if split not in obj:
-        raise user_error(f"{label}: has splits {', '.join(obj)}; pass --split with one of them"
+        raise GcpoError(f"{label}: has splits {', '.join(obj)}; pass --split with one of them"
                          if split is None else f"{label}: no split {split!r} (splits: {', '.join(obj)})")
     return obj[split]
 
@@ -239,7 +238,7 @@ def _load_folder(path: Path, label: str, split: str | None) -> Loaded:
     try:
         obj = datasets.load_from_disk(str(path), keep_in_memory=True)
     except Exception as e:
-        raise user_error(f"{label}: not a folder saved by datasets (save_to_disk): {_first_line(e)}")
+        raise GcpoError(f"{label}: not a folder saved by datasets (save_to_disk): {_first_line(e)}")
     ds = _pick_split(obj, split, label)
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -255,12 +254,12 @@ def _load_hub(name: str, split: str | None, subset: str | None) -> Loaded:
 
     label = f"hf:{name}"
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
-        raise user_error(f"{label}: not a hub dataset id; expected hf:ORG/NAME")
+        raise GcpoError(f"{label}: not a hub dataset id; expected hf:ORG/NAME")
     datasets.disable_progress_bars()
     try:
         obj = datasets.load_dataset(name, subset, split=split)
     except Exception as e:  # offline, unknown id, unknown subset/split: all end the same way
-        raise user_error(f"{label}: cannot load from the hub: {_first_line(e)}")
+        raise GcpoError(f"{label}: cannot load from the hub: {_first_line(e)}")
     ds = _pick_split(obj, split, label)
     rows = ds.to_list()
     src = f"hf:{name}" + (f"/{subset}" if subset else "") + (f":{split}" if split else "")
@@ -271,7 +270,7 @@ def _load_hub(name: str, split: str | None, subset: str | None) -> Loaded:
 def _load_synthetic(source: str, count: int, seed: int, levels) -> Loaded:
     kind = source.split(":", 1)[1]
     if kind not in SYNTHETIC_KINDS:
-        raise user_error(f"{source}: unknown synthetic set; known: "
+        raise GcpoError(f"{source}: unknown synthetic set; known: "
                          + ", ".join(f"synthetic:{k}" for k in SYNTHETIC_KINDS))
     try:
         lv = synthetic.parse_levels(levels) if isinstance(levels, str) else list(levels)
@@ -279,7 +278,7 @@ def _load_synthetic(source: str, count: int, seed: int, levels) -> Loaded:
             raise ValueError(f"--count must be at least 1, got {count}")
         rows = synthetic.arithmetic(count, seed, lv)
     except ValueError as e:
-        raise user_error(f"{source}: {e}")
+        raise GcpoError(f"{source}: {e}")
     src = f"synthetic:{kind}?count={count}&seed={seed}&levels={','.join(map(str, lv))}"
     return Loaded(src, source, rows, [f"row {i + 1}" for i in range(len(rows))], _sha(src))
 
@@ -315,8 +314,8 @@ def detect(loaded: Loaded, *, problem: str | None = None, solution: str | None =
     if not loaded.rows:
         if loaded.bad:
             w, why = loaded.bad[0]
-            raise user_error(f"{loaded.label}: {w}: {why}; no readable rows")
-        raise user_error(f"{loaded.label}: no rows")
+            raise GcpoError(f"{loaded.label}: {w}: {why}; no readable rows")
+        raise GcpoError(f"{loaded.label}: no rows")
     return detect_mapping(loaded.rows, problem=problem, solution=solution, answer=answer, id=id,
                           label=loaded.label)
 
@@ -330,7 +329,7 @@ def ingest_rows(db, rows: list[dict], set_name: str, *, source: str = "rows",
     Fields are detected as for files unless the overrides name them. The same rows into the same
     set again are a no-op. Raises GcpoError (nothing written) on invalid rows unless `skip_invalid`."""
     rows = list(rows)
-    loaded = Loaded(source, source, rows, [f"row {i + 1}" for i in range(len(rows))], _sha(dumps(rows)))
+    loaded = Loaded(source, source, rows, [f"row {i + 1}" for i in range(len(rows))], _sha(store.dumps(rows)))
     return ingest_loaded(db, loaded, set_name, problem=problem, solution=solution, answer=answer,
                          id=id, skip_invalid=skip_invalid, grader=grader)
 
@@ -342,14 +341,13 @@ def ingest_loaded(db, loaded: Loaded, set_name: str, *, mapping: Mapping | None 
     """Validate, grade and write rows from load_source(); `mapping` skips detection (the CLI has
     already shown it). The overrides still go into the no-op fingerprint."""
     t0 = time.perf_counter()
-    if not set_name or not set_name.strip():
-        raise user_error("the set needs a name (--name)")
+    store.require_set_name(set_name)
     mapping = mapping or detect(loaded, problem=problem, solution=solution, answer=answer, id=id)
-    overrides = dumps({"problem": problem, "solution": solution, "answer": answer, "id": id})
+    overrides = store.dumps({"problem": problem, "solution": solution, "answer": answer, "id": id})
     fingerprint = _sha(loaded.fingerprint, overrides)
     report = IngestReport(set_name, loaded.source, mapping.describe(),
                           rows_read=len(loaded.rows) + len(loaded.bad))
-    prior = _prior_ingest(db, set_name, fingerprint)
+    prior = store.prior_ingest(db, set_name, fingerprint)
     if prior:
         report.noop, report.rejected = True, prior["rejected"]
         report.present = prior["added"] + prior["present"]
@@ -362,12 +360,12 @@ def ingest_loaded(db, loaded: Loaded, set_name: str, *, mapping: Mapping | None 
         w, why = rejects[0]
         n = len(rejects) - 1
         more = f" (and {n} more invalid row{'s' * (n > 1)})" if n else ""
-        raise user_error(f"{loaded.label}: {w}: {why}{more}; fix the file or pass --skip-invalid to skip "
+        raise GcpoError(f"{loaded.label}: {w}: {why}{more}; fix the file or pass --skip-invalid to skip "
                          "invalid rows; nothing was written")
     report.rejected = len(rejects)
     report.rejects = [{"where": w, "reason": why} for w, why in rejects]
     if not records:
-        raise user_error(f"{loaded.label}: every row is invalid; nothing was written")
+        raise GcpoError(f"{loaded.label}: every row is invalid; nothing was written")
     _write(db, set_name, loaded.source, fingerprint, records, report, grader)
     report.seconds = time.perf_counter() - t0
     return report
@@ -391,12 +389,11 @@ def ensure_synthetic_set(db, name: str | None = None, count: int = 200, seed: in
     Idempotent. A set of that name holding anything else is an error, not a silent mix."""
     loaded = _load_synthetic("synthetic:arithmetic", count, seed, levels)
     name = name or "arithmetic-" + loaded.source.split("?", 1)[1].replace("&", "-").replace("=", "")
-    row = db.execute("SELECT id FROM problem_sets WHERE name = ?", [name]).fetchone()
-    if row:
-        sources = {r[0] for r in db.execute("SELECT source FROM ingests WHERE set_id = ?", [row[0]])}
+    sources = set(store.set_sources(db, name))
+    if sources:
         if sources != {loaded.source}:
             held = ", ".join(sorted(sources)) or "unknown"
-            raise user_error(f"set {name!r} already holds other problems ({held}); choose another name")
+            raise GcpoError(f"set {name!r} already holds other problems ({held}); choose another name")
         return name
     ingest_loaded(db, loaded, name, grader=grader)
     return name
@@ -407,26 +404,9 @@ def _where_key(w: str) -> tuple[int, str]:
     return (int(m.group()) if m else 0, w)
 
 
-def _prior_ingest(db, set_name: str, fingerprint: str) -> dict | None:
-    cur = db.execute(
-        "SELECT i.added, i.present, i.rejected FROM ingests i JOIN problem_sets s ON s.id = i.set_id"
-        " WHERE s.name = ? AND i.fingerprint = ? ORDER BY i.id LIMIT 1", [set_name, fingerprint])
-    row = cur.fetchone()
-    return dict(zip(("added", "present", "rejected"), row)) if row else None
-
-
-def _existing_answers(db, ids: list[str]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-        chunk = ids[i : i + 900]
-        q = f"SELECT id, answer FROM problems WHERE id IN ({','.join('?' * len(chunk))})"
-        found.update(db.execute(q, chunk).fetchall())
-    return found
-
-
 def _write(db, set_name: str, source: str, fingerprint: str, records: list[Record],
            report: IngestReport, grader: Grader | None) -> None:
-    stored = _existing_answers(db, list({r.id for r in records}))
+    stored = store.stored_answers(db, {r.id for r in records})
     # First occurrence wins, both within the source and against what the database holds; a later
     # copy with another answer is reported (after math-verify: "0.5" vs "1/2" is no conflict).
     unique: dict[str, Record] = {}
@@ -452,44 +432,11 @@ def _write(db, set_name: str, source: str, fingerprint: str, records: list[Recor
     report.golden_total, report.golden_verified = len(golden), sum(verdicts)
     report.mismatches = [{"where": r.where, "id": r.id, "answer": a, "golden": r.final}
                          for r, (a, _), ok in zip(golden, pairs, verdicts) if not ok]
-    now = utcnow()
-    with db.atomic():
-        set_id = _set_id(db, set_name, source, now)
-        members = {row[0] for row in db.execute(
-            "SELECT problem_id FROM set_problems WHERE set_id = ?", [set_id])}
-        start = db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM set_problems WHERE set_id = ?",
-                           [set_id]).fetchone()[0]
-        new = [r for r in unique.values() if r.id not in members]
-        report.added, report.present = len(new), len(records) - len(new)
-        before = db.execute("SELECT COUNT(*) FROM problems").fetchone()[0]
-        db.conn.executemany(
-            "INSERT OR IGNORE INTO problems (id, text, answer, metadata_json, created_at) VALUES (?,?,?,?,?)",
-            [(r.id, r.text, r.answer, dumps(r.metadata), now) for r in new])
-        report.new_problems = db.execute("SELECT COUNT(*) FROM problems").fetchone()[0] - before
-        # A problem met again (MATH train after its rllm copy) gains the keys it lacked, e.g. MATH's
-        # `level` for the curriculum; keys it already has keep their first value.
-        db.conn.executemany(
-            "UPDATE problems SET metadata_json = json_patch(?, metadata_json) WHERE id = ?",
-            [(dumps(r.metadata), r.id) for r in unique.values() if r.id in stored and r.metadata])
-        db.conn.executemany(
-            "INSERT OR IGNORE INTO set_problems (set_id, problem_id, position, source_id) VALUES (?,?,?,?)",
-            [(set_id, r.id, start + i, r.source_id) for i, r in enumerate(new)])
-        db.conn.executemany(
-            "INSERT OR IGNORE INTO golden_answers (id, problem_id, text, final_answer, source, verified,"
-            " created_at) VALUES (?,?,?,?,?,?,?)",
-            [(_sha(r.id, r.solution)[:16], r.id, r.solution, r.final, f"dataset:{source}", int(ok), now)
-             for r, ok in zip(golden, verdicts)])
-        db.conn.execute(
-            "INSERT INTO ingests (set_id, source, fingerprint, rows_read, added, present, rejected,"
-            " golden_verified, golden_total, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [set_id, source, fingerprint, report.rows_read, report.added, report.present,
-             report.rejected, report.golden_verified, report.golden_total, now])
-
-
-def _set_id(db, name: str, source: str, now: str) -> int:
-    row = db.execute("SELECT id FROM problem_sets WHERE name = ?", [name]).fetchone()
-    if row:
-        return row[0]
-    cur = db.conn.execute("INSERT INTO problem_sets (name, description, created_at) VALUES (?,?,?)",
-                          [name, f"ingested from {source}", now])
-    return cur.lastrowid
+    problems = [dict(id=r.id, text=r.text, answer=r.answer, metadata=r.metadata, source_id=r.source_id,
+                     known=r.id in stored) for r in unique.values()]
+    golden_rows = [dict(id=_sha(r.id, r.solution)[:16], problem_id=r.id, text=r.solution, final_answer=r.final,
+                        source=f"dataset:{source}", verified=int(ok)) for r, ok in zip(golden, verdicts)]
+    counts = dict(records=len(records), rows_read=report.rows_read, rejected=report.rejected,
+                  golden_verified=report.golden_verified, golden_total=report.golden_total)
+    written = store.write_ingest(db, set_name, source, fingerprint, problems, golden_rows, counts)
+    report.added, report.present, report.new_problems = written["added"], written["present"], written["new_problems"]

@@ -299,25 +299,84 @@ def load_adapter(model, adapter_dir: Path, trainable: bool = False):
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
 
 
-def load_for_inference(name: str, adapter_dir: Path | None = None, quant: str = "none",
-                       dtype: str = "auto"):
-    """(model, tokenizer) in eval mode for `gcpo eval`: a model, optionally with a run's adapter.
-
-    Unquantised models get the adapter merged in and, with dtype "auto", the same sampling
-    dtype the trainer's MergedSampler uses (bf16 where it is fast), so `gcpo eval --run` and
-    the trainer's held-out evaluation compute the same thing."""
+def load_for_inference(name: str, adapter_dir: Path | None = None):
+    """(model, tokenizer) in eval mode for `gcpo eval`: a model, optionally with a run's adapter
+    merged in, in the sampling dtype the trainer's MergedSampler uses (bf16 where it is fast), so
+    `gcpo eval --run` and the trainer's held-out evaluation compute the same thing."""
     import torch
 
     from .recipe import ModelConfig
 
-    model, tok, _ = load_base(ModelConfig(name=name, quant=quant))
+    model, tok, _ = load_base(ModelConfig(name=name))
     if adapter_dir is not None:
-        model = load_adapter(model, adapter_dir)
-        if quant == "none":
-            model = model.merge_and_unload()
-    if quant == "none":
-        device = next(model.parameters()).device.type
-        if dtype == "bfloat16" or (dtype == "auto" and fast_bf16(device)):
-            model.to(torch.bfloat16)
+        model = load_adapter(model, adapter_dir).merge_and_unload()
+    if fast_bf16(next(model.parameters()).device.type):
+        model.to(torch.bfloat16)
     model.eval()
     return model, tok
+
+
+# ------------------------------------------------------------------ the policy's log-probs
+def autocast_enabled(model, setting: str) -> bool:
+    """bf16 autocast for the update pass: "auto" uses it where matrix units make bf16 several
+    times faster (CUDA with bf16, CPUs with AMX)."""
+    if setting == "auto":
+        return fast_bf16(next(model.parameters()).device.type)
+    return setting == "bfloat16"
+
+
+def autocast_context(model, setting: str):
+    """A context-manager factory: bf16 autocast where `setting` turns it on, else a no-op."""
+    import contextlib
+    import functools
+
+    import torch
+
+    if not autocast_enabled(model, setting):
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device_type=next(model.parameters()).device.type,
+                             dtype=torch.bfloat16)
+
+
+def completion_logprobs(model, tok, prompts: list[list[int]], completions: list[list[int]],
+                        share_prompts: bool = True):
+    """Log-probs of each completion token under `model`.  Returns logp, mask: [N, L].
+
+    Only completion positions go through the LM head, never the prompt's full-vocabulary
+    logits. With share_prompts, each distinct prompt (a group's G members share one) is run
+    once and its KV cache fanned out to its completions; gradients flow back through the
+    shared prefix, so this is exact, with far fewer tokens than padding every sequence."""
+    import torch
+
+    from .loss import head_logprobs
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = base.get_decoder(), base.get_output_embeddings()  # LoRA lives inside both
+    device = next(model.parameters()).device
+    comp = tok.pad({"input_ids": completions}, padding_side="right", return_tensors="pt")
+    comp_ids, cmask = comp["input_ids"], comp["attention_mask"]  # [N, L]
+    if share_prompts:
+        distinct: dict[tuple, int] = {}
+        row = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts])
+        pr = tok.pad({"input_ids": [list(p) for p in distinct]}, padding_side="left", return_tensors="pt")
+        pids, pmask = pr["input_ids"], pr["attention_mask"]  # [P, W]
+        out = decoder(input_ids=pids.to(device), attention_mask=pmask.to(device),
+                      position_ids=((pmask.cumsum(1) - 1).clamp(min=0)).to(device), use_cache=True)
+        cache = out.past_key_values
+        cache.batch_select_indices(row.to(device))  # [P] prompts -> [N] rows, differentiable
+        attn = torch.cat([pmask[row], cmask], 1)
+        pos = pmask[row].sum(1, keepdim=True) + torch.arange(comp_ids.shape[1])[None]
+        out2 = decoder(input_ids=comp_ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
+                       past_key_values=cache, use_cache=True)
+        # the prompt's last position predicts completion token 0; completion t predicts t+1
+        hidden = torch.cat([out.last_hidden_state[row.to(device), -1:], out2.last_hidden_state[:, :-1]], 1)
+    else:
+        pr = tok.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt")
+        width = pr["input_ids"].shape[1]
+        ids = torch.cat([pr["input_ids"], comp_ids], 1)
+        attn = torch.cat([pr["attention_mask"], cmask], 1)
+        out = decoder(input_ids=ids.to(device), attention_mask=attn.to(device),
+                      position_ids=((attn.cumsum(1) - 1).clamp(min=0)).to(device), use_cache=False)
+        hidden = out.last_hidden_state[:, width - 1:-1]  # position W-1+t predicts completion token t
+    mask = cmask.to(device).float()
+    return head_logprobs(hidden, head, comp_ids.to(device)) * mask, mask  # [N, L]

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RECIPES_DIR = REPO_ROOT / "recipes"
 
 
 def home() -> Path:
@@ -23,18 +19,9 @@ def default_db() -> Path:
     return home() / "gcpo.db"
 
 
-def runs_dir() -> Path:
-    return home() / "runs"
-
-
 def run_dir(run_id: str) -> Path:
-    return runs_dir() / run_id
+    return home() / "runs" / run_id
 
 
 def cache_dir() -> Path:
     return home() / "cache"
-
-
-def utcnow() -> str:
-    """The one timestamp format in the database: ISO 8601, UTC, seconds."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,6 +1,8 @@
-"""Recipes: commented YAML in recipes/ -> frozen, typed dataclasses. Every knob lives here once.
+"""Recipes: commented YAML (gcpo_cli/recipes/, shipped in the package) -> frozen, typed
+dataclasses. Every knob lives here once, with its default; a recipe file sets only what differs.
 
-Resolution order: dataclass defaults < the algorithm's preset < the recipe file < `-o key=value`.
+Resolution order: dataclass defaults < the algorithm's preset < the recipe file < `-o key=value`
+< typed flags (`--set`, `--model`, `--steps`, `--save-every`, passed as values, never re-read as YAML).
 Knobs whose default is None mean "the algorithm's choice" and are filled in by `resolve()`, so
 `-o algorithm=grpo` on a GCPO recipe really runs GRPO; the resolved recipe is printed and stored.
 """
@@ -8,6 +10,7 @@ Knobs whose default is None mean "the algorithm's choice" and are filled in by `
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -16,7 +19,6 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 
-from . import paths
 from .errors import GcpoError
 
 
@@ -70,8 +72,8 @@ class Recipe:
     algorithm: Literal["gcpo", "grpo", "dapo"] = "gcpo"
 
     # data and curriculum
-    data: Optional[str] = None  # problem set name; None = the recipe's synthetic default
-    synthetic_levels: str = "2"  # used when data is None: synthetic:arithmetic levels
+    set_name: Optional[str] = None  # problem set to train on; None = the recipe's synthetic default
+    synthetic_levels: str = "2"  # used when set_name is None: synthetic:arithmetic levels
     synthetic_count: int = 400
     curriculum: Literal["uniform", "frontier"] = "uniform"
     frontier_window: int = 32  # frontier: recent rollouts per problem that set its pass rate
@@ -86,11 +88,11 @@ class Recipe:
 
     # GCPO: go gold (algorithm doc, "choices the paper leaves open")
     golden: Optional[Literal["on", "off"]] = None  # gcpo: on; grpo/dapo: off
-    golden_replace: Literal["last", "random"] = "last"  # which wrong rollout the GA replaces
-    golden_too_long: Literal["skip", "truncate"] = "skip"  # GA over max_new_tokens
-    golden_weighting: Literal["plain", "luffy"] = "plain"  # luffy: p/(p+0.1) shaping on GA tokens
+    golden_replace: Literal["last", "random"] = "last"  # which wrong rollout the golden answer replaces
+    golden_too_long: Literal["skip", "truncate"] = "skip"  # golden answer over max_new_tokens
+    golden_weighting: Literal["plain", "luffy"] = "plain"  # luffy: p/(p+0.1) shaping on golden tokens
     # how a golden answer is written as a model response; {solution} and {answer} are filled in
-    # (a reasoning model's GA must close its thinking block as the model would)
+    # (a reasoning model's golden answer must close its thinking block as the model would)
     golden_template: str = "{solution}"
 
     # policy loss
@@ -99,9 +101,9 @@ class Recipe:
     eps_low: Optional[float] = None  # gcpo 3e-4, grpo 0.2, dapo 0.2
     eps_high: Optional[float] = None  # gcpo 4e-4, grpo 0.2, dapo 0.28
     scale_rewards: Literal["group", "none"] = "group"  # none = Dr. GRPO's unscaled advantage
-    # zero-variance groups (all correct, or all wrong with no GA): out of the loss's denominator
-    # (gcpo, dapo) or in it with zero advantage (grpo, as TRL's GRPO counts them)
-    all_correct: Optional[Literal["skip", "keep"]] = None
+    # zero-variance groups (all correct, or all wrong with no golden answer): out of the loss's
+    # denominator (gcpo, dapo) or in it with zero advantage (grpo, as TRL's GRPO counts them)
+    zero_variance: Optional[Literal["skip", "keep"]] = None
     updates_per_step: int = 1  # optimiser passes over one batch of rollouts (PPO epochs)
 
     # DAPO
@@ -127,11 +129,11 @@ class Recipe:
 
 
 ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
-    "gcpo": dict(golden="on", all_correct="skip", ratio_level="sequence", loss_agg="sequence", eps_low=3e-4,
+    "gcpo": dict(golden="on", zero_variance="skip", ratio_level="sequence", loss_agg="sequence", eps_low=3e-4,
                  eps_high=4e-4, dynamic_sampling=False, overlong_buffer=0),
-    "grpo": dict(golden="off", all_correct="keep", ratio_level="token", loss_agg="token_mean", eps_low=0.2,
+    "grpo": dict(golden="off", zero_variance="keep", ratio_level="token", loss_agg="token_mean", eps_low=0.2,
                  eps_high=0.2, dynamic_sampling=False, overlong_buffer=0),
-    "dapo": dict(golden="off", all_correct="skip", ratio_level="token", loss_agg="token_sum", eps_low=0.2,
+    "dapo": dict(golden="off", zero_variance="skip", ratio_level="token", loss_agg="token_sum", eps_low=0.2,
                  eps_high=0.28, dynamic_sampling=True, overlong_buffer=-1),
 }
 _SECTIONS = {"model": ModelConfig, "lora": LoraConfig, "eval": EvalConfig}
@@ -142,7 +144,7 @@ def _check(key: str, value: Any, typ: Any) -> Any:
     origin = get_origin(typ)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(typ) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+        if value is None:
             return None
         return _check(key, value, args[0])
     if origin is Literal:
@@ -255,64 +257,107 @@ def resolve(r: "Recipe") -> "Recipe":
     return r
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    cur = data
-    for p in parts[:-1]:
-        if p not in _SECTIONS:
-            raise RecipeError(f"unknown recipe key '{dotted}'")
-        cur = cur.setdefault(p, {}) or {}
-        data[p] = cur
-    cur[parts[-1]] = value
+# Recipe keys renamed by issue 8 (one name per concept); still read for one release.
+RENAMED_KEYS = {"data": "set_name", "all_correct": "zero_variance"}
+
+
+def _field_type(dotted: str):
+    """The declared type of a recipe key such as "lora.r"; RecipeError for an unknown key."""
+    cls, parts = Recipe, dotted.split(".")
+    for i, part in enumerate(parts):
+        part = RENAMED_KEYS.get(part, part) if cls is Recipe else part
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            known = ", ".join(sorted(hints))
+            raise RecipeError(f"unknown recipe key '{dotted}' (known: {known})")
+        if i < len(parts) - 1:
+            if part not in _SECTIONS or cls is not Recipe:
+                raise RecipeError(f"unknown recipe key '{dotted}'")
+            cls = _SECTIONS[part]
+    return hints[part]
+
+
+def _is_text(typ) -> bool:
+    return typ is str or (get_origin(typ) in (Union, types.UnionType) and str in get_args(typ))
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """"lora.r=8" -> ("lora.r", 8). Values are read as YAML scalars."""
+    """"lora.r=8" -> ("lora.r", 8). A text key keeps its value as typed ("007" stays "007");
+    others read it as a YAML scalar (numbers, true/false, null)."""
     if "=" not in text:
         raise RecipeError(f"override {text!r} must look like key=value (e.g. -o lr=2e-4)")
     key, raw = text.split("=", 1)
     key = key.strip()
+    typ = _field_type(key)
+    if _is_text(typ):
+        optional = get_origin(typ) in (Union, types.UnionType)
+        if optional and raw.strip() in ("null", "~"):
+            return key, None
+        quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
+        return key, yaml.safe_load(raw) if quoted else raw  # '"a b"' is YAML's way to quote
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        return key, yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        value = raw
-    return key, value
+        return key, raw
 
 
-def available() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(paths.RECIPES_DIR.glob("*.yaml"))}
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    _field_type(dotted)
+    *sections, last = dotted.split(".")
+    if not sections:
+        last = RENAMED_KEYS.get(last, last)
+    cur = data
+    for p in sections:
+        cur = data[p] = dict(cur.get(p) or {})
+    cur[last] = value
+
+
+def _recipes_dir():
+    return importlib.resources.files("gcpo_cli") / "recipes"
+
+
+def available() -> dict[str, Any]:
+    """Shipped recipes by name (package data, so a wheel has them too)."""
+    return {p.name[:-5]: p for p in sorted(_recipes_dir().iterdir(), key=lambda p: p.name)
+            if p.name.endswith(".yaml")}
 
 
 def load_dict(name_or_path: str) -> dict:
     path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        name, text = path.stem, path.read_text(encoding="utf-8")
+    else:
         recipes = available()
         if name_or_path not in recipes:
             raise RecipeError(
                 f"unknown recipe '{name_or_path}' (available: {', '.join(recipes) or 'none'}; "
                 "or give a path to a .yaml file)"
             )
-        path = recipes[name_or_path]
+        name, text = name_or_path, recipes[name_or_path].read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {path}: not valid YAML: {e}") from None
+        raise RecipeError(f"recipe {name_or_path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise RecipeError(f"recipe {path}: expected a mapping of keys")
-    data.setdefault("name", path.stem)
+        raise RecipeError(f"recipe {name_or_path}: expected a mapping of keys")
+    data.setdefault("name", name)
     return data
 
 
-def from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> "Recipe":
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+def from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), values: dict | None = None) -> "Recipe":
+    """A resolved Recipe from a recipe mapping, `-o key=value` overrides, then typed `values`
+    ({"set_name": "007"}: taken as they are)."""
+    data = {RENAMED_KEYS.get(k, k): (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for text in overrides:
         key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    for key, value in (values or {}).items():
         _set_dotted(data, key, value)
     return resolve(_build(Recipe, data))
 
 
-def load(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> "Recipe":
-    return from_dict(load_dict(name_or_path), overrides)
+def load(name_or_path: str, overrides: list[str] | tuple[str, ...] = (), values: dict | None = None) -> "Recipe":
+    return from_dict(load_dict(name_or_path), overrides, values)
 
 
 def to_dict(r: "Recipe") -> dict:

@@ -142,10 +142,6 @@ class CompactTable:
         yield t
 
 
-def table(*columns: str, title: str | None = None) -> CompactTable:
-    return CompactTable(*columns, title=title)
-
-
 def pack(parts: Sequence[str], width: int, sep: str = " · ") -> list[str]:
     """Join phrases with `sep` into lines of at most `width`, never breaking inside a phrase."""
     lines: list[str] = []
@@ -189,7 +185,7 @@ def render_problem(console: Console, h: dict, full: bool = False) -> None:
     heading(console, f"Golden answers ({len(h['golden_answers'])})")
     if not h["golden_answers"]:
         console.print("none: when every sample is wrong there is nothing to inject")
-    t = table("status", "source", "final", "text")
+    t = CompactTable("status", "source", "final", "text")
     for g in h["golden_answers"]:
         t.add_row("verified" if g["verified"] else "UNVERIFIED", g["source"] or "-",
                   g["final_answer"] or "-", one_line(g["text"]))
@@ -239,7 +235,7 @@ def render_problem(console: Console, h: dict, full: bool = False) -> None:
 
     if h["evaluations"]:
         heading(console, f"Evaluations ({len(h['evaluations'])})")
-        t = table("evaluation", "model", "run@step", "set", ">correct", "verdict")
+        t = CompactTable("evaluation", "model", "run@step", "set", ">correct", "verdict")
         for e in h["evaluations"]:
             at = f"{short(e['run_id'], 8)}@{e['run_step']}" if e["run_id"] else "-"
             model = "(golden check)" if e.get("golden_check") else short(e["model"], 18)
@@ -251,7 +247,7 @@ def render_problem(console: Console, h: dict, full: bool = False) -> None:
     if not h["wrong_answers"]:
         console.print("none recorded")
     else:
-        t = table(">count", "answer")
+        t = CompactTable(">count", "answer")
         for a in h["wrong_answers"]:
             t.add_row(str(a["count"]), a["answer"] or "(no answer extracted)")
         console.print(t)
@@ -269,7 +265,7 @@ def render_problem(console: Console, h: dict, full: bool = False) -> None:
                  else f"evaluation {short(ex['evaluation_id'])}")
         facts = [f"{title}: {where}", f"sample {ex['sample_index']}",
                  f"answer {ex['extracted_answer'] or '-'}",
-                 f"{num(ex['tokens'])} tokens" + (", truncated" if ex["truncated"] else "")]
+                 f"{num(ex['completion_tokens'])} tokens" + (", truncated" if ex["truncated"] else "")]
         completion(console, "\n".join(pack(facts, w, ", ")), ex["completion"], None if full else 12)
 
     if full:
@@ -287,7 +283,7 @@ def render_problem(console: Console, h: dict, full: bool = False) -> None:
 
 # ----------------------------------------------------------------------------- run view
 RUN_CURVES = [("reward_mean", "reward mean"), ("all_wrong_frac", "all-wrong share"),
-              ("ga_rate", "golden-answer rate"), ("completion_len_mean", "completion length"),
+              ("golden_rate", "golden-answer rate"), ("completion_tokens_mean", "completion length"),
               ("tokens_per_s", "tokens/s")]
 
 
@@ -307,7 +303,7 @@ def render_run(console: Console, h: dict, full: bool = False, limit: int = 10) -
                                 f"{r['last_step'] if r['last_step'] is not None else '-'} of "
                                 f"{r['steps_planned'] or '-'}"))
     seed = r["seed"] if r["seed"] is not None else "-"
-    for line in pack([f"model {r['model'] or '-'}", f"data {r['data_set'] or '-'}", f"seed {seed}",
+    for line in pack([f"model {r['model'] or '-'}", f"set {r['set_name'] or '-'}", f"seed {seed}",
                       f"recipe {r['recipe'] or '-'}", f"created {r['created_at'] or '-'}"], w):
         console.print(line, markup=False)
     recipe = r.get("recipe_json")
@@ -335,9 +331,9 @@ def _curves(console: Console, steps: list[dict], full: bool) -> None:
     w = console.width
     curves = list(RUN_CURVES)
     if full:
-        from .migrations import STEP_METRICS
+        from .store.runs import STEP_COLUMNS
 
-        curves += [(m, m) for m in STEP_METRICS if m not in dict(curves)]
+        curves += [(m, m) for m in STEP_COLUMNS if m not in dict(curves)]
     label = max(len(name) for _, name in curves) + 1
     rows = []
     for key, name in curves:
@@ -365,7 +361,7 @@ def _run_problems(console: Console, h: dict, full: bool, limit: int) -> None:
             console.print(Text(f"  +{len(items) - n} more (--full or --json lists all)", style="dim"))
 
     if ps["graduated"]:
-        t = table("problem", ">graduated", ">injected", ">seen", "text",
+        t = CompactTable("problem", ">graduated", ">injected", ">seen", "text",
                   title=f"Graduated ({len(ps['graduated'])}): first solved at step, after failing")
         for a in ps["graduated"][:n]:
             t.add_row(short(a["problem_id"], 16), str(a["graduated_step"]), str(len(a["golden_steps"])),
@@ -373,14 +369,14 @@ def _run_problems(console: Console, h: dict, full: bool, limit: int) -> None:
         console.print(t)
         more(ps["graduated"])
     if ps["never_solved"]:
-        t = table("problem", ">seen", ">injected", "text", title=f"Never solved ({len(ps['never_solved'])})")
+        t = CompactTable("problem", ">seen", ">injected", "text", title=f"Never solved ({len(ps['never_solved'])})")
         for a in ps["never_solved"][:n]:
             t.add_row(short(a["problem_id"], 16), str(a["appearances"]), str(len(a["golden_steps"])),
                       one_line(a["text"]))
         console.print(t)
         more(ps["never_solved"])
     if ps["regressed"]:
-        t = table("problem", ">solved", "all wrong at", ">last", "text",
+        t = CompactTable("problem", ">solved", "all wrong at", ">last", "text",
                   title=f"Regressed ({len(ps['regressed'])}): solved, then all wrong later")
         for a in ps["regressed"][:n]:
             t.add_row(short(a["problem_id"], 16), str(a["first_solved_step"]),
@@ -389,7 +385,7 @@ def _run_problems(console: Console, h: dict, full: bool, limit: int) -> None:
         more(ps["regressed"])
 
     if h["evaluations"]:
-        t = table("evaluation", ">step", "set", ">correct", ">rate", title="Evaluations of this run")
+        t = CompactTable("evaluation", ">step", "set", ">correct", ">rate", title="Evaluations of this run")
         for e in h["evaluations"]:
             t.add_row(short(e["evaluation_id"], 16), str(e["run_step"]), e["set_name"] or "-",
                       f"{e['k']}/{e['n']}", pct(e["k"] / e["n"] if e["n"] else None))
@@ -399,7 +395,7 @@ def _run_problems(console: Console, h: dict, full: bool, limit: int) -> None:
 
 # ----------------------------------------------------------------------------- set view
 def render_set(console: Console, h: dict, full: bool = False) -> None:
-    from .history import BUCKETS
+    from .store.history import BUCKETS
 
     s = h["set"]
     console.print(Text.assemble(("Set ", "bold"), (s["name"], "bold"),
@@ -414,7 +410,7 @@ def render_set(console: Console, h: dict, full: bool = False) -> None:
     if not h["distribution"]:
         console.print("no rollouts or evaluations on this set yet")
     else:
-        t = table("source", ">n", *[">" + b[0] for b in BUCKETS], ">mean")
+        t = CompactTable("source", ">n", *[">" + b[0] for b in BUCKETS], ">mean")
         for d in h["distribution"]:
             if d["kind"] == "run":
                 src = f"run {short(d['id'], 8)} {d['algorithm'] or ''}"
@@ -431,9 +427,9 @@ def render_set(console: Console, h: dict, full: bool = False) -> None:
                       if h["measured"] else "nothing measured yet: train or evaluate on this set first")
         return
     for line in pack(["all wrong: groups with no correct sample",
-                      "no GA: of those, how many had no golden answer to inject"], console.width, "; "):
+                      "no gold: of those, how many had no golden answer to inject"], console.width, "; "):
         console.print(Text(line, style="dim"))
-    t = table("problem", ">pass", ">eval", ">all wrong", ">no GA", "golden", "text")
+    t = CompactTable("problem", ">pass", ">eval", ">all wrong", ">no gold", "golden", "text")
     for a in h["need_golden"]:
         t.add_row(short(a["problem_id"], 14), pct(a["pass_rate"]), pct(a["eval_pass_rate"]),
                   str(a["all_wrong"]), str(a["wasted"]), a["golden"], one_line(a["text"]))
@@ -445,16 +441,16 @@ def render_set(console: Console, h: dict, full: bool = False) -> None:
 
 # ----------------------------------------------------------------------------- picker lists
 def render_run_list(console: Console, runs: list[dict]) -> None:
-    t = table(">#", "run", "algorithm", ">step", "status", "data")
+    t = CompactTable(">#", "run", "algorithm", ">step", "status", "set")
     for i, r in enumerate(runs, 1):
         t.add_row(str(i), r["id"], r["algorithm"] or "-",
                   f"{r['last_step'] if r['last_step'] is not None else '-'}/{r['steps_planned'] or '-'}",
-                  r["status"] or "-", r["data_set"] or "-")
+                  r["status"] or "-", r["set_name"] or "-")
     console.print(t)
 
 
 def render_problem_list(console: Console, rows: list[tuple[int, str, str, str]]) -> None:
-    t = table(">#", "problem", "story", "text")
+    t = CompactTable(">#", "problem", "story", "text")
     for i, pid, story, text in rows:
         t.add_row(str(i), short(pid, 16), story, one_line(text))
     console.print(t)

@@ -7,7 +7,6 @@ results come back in the caller's order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 DEFAULT_TEMPLATE = "{problem} Put the final answer in \\boxed{{}}."
 
@@ -63,21 +62,8 @@ def _sample(logits, temperature: float, top_p: float):
     return torch.multinomial(probs, 1).squeeze(-1)
 
 
-def pad_left(rows: list[list[int]], pad_id: int):
-    """Left-pad token lists so that they all end in the same column.  -> ids, mask: [N, W]."""
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    return ids, mask
-
-
-def _decode_batch(model, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float,
-                  top_p: float, stop: set[int], pad: int) -> list[list[int]]:
+def _decode_batch(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: int,
+                  temperature: float, top_p: float, stop: set[int]) -> list[list[int]]:
     """n continuations of each prompt with a KV cache. Each prompt is prefilled once and its
     cache fanned out to its n samples; rows that finish are dropped from the batch, so late
     steps only pay for the sequences still running. Returns [len(prompts) * n] token lists."""
@@ -85,8 +71,8 @@ def _decode_batch(model, prompts: list[list[int]], n: int, max_new_tokens: int, 
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    ids, mask = pad_left(prompts, pad)
-    ids, mask = ids.to(device), mask.to(device)
+    padded = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt")
+    ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)  # [P, W]
     cache = DynamicCache(config=model.config)
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
                 past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -128,15 +114,13 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     batch_size: int = 32,
-    on_batch: Callable[[int], None] | None = None,
 ) -> list[list[Completion]]:
     """n completions for each prompt (temperature 0 = greedy: one decode, shared by the n).
-    Uses the global torch RNG: seed it first for reproducible samples. `on_batch(k)` is called
-    after each batch of k prompts. At most `batch_size` sequences decode together."""
+    Uses the global torch RNG: seed it first for reproducible samples. At most `batch_size`
+    sequences decode together."""
     import torch
 
     stop = _stop_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # length bucketing
     reps = 1 if temperature <= 0 else n
@@ -148,8 +132,8 @@ def generate(
         for start in range(0, len(order), per_batch):
             idx = order[start : start + per_batch]
             with torch.inference_mode():
-                seqs = _decode_batch(model, [encoded[i] for i in idx], reps, max_new_tokens,
-                                     temperature, top_p, stop, pad)
+                seqs = _decode_batch(model, tokenizer, [encoded[i] for i in idx], reps, max_new_tokens,
+                                     temperature, top_p, stop)
             for row, i in enumerate(idx):
                 comps = []
                 for seq in seqs[row * reps:(row + 1) * reps]:
@@ -158,8 +142,6 @@ def generate(
                 if reps == 1 and n > 1:  # greedy samples are identical: decode once, share
                     comps = [Completion(list(comps[0].token_ids), comps[0].text, comps[0].truncated) for _ in range(n)]
                 results[i] = comps
-            if on_batch:
-                on_batch(len(idx))
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]

@@ -33,7 +33,7 @@ def runner() -> CliRunner:
 
 @pytest.fixture
 def db(gcpo_home):
-    from gcpo_cli.db import open_db
+    from gcpo_cli.store import open_db
 
     d = open_db()
     yield d

@@ -1,30 +1,143 @@
-from gcpo_cli.db import open_db
-from gcpo_cli.migrations import STEP_METRICS
+"""The schema, stated literally, and an old database upgrading in place."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from gcpo_cli.cli import app
+from gcpo_cli.store import open_db
+
+PACKAGE = Path(__file__).resolve().parents[1] / "gcpo_cli"
+V0_1 = Path(__file__).resolve().parent / "data" / "v0.1"  # made by gcpo 0.1 (see its make.sh)
+
+# What migrations m001-m003 produce: every table's columns, in order, with their types.
+SCHEMA = {
+    "problems": "id TEXT, text TEXT, answer TEXT, metadata_json TEXT, created_at TEXT",
+    "problem_sets": "id INTEGER, name TEXT, description TEXT, created_at TEXT",
+    "set_problems": "set_id INTEGER, problem_id TEXT, position INTEGER, source_id TEXT",
+    "ingests": "id INTEGER, set_id INTEGER, source TEXT, fingerprint TEXT, rows_read INTEGER, added INTEGER, "
+               "present INTEGER, rejected INTEGER, golden_verified INTEGER, golden_total INTEGER, created_at TEXT",
+    "golden_answers": "id TEXT, problem_id TEXT, text TEXT, final_answer TEXT, source TEXT, verified INTEGER, "
+                      "created_at TEXT",
+    "runs": "id TEXT, recipe TEXT, recipe_json TEXT, model TEXT, algorithm TEXT, set_name TEXT, seed INTEGER, "
+            "status TEXT, steps_planned INTEGER, last_step INTEGER, checkpoint_step INTEGER, out_dir TEXT, "
+            "error TEXT, created_at TEXT, updated_at TEXT",
+    "steps": "id INTEGER, run_id TEXT, step INTEGER, reward_mean REAL, all_wrong_frac REAL, all_correct_frac REAL, "
+             "mixed_frac REAL, golden_injections REAL, golden_too_long REAL, golden_logp_mean REAL, clip_frac REAL, "
+             "completion_tokens_mean REAL, truncation_rate REAL, grad_norm REAL, loss REAL, lr REAL, gen_s REAL, "
+             "score_s REAL, update_s REAL, tokens_per_s REAL, metrics_json TEXT, created_at TEXT",
+    "rollouts": "id INTEGER, run_id TEXT, step INTEGER, problem_id TEXT, sample_index INTEGER, completion TEXT, "
+                "extracted_answer TEXT, reward REAL, correct INTEGER, completion_tokens INTEGER, truncated INTEGER, "
+                "is_golden INTEGER, advantage REAL, seq_ratio REAL",
+    "evaluations": "id TEXT, model TEXT, run_id TEXT, run_step INTEGER, set_name TEXT, params_json TEXT, "
+                   "metrics_json TEXT, status TEXT, created_at TEXT, updated_at TEXT",
+    "eval_results": "id INTEGER, evaluation_id TEXT, problem_id TEXT, sample_index INTEGER, completion TEXT, "
+                    "extracted_answer TEXT, correct INTEGER, completion_tokens INTEGER, truncated INTEGER, "
+                    "created_at TEXT",
+}
+INDEXES = {
+    "problem_sets": [("name",)],
+    "set_problems": [("problem_id",), ("source_id",)],
+    "golden_answers": [("problem_id",)],
+    "steps": [("run_id", "step")],
+    "rollouts": [("problem_id", "run_id", "step"), ("problem_id", "run_id", "step", "is_golden", "correct"),
+                 ("run_id", "problem_id", "step", "is_golden", "correct"), ("run_id", "step")],
+    "eval_results": [("evaluation_id", "problem_id"), ("problem_id",)],
+}
 
 
-def test_blank_database_migrates_to_expected_schema(tmp_path):
+PRIMARY_KEYS = {t: ["id"] for t in SCHEMA} | {"set_problems": ["set_id", "problem_id"]}
+
+
+def schema(db) -> dict:
+    assert {t: db[t].pks for t in SCHEMA} == PRIMARY_KEYS
+    return {t: ", ".join(f"{c.name} {c.type}" for c in db[t].columns) for t in SCHEMA}
+
+
+def indexes(db) -> dict:
+    out = {t: sorted(tuple(i.columns) for i in db[t].indexes if not i.name.startswith("sqlite_autoindex"))
+           for t in SCHEMA}
+    return {t: v for t, v in out.items() if v}
+
+
+def test_a_fresh_database_has_exactly_the_stated_schema(tmp_path):
     db = open_db(tmp_path / "x.db")
-    expected = {
-        "problems": {"id", "text", "answer", "metadata_json", "created_at"},
-        "problem_sets": {"id", "name", "description", "created_at"},
-        "set_problems": {"set_id", "problem_id", "position", "source_id"},
-        "golden_answers": {"id", "problem_id", "text", "final_answer", "source", "verified"},
-        "runs": {"id", "recipe", "recipe_json", "model", "algorithm", "status", "last_step"},
-        "steps": {"run_id", "step", *STEP_METRICS},
-        "rollouts": {
-            "run_id", "step", "problem_id", "sample_index", "completion", "extracted_answer",
-            "reward", "correct", "tokens", "truncated", "is_golden", "advantage", "seq_ratio",
-        },
-        "evaluations": {"id", "model", "run_id", "run_step", "set_name", "params_json"},
-        "eval_results": {"evaluation_id", "problem_id", "sample_index", "completion", "correct"},
-    }
-    for table, cols in expected.items():
-        assert db[table].exists(), table
-        missing = cols - set(db[table].columns_dict)
-        assert not missing, (table, missing)
+    assert schema(db) == SCHEMA
+    assert indexes(db) == INDEXES
     assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db["problems"].detect_fts() == "problems_fts"
     # Re-opening applies nothing twice.
     n = db["_sqlite_migrations"].count
     db.close()
     assert open_db(tmp_path / "x.db")["_sqlite_migrations"].count == n
+
+
+def _old_home(tmp_path) -> tuple[Path, str]:
+    """A copy of the database, run folder and checkpoints that gcpo 0.1 made, as GCPO_HOME."""
+    home = tmp_path / "gcpo-home"
+    home.mkdir(exist_ok=True)
+    shutil.copy(V0_1 / "gcpo.db", home / "gcpo.db")
+    shutil.copytree(V0_1 / "runs", home / "runs")
+    run_id = json.loads((V0_1 / "train.json").read_text())["run_id"]
+    return home, run_id
+
+
+def test_an_old_database_upgrades_in_place_and_keeps_everything(tmp_path):
+    home, run_id = _old_home(tmp_path)
+    import sqlite3
+
+    old = sqlite3.connect(home / "gcpo.db")
+    counts = {t: old.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in SCHEMA}
+    old_tokens = old.execute("SELECT SUM(tokens) FROM rollouts").fetchone()[0]
+    assert old.execute("SELECT COUNT(*) FROM evaluations WHERE status = 'done'").fetchone()[0] == 2
+    old.close()
+    db = open_db(home / "gcpo.db")
+    assert schema(db) == SCHEMA and indexes(db) == INDEXES
+    assert {t: db[t].count for t in SCHEMA} == counts
+    assert db.execute("SELECT SUM(completion_tokens) FROM rollouts").fetchone()[0] == old_tokens
+    assert {r["status"] for r in db.query("SELECT status FROM evaluations")} == {"completed"}
+    run = db["runs"].get(run_id)
+    recipe = json.loads(run["recipe_json"])
+    assert run["set_name"] == "arithmetic-l1-24" and recipe["set_name"] is None and recipe["zero_variance"] == "skip"
+    assert "data" not in recipe and "all_correct" not in recipe
+    step = json.loads(db.execute("SELECT metrics_json FROM steps WHERE run_id = ? AND step = 1",
+                                 [run_id]).fetchone()[0])
+    assert "golden_injections" in step and "ga_injections" not in step
+    evaluation = json.loads(db.execute("SELECT metrics_json FROM evaluations WHERE model = 'tiny'").fetchone()[0])
+    assert "completion_tokens_mean" in evaluation and "mean_tokens" not in evaluation
+
+
+def test_an_old_run_is_still_inspectable_and_resumable(tmp_path, monkeypatch, runner):
+    home, run_id = _old_home(tmp_path)
+    monkeypatch.setenv("GCPO_HOME", str(home))
+    db = open_db(home / "gcpo.db")
+    # The run folder moved with the copy; the database says where it was made.
+    with db.conn:
+        db.execute("UPDATE runs SET out_dir = ?", [str(home / "runs" / run_id)])
+    db.close()
+    shown = runner.invoke(app, ["inspect", "--run", run_id[:8], "--json"])
+    assert shown.exit_code == 0, shown.output
+    h = json.loads(shown.stdout)
+    assert [s["step"] for s in h["steps"]] == [1, 2] and h["run"]["set_name"] == "arithmetic-l1-24"
+    resumed = runner.invoke(app, ["train", "--resume", run_id, "--steps", "3", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+    assert summary["status"] == "completed" and summary["last_step"] == 3 and summary["checkpoint_step"] == 3
+    db = open_db(home / "gcpo.db")
+    assert [r[0] for r in db.execute("SELECT step FROM steps WHERE run_id = ? ORDER BY step", [run_id])] == [1, 2, 3]
+
+
+SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE)\b.*\b(FROM|INTO|SET)\b|\.execute\(|\.query\(|db\[\"")
+
+
+def test_no_sql_outside_the_store():
+    """store/ is the one home for data access: no other module writes SQL or touches tables."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if "store" in path.relative_to(PACKAGE).parts:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if SQL.search(line):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}")
+    assert offenders == []

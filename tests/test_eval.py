@@ -66,7 +66,7 @@ def test_summarize_by_hand():
     assert m["stderr"] == pytest.approx(0.25)  # std([0.5, 0]) = 0.3536, / sqrt(2)
     assert m["pass_at_k"] == pytest.approx((1 - 1 / 6) / 2)  # p1: 1 - C(2,2)/C(4,2); p2: 0
     assert m["maj_at_k"] == pytest.approx(0.5)  # p1: a 2-2 tie led by the correct "1"; p2: all wrong
-    assert m["mean_tokens"] == pytest.approx(120 / 8)
+    assert m["completion_tokens_mean"] == pytest.approx(120 / 8)
     assert m["truncation_rate"] == pytest.approx(2 / 8)
     assert m["unextracted_rate"] == pytest.approx(1 / 8)
     avg = average([m, dict(m, mean_at_k=0.75, n_problems=3)])
@@ -231,24 +231,24 @@ def _json(result) -> dict:
 def test_golden_answers_are_accepted_and_a_wrong_one_is_not(runner, db, small_set):
     from gcpo_cli.ingest import ingest_rows
 
-    out = _json(runner.invoke(app, ["eval", "--model", "golden", "--data", small_set, "--json"]))
+    out = _json(runner.invoke(app, ["eval", "--model", "golden", "--set", small_set, "--json"]))
     s = out["results"][0]["sets"][0]
     assert s["n_problems"] == 6 and s["mean_at_k"] == 1.0 and s["unextracted_rate"] == 0.0
     # A golden solution that reaches the wrong answer must be caught by the same check.
     ingest_rows(db, [{"problem": "What is 2 + 3?", "solution": "2 + 3 = 6. \\boxed{6}", "answer": "5"}],
                 "bad", problem="problem", solution="solution", answer="answer")
-    out = _json(runner.invoke(app, ["eval", "--model", "golden", "--data", "bad", "--json"]))
+    out = _json(runner.invoke(app, ["eval", "--model", "golden", "--set", "bad", "--json"]))
     assert out["results"][0]["sets"][0]["mean_at_k"] == 0.0
 
 
 def test_eval_tiny_model_stores_results_and_prints_a_table(runner, db, small_set):
-    r = runner.invoke(app, ["eval", "--model", "tiny", "--data", small_set, "--limit", "3", "--max-tokens", "8"])
+    r = runner.invoke(app, ["eval", "--model", "tiny", "--set", small_set, "--limit", "3", "--max-new-tokens", "8"])
     assert r.exit_code == 0, r.output
     assert "mixed" in r.stdout and "mean@1" in r.stdout and "pass@1" in r.stdout
     ev = list(db["evaluations"].rows)
-    assert len(ev) == 1 and ev[0]["status"] == "done" and ev[0]["model"] == "tiny"
+    assert len(ev) == 1 and ev[0]["status"] == "completed" and ev[0]["model"] == "tiny"
     res = list(db["eval_results"].rows)
-    assert len(res) == 3 and all(x["tokens"] and x["tokens"] <= 8 and x["completion"] is not None for x in res)
+    assert len(res) == 3 and all(x["completion_tokens"] and x["completion_tokens"] <= 8 and x["completion"] is not None for x in res)
     assert json.loads(ev[0]["metrics_json"])["n_problems"] == 3
 
 
@@ -256,13 +256,13 @@ def test_json_shape_with_k_samples_and_two_sets(runner, db, small_set):
     from gcpo_cli.ingest import ingest_rows
 
     ingest_rows(db, _rows(4), "sums", problem="problem", solution="solution", answer="answer")
-    out = _json(runner.invoke(app, ["eval", "-m", "tiny", "-d", small_set, "-d", "sums", "--limit", "2", "--k", "2",
-                                    "--temperature", "1.0", "--max-tokens", "4", "--json"]))
+    out = _json(runner.invoke(app, ["eval", "-m", "tiny", "-s", small_set, "-s", "sums", "--limit", "2", "--k", "2",
+                                    "--temperature", "1.0", "--max-new-tokens", "4", "--json"]))
     assert out["params"]["k"] == 2 and out["params"]["limit"] == 2
     (res,) = out["results"]
     assert res["label"] == "tiny" and [s["set_name"] for s in res["sets"]] == ["mixed", "sums"]
     for s in res["sets"]:
-        assert {"evaluation_id", "mean_at_k", "stderr", "pass_at_k", "maj_at_k", "mean_tokens", "truncation_rate",
+        assert {"evaluation_id", "mean_at_k", "stderr", "pass_at_k", "maj_at_k", "completion_tokens_mean", "truncation_rate",
                 "unextracted_rate", "n_problems", "n_samples", "k"} <= set(s)
         assert s["n_problems"] == 2 and s["n_samples"] == 4 and s["k"] == 2
     assert res["average"]["n_problems"] == 4
@@ -304,7 +304,7 @@ def test_interrupted_evaluation_resumes_only_unfinished_problems(db, monkeypatch
     out = evaluate_problems(db, model, tok, problems, **kw)
     assert out["evaluation_id"] == ev["id"] and out["resumed"] == 2
     assert len(seen) == 3  # only the unfinished problems were generated again
-    assert db["evaluations"].get(ev["id"])["status"] == "done"
+    assert db["evaluations"].get(ev["id"])["status"] == "completed"
     rows = list(db["eval_results"].rows)
     assert len(rows) == 5 and {r["problem_id"] for r in rows} == {p["id"] for p in problems}
     assert out["n_problems"] == 5
@@ -326,8 +326,8 @@ def test_run_checkpoint_compared_with_its_base(runner, db, tmp_path):
         out_dir / "checkpoints" / "step-2" / "adapter")
     db["runs"].insert(dict(id="r1", model="tiny", out_dir=str(out_dir), status="completed",
                            recipe_json=json.dumps({"prompt_template": "Q: {problem}"})))
-    out = _json(runner.invoke(app, ["eval", "--run", "r1", "--data", "sums", "--compare", "tiny",
-                                    "--max-tokens", "4", "--json"]))
+    out = _json(runner.invoke(app, ["eval", "--run", "r1", "--set", "sums", "--compare", "tiny",
+                                    "--max-new-tokens", "4", "--json"]))
     run_res, base_res = out["results"]
     assert run_res["label"] == "run:r1@2" and run_res["run_step"] == 2 and run_res["adapter"].endswith("adapter")
     assert base_res["label"] == "tiny"
@@ -336,7 +336,7 @@ def test_run_checkpoint_compared_with_its_base(runner, db, tmp_path):
     stored = {e["model"]: e for e in db["evaluations"].rows}
     assert stored["run:r1@2"]["run_id"] == "r1" and stored["run:r1@2"]["run_step"] == 2
     assert json.loads(stored["run:r1@2"]["params_json"])["template"] == "Q: {problem}"  # the run's own
-    r = runner.invoke(app, ["eval", "--run", "r1", "--step", "7", "--data", "sums"])
+    r = runner.invoke(app, ["eval", "--run", "r1", "--step", "7", "--set", "sums"])
     assert r.exit_code != 0 and "no checkpoint at step 7; steps: 2" in r.output
 
 
@@ -345,7 +345,7 @@ def test_benchmarks_offline(runner, db, monkeypatch):
     r = runner.invoke(app, ["eval", "--model", "golden", "--benchmark", "gsm9k"])
     assert r.exit_code == 1 and "unknown benchmark 'gsm9k'" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["eval", "--model", "golden", "--benchmark", "gsm8k"])
-    assert r.exit_code == 1 and "gcpo ingest" in r.output and "gsm8k/test.jsonl --name gsm8k" in r.output
+    assert r.exit_code == 1 and "gcpo ingest FILE --set gsm8k" in r.output and "openai/gsm8k (split test)" in r.output
     # The synthetic benchmark is built in; its worked solutions all grade correct.
     out = _json(runner.invoke(app, ["eval", "--model", "golden", "--benchmark", "synthetic", "--limit", "10", "--json"]))
     assert out["results"][0]["sets"][0]["set_name"] == "synthetic"
@@ -353,7 +353,7 @@ def test_benchmarks_offline(runner, db, monkeypatch):
 
 
 def test_benchmark_comes_from_the_hub_when_online(db, shared_data, monkeypatch):
-    from gcpo_cli import evaluation, ingest
+    from gcpo_cli import evaluation, ingest, store
     from gcpo_cli.errors import GcpoError
 
     real, calls = ingest.ingest_source, []
@@ -367,17 +367,17 @@ def test_benchmark_comes_from_the_hub_when_online(db, shared_data, monkeypatch):
     monkeypatch.setattr(evaluation, "_hub_reachable", lambda: True)
     assert evaluation.resolve_benchmark(db, "gsm8k") == "gsm8k"
     assert calls[0][0] == "hf:openai/gsm8k" and calls[0][1]["subset"] == "main" and calls[0][1]["split"] == "test"
-    assert len(evaluation.set_problems(db, "gsm8k")) == 1319
+    assert len(store.set_problems(db, "gsm8k")[1]) == 1319
     evaluation.resolve_benchmark(db, "gsm8k")
     assert len(calls) == 1  # once ingested, the set is used as it is
     monkeypatch.setattr(evaluation, "_hub_reachable", lambda: False)  # no connection: the advice
-    with pytest.raises(GcpoError, match="cannot be reached.*gcpo ingest .*math500/test.jsonl --name math500"):
+    with pytest.raises(GcpoError, match="cannot be reached.*gcpo ingest FILE --set math500.*MATH-500"):
         evaluation.resolve_benchmark(db, "math500")
     assert len(calls) == 1
 
 
 def test_bad_invocations_end_in_one_line(runner, db):
-    r = runner.invoke(app, ["eval", "--data", "x"])
+    r = runner.invoke(app, ["eval", "--set", "x"])
     assert r.exit_code == 1 and "exactly one of --model" in r.output
-    r = runner.invoke(app, ["eval", "--model", "tiny", "--data", "nope"])
-    assert r.exit_code == 1 and "no problem set named 'nope'" in r.output
+    r = runner.invoke(app, ["eval", "--model", "tiny", "--set", "nope"])
+    assert r.exit_code == 1 and "unknown set 'nope'" in r.output

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gcpo_cli.cli import GcpoError, app
-from gcpo_cli.db import open_db
-from gcpo_cli.ingest import ensure_synthetic_set, ingest_rows, ingest_source, problem_id
+from gcpo_cli.cli import app
+from gcpo_cli.errors import GcpoError
+from gcpo_cli.store import open_db
+from gcpo_cli.fields import problem_id
+from gcpo_cli.ingest import ensure_synthetic_set, ingest_rows, ingest_source
 
 from conftest import SHARED_DATA
 
@@ -83,7 +85,7 @@ def shared(tmp_path_factory):
     db_path = tmp_path_factory.mktemp("shared") / "gcpo.db"
     runner, results = CliRunner(), {}
     for rel in sorted(SHARED) + sorted(SHARED_INVALID):
-        args = ["ingest", str(SHARED_DATA / rel), "--name", _set_name(rel), "--db", str(db_path), "--json"]
+        args = ["ingest", str(SHARED_DATA / rel), "--set", _set_name(rel), "--db", str(db_path), "--json"]
         results[rel] = runner.invoke(app, args)
         if rel in SHARED_INVALID:
             results[rel, "skip"] = runner.invoke(app, args + ["--skip-invalid"])
@@ -182,8 +184,11 @@ def test_problems_search_and_json(shared, runner):
     # FTS syntax in the query is taken as words, not operators: no syntax error.
     rows = _json(runner.invoke(app, args + ["--search", 'eggs AND "', "--json"]))
     assert rows and all("eggs" in r["text"].lower() and " and " in r["text"].lower() for r in rows)
-    _fails(runner.invoke(app, ["problems", "--set", "nope", "--db", str(db_path)]), "no problem set named 'nope'",
-           "gsm8k-test")
+    _fails(runner.invoke(app, ["problems", "--set", "nope", "--db", str(db_path)]), "unknown set 'nope'; sets: ",
+           "aime24-test", "more")
+    # a unique prefix names a set, as everywhere; `_` is no wildcard
+    assert _json(runner.invoke(app, ["problems", "--set", "gsm8k-te", "--db", str(db_path), "--json"]))
+    _fails(runner.invoke(app, ["problems", "--set", "gsm8k_te", "--db", str(db_path)]), "unknown set 'gsm8k_te'")
 
 
 # ------------------------------------------------------------------------------------------ formats
@@ -228,7 +233,7 @@ def _make(fmt: str, tmp: Path, rows: list[dict]) -> tuple[Path, list[str]]:
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet", "folder", "datasetdict"])
 def test_each_format(fmt, tmp_path, runner, db):
     path, extra = _make(fmt, tmp_path, FORMAT_ROWS)
-    r = _json(runner.invoke(app, ["ingest", str(path), "--name", "small", "--json", *extra]))
+    r = _json(runner.invoke(app, ["ingest", str(path), "--set", "small", "--json", *extra]))
     assert (r["rows_read"], r["added"], r["rejected"]) == (3, 3, 0)
     got = {row["text"]: (row["answer"], json.loads(row["metadata_json"])["level"]) for row in db["problems"].rows}
     # Values arrive as written: "007" stays text (pandas alone would make it 7), "Level 2" -> 2.
@@ -238,8 +243,8 @@ def test_each_format(fmt, tmp_path, runner, db):
 
 def test_datasetdict_folder_needs_a_split(tmp_path, runner):
     path, _ = _make("datasetdict", tmp_path, FORMAT_ROWS)
-    _fails(runner.invoke(app, ["ingest", str(path), "--name", "x"]), "has splits train, test", "--split")
-    _fails(runner.invoke(app, ["ingest", str(path), "--name", "x", "--split", "dev"]), "no split 'dev'")
+    _fails(runner.invoke(app, ["ingest", str(path), "--set", "x"]), "has splits train, test", "--split")
+    _fails(runner.invoke(app, ["ingest", str(path), "--set", "x", "--split", "dev"]), "no split 'dev'")
 
 
 def test_json_array_keeps_mixed_types_and_line_numbers(tmp_path, runner, gcpo_home):
@@ -250,9 +255,9 @@ def test_json_array_keeps_mixed_types_and_line_numbers(tmp_path, runner, gcpo_ho
     path.write_text(text, encoding="utf-8")
     line = text[: text.index('"D?"')].count("\n")  # the line of the "{" that opens the 4th row
     assert line > 4
-    _fails(runner.invoke(app, ["ingest", str(path), "--name", "m"]), f"mixed.json: line {line}: field 'answer' is null")
+    _fails(runner.invoke(app, ["ingest", str(path), "--set", "m"]), f"mixed.json: line {line}: field 'answer' is null")
     _nothing_written(gcpo_home / "gcpo.db")
-    r = _json(runner.invoke(app, ["ingest", str(path), "--name", "m", "--skip-invalid", "--json"]))
+    r = _json(runner.invoke(app, ["ingest", str(path), "--set", "m", "--skip-invalid", "--json"]))
     assert r["added"] == 3 and r["rejects"] == [{"where": f"line {line}", "reason": "field 'answer' is null"}]
     db = open_db(gcpo_home / "gcpo.db")
     assert sorted(row["answer"] for row in db["problems"].rows) == ["1/2", "27", "x + 1"]
@@ -261,7 +266,7 @@ def test_json_array_keeps_mixed_types_and_line_numbers(tmp_path, runner, gcpo_ho
 def test_csv_line_numbers_count_multiline_fields(tmp_path, runner, gcpo_home):
     path = tmp_path / "q.csv"
     path.write_text('problem,answer\n"A long\nproblem?",3\nB?,4\nC?,\n', encoding="utf-8")
-    _fails(runner.invoke(app, ["ingest", str(path), "--name", "q"]), "q.csv: line 5: field 'answer' is null")
+    _fails(runner.invoke(app, ["ingest", str(path), "--set", "q"]), "q.csv: line 5: field 'answer' is null")
     _nothing_written(gcpo_home / "gcpo.db")
 
 
@@ -291,7 +296,7 @@ GOOD = [{"problem": "What is 1 + 1?", "answer": "2"}, {"problem": "What is 2 + 2
 def test_bad_jsonl_inputs(case, content, needles, tmp_path, runner, gcpo_home):
     path = tmp_path / "bad.jsonl"
     path.write_bytes(content)
-    _fails(runner.invoke(app, ["ingest", str(path), "--name", "bad"]), *needles)
+    _fails(runner.invoke(app, ["ingest", str(path), "--set", "bad"]), *needles)
     _nothing_written(gcpo_home / "gcpo.db")
 
 
@@ -309,23 +314,23 @@ def test_bad_jsonl_inputs(case, content, needles, tmp_path, runner, gcpo_home):
 def test_unreadable_formats(name, content, needles, tmp_path, runner, gcpo_home):
     path = tmp_path / name
     path.write_bytes(content)
-    _fails(runner.invoke(app, ["ingest", str(path), "--name", "bad"]), *needles)
+    _fails(runner.invoke(app, ["ingest", str(path), "--set", "bad"]), *needles)
     _nothing_written(gcpo_home / "gcpo.db")
 
 
 def test_missing_file_and_folder(tmp_path, runner, gcpo_home):
     path = _write_jsonl(tmp_path / "ok.jsonl", GOOD)
-    _fails(runner.invoke(app, ["ingest", str(path), "--name", "x", "--split", "train"]), "--split applies to")
-    _fails(runner.invoke(app, ["ingest", str(path), "--name", "x", "--problem", "{problem"]), "malformed")
-    _fails(runner.invoke(app, ["ingest", str(tmp_path / "nope.jsonl"), "--name", "x"]), "nope.jsonl: file not found")
+    _fails(runner.invoke(app, ["ingest", str(path), "--set", "x", "--split", "train"]), "--split applies to")
+    _fails(runner.invoke(app, ["ingest", str(path), "--set", "x", "--problem", "{problem"]), "malformed")
+    _fails(runner.invoke(app, ["ingest", str(tmp_path / "nope.jsonl"), "--set", "x"]), "nope.jsonl: file not found")
     (tmp_path / "plain").mkdir()
-    _fails(runner.invoke(app, ["ingest", str(tmp_path / "plain"), "--name", "x"]), "not a folder saved by datasets")
+    _fails(runner.invoke(app, ["ingest", str(tmp_path / "plain"), "--set", "x"]), "not a folder saved by datasets")
     _nothing_written(gcpo_home / "gcpo.db")
 
 
 def test_hub_failure_is_one_clean_line(runner):
     # conftest sets HF_HUB_OFFLINE: this exercises the hub path's error handling without network.
-    _fails(runner.invoke(app, ["ingest", "hf:no-such-org/no-such-set", "--name", "x"]),
+    _fails(runner.invoke(app, ["ingest", "hf:no-such-org/no-such-set", "--set", "x"]),
            "hf:no-such-org/no-such-set: cannot load from the hub")
 
 
@@ -333,7 +338,7 @@ def test_skip_invalid_writes_good_rows_and_reports_each_skip(tmp_path, runner, d
     path = tmp_path / "mixed.jsonl"
     path.write_text('{"problem": "What is 1 + 1?", "answer": "2"}\nnot json\n{"problem": "", "answer": "3"}\n'
                     '{"problem": "What is 2 + 2?", "answer": "4"}\n{"problem": "What is 5 + 5?"}\n', encoding="utf-8")
-    out = runner.invoke(app, ["ingest", str(path), "--name", "m", "--skip-invalid"])
+    out = runner.invoke(app, ["ingest", str(path), "--set", "m", "--skip-invalid"])
     assert out.exit_code == 0, out.output
     for needle in ("line 2", "not valid JSON", "line 3", "field 'problem' is empty", "line 5",
                    "field 'answer' is missing"):
@@ -347,12 +352,12 @@ def test_skip_invalid_writes_good_rows_and_reports_each_skip(tmp_path, runner, d
 
 def test_reingest_is_a_noop(tmp_path, runner, db):
     path = _write_jsonl(tmp_path / "a.jsonl", GOOD)
-    first = _json(runner.invoke(app, ["ingest", str(path), "--name", "s", "--json"]))
-    again = _json(runner.invoke(app, ["ingest", str(path), "--name", "s", "--json"]))
+    first = _json(runner.invoke(app, ["ingest", str(path), "--set", "s", "--json"]))
+    again = _json(runner.invoke(app, ["ingest", str(path), "--set", "s", "--json"]))
     assert first["added"] == 2 and not first["noop"]
     assert again["noop"] and again["added"] == 0 and again["present"] == 2
     assert db["problems"].count == 2 and db["set_problems"].count == 2 and db["ingests"].count == 1
-    out = runner.invoke(app, ["ingest", str(path), "--name", "s"])
+    out = runner.invoke(app, ["ingest", str(path), "--set", "s"])
     assert out.exit_code == 0 and "nothing to do" in " ".join(out.output.split())
 
 
@@ -361,10 +366,10 @@ def test_same_problem_in_two_sets_is_stored_once(tmp_path, runner, db):
     # Same first problem with other whitespace, from another file, with a worked solution.
     b = _write_jsonl(tmp_path / "b.jsonl", [{"problem": "What  is 1 +\n1?", "solution": "1+1 = \\boxed{2}"},
                                             {"problem": "What is 9 + 9?", "solution": "\\boxed{18}"}])
-    _json(runner.invoke(app, ["ingest", str(a), "--name", "one", "--json"]))
-    r = _json(runner.invoke(app, ["ingest", str(b), "--name", "two", "--json"]))
+    _json(runner.invoke(app, ["ingest", str(a), "--set", "one", "--json"]))
+    r = _json(runner.invoke(app, ["ingest", str(b), "--set", "two", "--json"]))
     assert (r["added"], r["new_problems"], r["golden_verified"], r["golden_total"]) == (2, 1, 2, 2)
-    r = _json(runner.invoke(app, ["ingest", str(a), "--name", "two", "--json"]))
+    r = _json(runner.invoke(app, ["ingest", str(a), "--set", "two", "--json"]))
     assert (r["added"], r["present"], r["new_problems"]) == (1, 1, 0)
     assert db["problems"].count == 3 and db["set_problems"].count == 5
     assert problem_id("What is 1 + 1?") == problem_id(" What  is 1 +\n1? ")
@@ -375,24 +380,24 @@ def test_template_and_explicit_flags_override_detection(tmp_path, runner, db):
     rows = [{"Intro": "Ann has 3 apples.", "Ask": "How many after 2 more?", "answer": "wrong", "final": 5.0,
              "work": "3 + 2 = 5", "question": "not this"}]
     path = _write_jsonl(tmp_path / "t.jsonl", rows)
-    r = _json(runner.invoke(app, ["ingest", str(path), "--name", "t", "--problem", "{Intro} {Ask}",
+    r = _json(runner.invoke(app, ["ingest", str(path), "--set", "t", "--problem", "{Intro} {Ask}",
                                   "--answer", "final", "--solution", "work", "--json"]))
     assert r["mapping"]["problem"] == "{Intro} {Ask}" and r["golden_total"] == 1
     p = next(db["problems"].rows)
     assert (p["text"], p["answer"]) == ("Ann has 3 apples. How many after 2 more?", "5")
     assert json.loads(p["metadata_json"]) == {"answer": "wrong", "question": "not this"}
-    _fails(runner.invoke(app, ["ingest", str(path), "--name", "u", "--problem", "{Intro} {Nope}"]),
+    _fails(runner.invoke(app, ["ingest", str(path), "--set", "u", "--problem", "{Intro} {Nope}"]),
            "--problem 'Nope' is not a field", "fields: Intro, Ask")
-    _fails(runner.invoke(app, ["ingest", str(path), "--name", "u", "--answer", "Final"]),
+    _fails(runner.invoke(app, ["ingest", str(path), "--set", "u", "--answer", "Final"]),
            "--answer 'Final' is not a field")
 
 
 def test_unsure_detection_goes_on_without_a_terminal(tmp_path, runner, db):
     path = _write_jsonl(tmp_path / "w.jsonl", [{"input": "What is 3 + 4?", "target": 7.0}])
-    out = runner.invoke(app, ["ingest", str(path), "--name", "w"])
+    out = runner.invoke(app, ["ingest", str(path), "--set", "w"])
     assert out.exit_code == 0 and "note: unsure" in out.stderr and "problem=input" in out.stderr
     assert next(db["problems"].rows)["answer"] == "7"
-    out = runner.invoke(app, ["ingest", str(path), "--name", "w2", "--yes"])
+    out = runner.invoke(app, ["ingest", str(path), "--set", "w2", "--yes"])
     assert out.exit_code == 0 and "note: unsure" not in out.output
 
 
@@ -402,7 +407,7 @@ def test_unsure_detection_asks_on_a_terminal(reply, written, tmp_path, runner, m
 
     monkeypatch.setattr(cmd_data, "_interactive", lambda: True)
     path = _write_jsonl(tmp_path / "w.jsonl", [{"input": "What is 3 + 4?", "target": 7.0}])
-    out = runner.invoke(app, ["ingest", str(path), "--name", "w"], input=reply)
+    out = runner.invoke(app, ["ingest", str(path), "--set", "w"], input=reply)
     assert "Sample row" in out.output and "What is 3 + 4?" in out.output and "Use this mapping?" in out.output
     if written:
         assert out.exit_code == 0 and "rows read" in out.output
@@ -414,7 +419,7 @@ def test_unsure_detection_asks_on_a_terminal(reply, written, tmp_path, runner, m
 def test_summary_table_fits_80_columns_and_lists_mismatches(tmp_path, runner):
     rows = [{"problem": f"Problem number {i}?", "answer": str(i),
              "solution": f"A very long worked solution {'blah ' * 30} so \\boxed{{{i + 1}}}"} for i in range(25)]
-    out = runner.invoke(app, ["ingest", str(_write_jsonl(tmp_path / "m.jsonl", rows)), "--name", "m"])
+    out = runner.invoke(app, ["ingest", str(_write_jsonl(tmp_path / "m.jsonl", rows)), "--set", "m"])
     assert out.exit_code == 0, out.output
     assert "did not verify" in out.output and "0/25" in out.output and "5 more (--json lists them all)" in out.output
     assert all(len(line) <= 80 for line in out.output.splitlines())
@@ -424,13 +429,13 @@ def test_summary_table_fits_80_columns_and_lists_mismatches(tmp_path, runner):
 
 
 def test_synthetic_arithmetic(runner, db):
-    args = ["ingest", "synthetic:arithmetic", "--name", "arith", "--count", "20", "--seed", "1", "--levels", "1-2"]
+    args = ["ingest", "synthetic:arithmetic", "--set", "arith", "--count", "20", "--seed", "1", "--levels", "1-2"]
     r = _json(runner.invoke(app, args + ["--json"]))
     assert (r["added"], r["golden_verified"], r["golden_total"]) == (20, 20, 20)
     assert {json.loads(p["metadata_json"])["level"] for p in db["problems"].rows} == {1, 2}
     assert _json(runner.invoke(app, args + ["--json"]))["noop"]
-    _fails(runner.invoke(app, ["ingest", "synthetic:geometry", "--name", "g"]), "unknown synthetic set")
-    _fails(runner.invoke(app, ["ingest", "synthetic:arithmetic", "--name", "g", "--levels", "9"]), "levels must be")
+    _fails(runner.invoke(app, ["ingest", "synthetic:geometry", "--set", "g"]), "unknown synthetic set")
+    _fails(runner.invoke(app, ["ingest", "synthetic:arithmetic", "--set", "g", "--levels", "9"]), "levels must be")
 
 
 def test_python_api_for_the_trainer(db, tmp_path):

@@ -22,9 +22,9 @@ import time
 
 import pytest
 
-from gcpo_cli import cmd_inspect
+from gcpo_cli import cmd_inspect, store
 from gcpo_cli.cli import app
-from gcpo_cli.db import open_db
+from gcpo_cli.store import open_db
 
 RUN_A = "01runaaaa0000001"
 RUN_B = "01runbbbb0000002"
@@ -55,7 +55,7 @@ def _group(run, step, pid, answers, truth, golden_text=None):
             "completion": golden_text if golden
             else f"Let me compute. I get {a}.\nThe answer is \\boxed{{{a}}}.",
             "extracted_answer": truth if golden else a, "reward": 1.0 if ok else 0.0,
-            "correct": int(ok), "tokens": 20, "truncated": 0, "is_golden": int(golden),
+            "correct": int(ok), "completion_tokens": 20, "truncated": 0, "is_golden": int(golden),
             "advantage": 0.0, "seq_ratio": 1.0,
         })
     return rows
@@ -80,7 +80,7 @@ def build(db) -> None:
                                (RUN_B, "2025-01-02T00:00:00Z", "grpo")):
         db["runs"].insert({"id": rid, "recipe": "tiny", "recipe_json": json.dumps(
             {"algorithm": algo, "group_size": G, "optim": {"lr": 1e-5}}), "model": "tiny-model",
-            "algorithm": algo, "data_set": "demo", "seed": 1, "status": "finished", "steps_planned": 6,
+            "algorithm": algo, "set_name": "demo", "seed": 1, "status": "finished", "steps_planned": 6,
             "last_step": 6, "created_at": created, "updated_at": created})
     rows = []
     for step, answers in P1_STEPS.items():
@@ -91,7 +91,7 @@ def build(db) -> None:
         rows += _group(RUN_B, step, P1, ["296", "296", "296", "286"], "296", gold)
     db["rollouts"].insert_all(rows)
     db["steps"].insert_all([{"run_id": RUN_A, "step": s, "reward_mean": 0.3 + s / 20, "all_wrong_frac": 0.5,
-                             "ga_injections": 1, "completion_len_mean": 20.0 + s, "tokens_per_s": 100.0 * s,
+                             "golden_injections": 1, "completion_tokens_mean": 20.0 + s, "tokens_per_s": 100.0 * s,
                              "created_at": now} for s in P1_STEPS])
     db["evaluations"].insert({"id": EVAL, "model": "tiny-model", "run_id": RUN_A, "run_step": 6,
                               "set_name": "demo", "params_json": "{}", "metrics_json": '{"avg@4": 0.5}',
@@ -101,12 +101,12 @@ def build(db) -> None:
                                 (P3, ["90"] * 4, "40")):
         for i, a in enumerate(answers):
             ev.append({"evaluation_id": EVAL, "problem_id": pid, "sample_index": i, "completion": f"= {a}",
-                       "extracted_answer": a, "correct": int(a == truth), "tokens": 5, "truncated": 0,
+                       "extracted_answer": a, "correct": int(a == truth), "completion_tokens": 5, "truncated": 0,
                        "created_at": now})
     db["eval_results"].insert_all(ev)
     # evaluation.evaluate_golden's check of the grader on the golden answers themselves
     db["evaluations"].insert({"id": "01goldcheck00004", "model": "golden", "set_name": "demo",
-                              "params_json": '{"golden": true}', "status": "done", "created_at": now})
+                              "params_json": '{"golden": true}', "status": "completed", "created_at": now})
     db["eval_results"].insert_all([
         {"evaluation_id": "01goldcheck00004", "problem_id": P1, "sample_index": 0, "completion": gold,
          "extracted_answer": "296", "correct": 1, "created_at": now},
@@ -270,7 +270,7 @@ def test_run_json(story, runner):
     h = json.loads(ok(inspect(runner, "--run", RUN_A, "--json")))
     assert h["run"]["recipe_json"]["group_size"] == G
     assert [s["step"] for s in h["steps"]] == list(range(1, 7))
-    assert h["steps"][0]["ga_rate"] == round(1 / 3, 4) and h["steps"][2]["ga_rate"] == 0
+    assert h["steps"][0]["golden_rate"] == round(1 / 3, 4) and h["steps"][2]["golden_rate"] == 0
     assert h["steps"][0]["reward_mean"] == pytest.approx(0.35)  # the trainer's figure wins
     ps = h["problems"]
     assert ps["seen"] == 3 and ps["solved_from_start"] == [P2]
@@ -395,10 +395,10 @@ def test_reads_while_another_connection_writes(story, runner, gcpo_home):
     h = json.loads(ok(result["r"]))
     assert h["runs"][0]["last_step"] == 6  # the uncommitted step is not visible
     # And a reader in the middle of a view never blocks the writer's commit (timeout=1 above).
-    from gcpo_cli import history
+    from gcpo_cli.store import history
 
     reader = open_db(path)
-    with cmd_inspect.snapshot(reader):
+    with store.snapshot(reader):
         before = history.problem_history(reader, P1, RUN_A)
         writer.execute("COMMIT")
         again = history.problem_history(reader, P1, RUN_A)  # one snapshot for the whole view
@@ -440,7 +440,7 @@ def test_many_candidates_still_fit_one_line(story, runner):
 
 
 def test_arc_and_sparkline_helpers():
-    from gcpo_cli.history import arc
+    from gcpo_cli.store.history import arc
     from gcpo_cli.render import pass_sparkline, sparkline, step_list
 
     # steps may start at 0; a problem solved at its first appearance never "graduates"

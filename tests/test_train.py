@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from gcpo_cli import recipe as recipes
+from gcpo_cli import store
 from gcpo_cli import train as training
 from gcpo_cli.answers import Grader
-from gcpo_cli.model import build_tiny
+from gcpo_cli.model import autocast_context, build_tiny, completion_logprobs
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +24,11 @@ def tiny_dir(tmp_path_factory) -> str:
 
 def tiny_recipe(tiny_dir, *overrides):
     return recipes.load("tiny", [f"model.name={tiny_dir}", *overrides])
+
+
+def make_rollout(pid, j, prompt, ids, text, extracted=None, reward=0.0, correct=False):
+    return training.Rollout(problem_id=pid, sample_index=j, prompt_ids=prompt, completion_ids=ids, completion=text,
+                            extracted_answer=extracted, truncated=False, reward=reward, correct=correct)
 
 
 def rollouts(db, run_id):
@@ -56,7 +62,7 @@ def test_gcpo_run_records_every_rollout_and_goes_gold_only_in_all_wrong_groups(d
     assert [s["step"] for s in steps] == [1, 2, 3]
     for s in steps:
         n_golden = sum(1 for (st, _), g in groups.items() if st == s["step"] and any(r["is_golden"] for r in g))
-        assert s["ga_injections"] == n_golden
+        assert s["golden_injections"] == n_golden
         assert s["gen_s"] > 0 and s["tokens_per_s"] > 0 and s["grad_norm"] >= 0
         assert json.loads(s["metrics_json"])["groups"] == 2
     run = db["runs"].get(summary["run_id"])
@@ -75,27 +81,27 @@ def test_update_moves_lora_weights_only_and_raises_golden_answer_logprob(db, tin
     ctx = training.setup(db, tiny_recipe(tiny_dir, "lr=5e-3"), None, None, None, training.NullDisplay())
     lora0, base0 = _lora_state(ctx.model), _base_state(ctx.model)
     pid = ctx.pool[0]["id"]
-    prompt = training.prompt_ids(ctx, pid)
+    prompt = training.prompt(ctx, pid)[1]
     wrong = [ctx.tok("I do not know.", add_special_tokens=False).input_ids + [ctx.tok.eos_token_id]] * 3
-    group = [training.Seq(pid, j, prompt, ids, "I do not know.", None, 0.0, False, False) for j, ids in enumerate(wrong)]
-    group.append(training.Seq(pid, 3, prompt, [], "", None, 0.0, False, False))
+    group = [make_rollout(pid, j, prompt, ids, "I do not know.") for j, ids in enumerate(wrong)]
+    group.append(make_rollout(pid, 3, prompt, [], ""))
     assert training.go_gold(ctx, group, None) == "injected"
     ga = group[3]
     assert ga.is_golden and ga.completion_ids[-1] == ctx.tok.eos_token_id
     kept = training.assign_advantages(ctx, [group])
     assert len(kept) == 1
 
-    amp = training.autocast_context(ctx.model, ctx.recipe.model.autocast)
+    amp = autocast_context(ctx.model, ctx.recipe.model.autocast)
 
-    def ga_logp():
+    def golden_logp():
         with torch.no_grad(), amp():
-            logp, mask = training.completion_logprobs(ctx.model, [ga], ctx.tok.pad_token_id)
+            logp, mask = completion_logprobs(ctx.model, ctx.tok, [ga.prompt_ids], [ga.completion_ids])
         return float(logp.sum() / mask.sum())
 
-    before = ga_logp()
+    before = golden_logp()
     for _ in range(3):
-        stats = training.update(ctx.model, ctx.optimizer, group, ctx.recipe, ctx.tok.pad_token_id, training.StopFlag())
-    assert ga_logp() > before + 1e-3
+        stats = training.update(ctx.model, ctx.tok, ctx.optimizer, group, ctx.recipe, training.StopFlag())
+    assert golden_logp() > before + 1e-3
     assert stats["grad_norm"] > 0
     lora1, base1 = _lora_state(ctx.model), _base_state(ctx.model)
     assert any(not torch.equal(lora0[k], lora1[k]) for k in lora0)
@@ -105,11 +111,11 @@ def test_update_moves_lora_weights_only_and_raises_golden_answer_logprob(db, tin
 def test_all_correct_groups_are_skipped_from_the_loss(db, tiny_dir):
     ctx = training.setup(db, tiny_recipe(tiny_dir), None, None, None, training.NullDisplay())
     pid = ctx.pool[0]["id"]
-    prompt = training.prompt_ids(ctx, pid)
-    right = [training.Seq(pid, j, prompt, [5, 6], "x", "2", 1.0, True, False) for j in range(4)]
+    prompt = training.prompt(ctx, pid)[1]
+    right = [make_rollout(pid, j, prompt, [5, 6], "x", "2", 1.0, True) for j in range(4)]
     assert training.go_gold(ctx, right, None) is None
     assert training.assign_advantages(ctx, [right]) == []
-    stats = training.update(ctx.model, ctx.optimizer, [], ctx.recipe, ctx.tok.pad_token_id, training.StopFlag())
+    stats = training.update(ctx.model, ctx.tok, ctx.optimizer, [], ctx.recipe, training.StopFlag())
     assert stats["grad_norm"] == 0.0
 
 
@@ -127,11 +133,11 @@ def test_dapo_dynamic_sampling_refills_the_batch_with_mixed_groups(db, tiny_dir,
     with Grader() as g:
         seqs, m = training.train_step(ctx, 1, g, training.StopFlag())
     assert m["groups"] == 4 and m["groups_in_loss"] == 2  # two dropped, two refilled
-    assert m["ga_injections"] == 0  # DAPO has no golden answers
+    assert m["golden_injections"] == 0  # DAPO has no golden answers
     assert len({s.problem_id for s in seqs}) == 4 and len(seqs) == 16
     dropped = [s for s in seqs if s.problem_id in first]
-    assert all(s.adv == 0.0 for s in dropped)
-    assert all(s.adv != 0.0 for s in seqs if s.problem_id not in first)
+    assert all(s.advantage == 0.0 for s in dropped)
+    assert all(s.advantage != 0.0 for s in seqs if s.problem_id not in first)
 
 
 def test_nf4_base_trains_lora_on_cpu(db, tiny_dir):
@@ -143,7 +149,7 @@ def test_nf4_base_trains_lora_on_cpu(db, tiny_dir):
     lora0 = _lora_state(ctx.model)
     with Grader() as g:
         _, m = training.train_step(ctx, 1, g, training.StopFlag())
-    assert m["ga_injections"] >= 1 and m["grad_norm"] > 0
+    assert m["golden_injections"] >= 1 and m["grad_norm"] > 0
     assert any(not torch.equal(lora0[k], v) for k, v in _lora_state(ctx.model).items())
 
 
@@ -151,10 +157,10 @@ def test_resume_after_a_crash_continues_without_duplicates_and_matches_an_uninte
     reference = training.train(db, tiny_recipe(tiny_dir, "save_every=2"))
     real_save = training.save_checkpoint
 
-    def crash_at_3(db_, run_id, out_dir, step, *a):
+    def crash_at_3(ctx, step):
         if step == 3:  # step 3 is in the database, its checkpoint never gets written
             raise KeyboardInterrupt
-        return real_save(db_, run_id, out_dir, step, *a)
+        return real_save(ctx, step)
 
     monkeypatch.setattr(training, "save_checkpoint", crash_at_3)
     with pytest.raises(KeyboardInterrupt):
@@ -199,7 +205,9 @@ def test_frontier_curriculum_prefers_problems_on_the_edge(db, tiny_dir):
     assert frontier_weight(4, 8) > frontier_weight(None, None) > frontier_weight(8, 8)
     assert frontier_weight(0, 8) == frontier_weight(8, 8) > 0
     summary = training.train(db, tiny_recipe(tiny_dir, "curriculum=frontier", "steps=2"))
-    picks = frontier(db, summary["run_id"], [p[0] for p in db.execute("SELECT id FROM problems")], 5, 2, 0, 32)
+    rates = store.pass_rates(db, summary["run_id"], 32)
+    assert sum(n for _, n in rates.values()) == 2 * 2 * 4  # steps x B x G sampled rollouts
+    picks = frontier(rates, [p[0] for p in db.execute("SELECT id FROM problems")], 5, 2, 0)
     assert len(set(picks)) == 2
 
 
@@ -216,17 +224,18 @@ def test_cli_train_runs_and_export(runner, tiny_dir, tmp_path):
     assert summary["run_id"] in table.output and "completed" in table.output  # ids are never squeezed
     assert max(len(line) for line in table.output.splitlines()) <= 80
     out = tmp_path / "adapter"
-    assert runner.invoke(app, ["export", summary["run_id"][:12], "--out", str(out)]).exit_code == 0
+    assert runner.invoke(app, ["export", "--run", summary["run_id"][:12], "--out", str(out)]).exit_code == 0
     assert (out / "adapter_config.json").exists()
     merged = tmp_path / "merged"
+    # the run as a positional argument: the old spelling, still accepted for a release
     assert runner.invoke(app, ["export", summary["run_id"], "--merge", "--out", str(merged)]).exit_code == 0
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(merged) is not None
-    bad = runner.invoke(app, ["export", "zzzz", "--out", str(tmp_path / "x")])
-    assert bad.exit_code == 1 and "no run" in bad.output
-    missing = runner.invoke(app, ["train", "--recipe", "tiny", "--data", "nope"])
-    assert missing.exit_code == 1 and "no problem set named 'nope'" in missing.output
+    bad = runner.invoke(app, ["export", "--run", "zzzz", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "unknown run 'zzzz'" in bad.output
+    missing = runner.invoke(app, ["train", "--recipe", "tiny", "--set", "nope"])
+    assert missing.exit_code == 1 and "unknown set 'nope'" in missing.output
 
 
 def test_shared_prompt_forward_and_merged_sampler_are_exact(db, tiny_dir):
@@ -234,22 +243,23 @@ def test_shared_prompt_forward_and_merged_sampler_are_exact(db, tiny_dir):
                          None, None, None, training.NullDisplay())
     seqs = []
     for p in ctx.pool[:2]:
-        prompt = training.prompt_ids(ctx, p["id"])
+        prompt = training.prompt(ctx, p["id"])[1]
         for j, text in enumerate(["1 + 1 = 2", "no idea at all", "3"]):
             ids = ctx.tok(text, add_special_tokens=False).input_ids + [ctx.tok.eos_token_id]
-            seqs.append(training.Seq(p["id"], j, prompt, ids, text, None, 0.0, False, False))
+            seqs.append(make_rollout(p["id"], j, prompt, ids, text))
+    prompts, completions = [s.prompt_ids for s in seqs], [s.completion_ids for s in seqs]
     with torch.no_grad():
-        shared, m1 = training.completion_logprobs(ctx.model, seqs, ctx.tok.pad_token_id, share_prompts=True)
-        plain, m2 = training.completion_logprobs(ctx.model, seqs, ctx.tok.pad_token_id, share_prompts=False)
+        shared, m1 = completion_logprobs(ctx.model, ctx.tok, prompts, completions, share_prompts=True)
+        plain, m2 = completion_logprobs(ctx.model, ctx.tok, prompts, completions, share_prompts=False)
     assert torch.equal(m1, m2) and torch.allclose(shared, plain, atol=1e-5)
     # after an update the merged sampler computes what the policy computes
     for s, a in zip(seqs, [1.0, -1.0, 0.5] * 2):
-        s.adv = a
-    training.update(ctx.model, ctx.optimizer, seqs, ctx.recipe, ctx.tok.pad_token_id, training.StopFlag())
+        s.advantage = a
+    training.update(ctx.model, ctx.tok, ctx.optimizer, seqs, ctx.recipe, training.StopFlag())
     ids = torch.tensor([seqs[0].prompt_ids + seqs[0].completion_ids])
     with torch.no_grad():
         want = ctx.model(input_ids=ids).logits
-        got = ctx.generation_model()(input_ids=ids).logits
+        got = training.generation_model(ctx)(input_ids=ids).logits
     lora_b = [v for k, v in _lora_state(ctx.model).items() if "lora_B" in k]
     assert any(bool(v.abs().sum() > 0) for v in lora_b)  # the deltas being merged are not zero
     assert torch.allclose(want, got, atol=1e-4)
@@ -258,10 +268,10 @@ def test_shared_prompt_forward_and_merged_sampler_are_exact(db, tiny_dir):
 def test_bf16_sampler_tracks_the_policy(db, tiny_dir):
     ctx = training.setup(db, tiny_recipe(tiny_dir, "model.sampler_dtype=bfloat16"), None, None, None,
                          training.NullDisplay())
-    ids = torch.tensor([training.prompt_ids(ctx, ctx.pool[0]["id"])])
-    sampler = ctx.generation_model()
+    ids = torch.tensor([training.prompt(ctx, ctx.pool[0]["id"])[1]])
+    sampler = training.generation_model(ctx)
     assert next(sampler.parameters()).dtype == torch.bfloat16
-    with torch.no_grad(), training.autocast_context(ctx.model, ctx.recipe.model.autocast)():
+    with torch.no_grad(), autocast_context(ctx.model, ctx.recipe.model.autocast)():
         want = torch.log_softmax(ctx.model(input_ids=ids).logits.float(), -1)
         got = torch.log_softmax(sampler(input_ids=ids).logits.float(), -1)
     assert torch.allclose(want, got, atol=0.1)
@@ -275,10 +285,10 @@ def test_golden_answer_longer_than_the_limit(db, tiny_dir, mode):
         seqs, m = training.train_step(ctx, 1, g, training.StopFlag())
     golden = [s for s in seqs if s.is_golden]
     if mode == "skip":  # not injected, counted; the all-wrong groups stay without contrast
-        assert m["ga_too_long"] == 2 and m["ga_injections"] == 0 and not golden
+        assert m["golden_too_long"] == 2 and m["golden_injections"] == 0 and not golden
         assert m["sequences_in_loss"] == 0
     else:
-        assert m["ga_injections"] == 2 and len(golden) == 2
+        assert m["golden_injections"] == 2 and len(golden) == 2
         assert all(len(s.completion_ids) == 10 and s.truncated for s in golden)
 
 
@@ -337,10 +347,9 @@ def test_golden_template_renders_the_answer_as_the_model_would_write_it(db, tiny
     ctx = training.setup(db, tiny_recipe(tiny_dir, f"golden_template={json.dumps(template)}",
                                          "max_new_tokens=120"), None, None, None, training.NullDisplay())
     p = ctx.pool[0]
-    group = [training.Seq(p["id"], j, training.prompt_ids(ctx, p["id"]), [5], "x", None, 0.0, False, False)
-             for j in range(4)]
+    group = [make_rollout(p["id"], j, training.prompt(ctx, p["id"])[1], [5], "x") for j in range(4)]
     assert training.go_gold(ctx, group, None) == "injected"
     ga = group[3]
-    assert ga.text == f"{p['golden']}\n</think>\n\nFinal: \\boxed{{{p['answer']}}}"
-    assert ga.extracted == p["answer"]
-    assert ctx.tok.decode(ga.completion_ids[:-1]) == ga.text
+    assert ga.completion == f"{p['golden']}\n</think>\n\nFinal: \\boxed{{{p['answer']}}}"
+    assert ga.extracted_answer == p["answer"]
+    assert ctx.tok.decode(ga.completion_ids[:-1]) == ga.completion

@@ -1,37 +1,18 @@
-"""Schema migrations: append-only. Never edit a migration once it has landed; add m002_... instead.
+"""Schema migrations: append-only. Never change what a landed migration does; add m00N_... instead.
 
-One name per knob everywhere: the step metrics below are the same names the trainer logs and
-`gcpo inspect` plots.
+Each migration states its columns literally, so that nothing edited elsewhere (a list of metric
+names, a dataclass) can change what an applied migration means. tests/test_db.py compares a
+fresh database with the literal schema the migrations below produce.
 """
 
 from __future__ import annotations
+
+import json
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 migrations = Migrations("gcpo")
-
-# Per-step metrics recorded by the trainer (see docs: "What every step must record").
-STEP_METRICS = [
-    "reward_mean",
-    "all_wrong_frac",
-    "all_correct_frac",
-    "mixed_frac",
-    "ga_injections",
-    "ga_too_long",
-    "ga_logp_mean",
-    "clip_frac",
-    "completion_len_mean",
-    "truncation_rate",
-    "grad_norm",
-    "loss",
-    "lr",
-    "gen_s",
-    "score_s",
-    "update_s",
-    "tokens_per_s",
-]
-
 
 @migrations()
 def m001_initial(db: Database) -> None:
@@ -103,10 +84,35 @@ def m001_initial(db: Database) -> None:
         },
         pk="id",
     )
-    step_cols = {"id": int, "run_id": str, "step": int}
-    step_cols.update({name: float for name in STEP_METRICS})
-    step_cols.update({"metrics_json": str, "created_at": str})
-    db["steps"].create(step_cols, pk="id", foreign_keys=[("run_id", "runs", "id")])
+    # (Until m003 these columns came from a list in this file; written out, they are the same.)
+    db["steps"].create(
+        {
+            "id": int,
+            "run_id": str,
+            "step": int,
+            "reward_mean": float,
+            "all_wrong_frac": float,
+            "all_correct_frac": float,
+            "mixed_frac": float,
+            "ga_injections": float,
+            "ga_too_long": float,
+            "ga_logp_mean": float,
+            "clip_frac": float,
+            "completion_len_mean": float,
+            "truncation_rate": float,
+            "grad_norm": float,
+            "loss": float,
+            "lr": float,
+            "gen_s": float,
+            "score_s": float,
+            "update_s": float,
+            "tokens_per_s": float,
+            "metrics_json": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
     db["steps"].create_index(["run_id", "step"], unique=True)
     db["rollouts"].create(
         {
@@ -181,3 +187,45 @@ def m002_inspect_indexes(db: Database) -> None:
     )
     # `gcpo inspect --problem` also accepts the id a problem had in its source file.
     db["set_problems"].create_index(["source_id"], if_not_exists=True)
+
+
+# m003: one name per concept (issue 8), from recipe key to column to flag to log line.
+_M003_COLUMNS = {
+    "runs": {"data_set": "set_name"},
+    "steps": {
+        "ga_injections": "golden_injections",
+        "ga_too_long": "golden_too_long",
+        "ga_logp_mean": "golden_logp_mean",
+        "completion_len_mean": "completion_tokens_mean",
+    },
+    "rollouts": {"tokens": "completion_tokens"},
+    "eval_results": {"tokens": "completion_tokens"},
+}
+_M003_RECIPE_KEYS = {"data": "set_name", "all_correct": "zero_variance"}
+_M003_STEP_KEYS = {**_M003_COLUMNS["steps"]}
+_M003_EVAL_KEYS = {"mean_tokens": "completion_tokens_mean"}
+
+
+def _rename_json_keys(db: Database, table: str, column: str, renames: dict) -> None:
+    for rowid, text in db.execute(f"SELECT rowid, [{column}] FROM [{table}] WHERE [{column}] IS NOT NULL").fetchall():
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            continue  # stored as it came; nothing to rename
+        if isinstance(obj, dict) and any(k in obj for k in renames):
+            obj = {renames.get(k, k): v for k, v in obj.items()}
+            db.execute(f"UPDATE [{table}] SET [{column}] = ? WHERE rowid = ?",
+                       [json.dumps(obj, sort_keys=True, ensure_ascii=False), rowid])
+
+
+@migrations()
+def m003_one_name_per_concept(db: Database) -> None:
+    # ALTER TABLE ... RENAME COLUMN renames in place (indexes follow), where sqlite-utils'
+    # transform() would copy every rollout of every run into a new table.
+    for table, columns in _M003_COLUMNS.items():
+        for old, new in columns.items():
+            db.execute(f"ALTER TABLE [{table}] RENAME COLUMN [{old}] TO [{new}]")
+    db.execute("UPDATE evaluations SET status = 'completed' WHERE status = 'done'")
+    _rename_json_keys(db, "runs", "recipe_json", _M003_RECIPE_KEYS)
+    _rename_json_keys(db, "steps", "metrics_json", _M003_STEP_KEYS)
+    _rename_json_keys(db, "evaluations", "metrics_json", _M003_EVAL_KEYS)

@@ -1,4 +1,4 @@
-"""The queries behind `gcpo inspect` (issue 5): pure functions from a Database to plain data.
+"""The read-only aggregates behind `gcpo inspect`: pure functions from a Database to plain data.
 
 Every figure comes from aggregated SQL (GROUP BY run/problem/step) answered from the covering
 indexes of m002, so a problem with 10,000 rollouts or a run with 600,000 costs one index range
@@ -15,13 +15,12 @@ Definitions, per run, over a problem's appearances (its groups) ordered by step:
 
 from __future__ import annotations
 
-import json
-import re
-
 from sqlite_utils import Database
 
-
-from .errors import GcpoError
+from .db import loads as _loads
+from .db import rows_in
+from .problems import problem_texts
+from .resolve import resolve_set
 
 # The golden rollout never counts as the model solving the problem; NULL flags count as 0.
 _K = "ifnull(sum(CASE WHEN is_golden = 1 THEN 0 ELSE correct END), 0)"
@@ -30,127 +29,10 @@ _NOT_GOLDEN = "ifnull(is_golden, 0) = 0"
 # Pass-rate buckets for the set view: (label, lower bound inclusive, upper bound exclusive).
 BUCKETS = [("0%", 0.0, 1e-12), ("<25%", 1e-12, 0.25), ("<50%", 0.25, 0.5),
            ("<75%", 0.5, 0.75), ("<100%", 0.75, 1.0), ("100%", 1.0, 2.0)]
-MAX_CANDIDATES = 20
 # evaluation.evaluate_golden grades the golden answers themselves under this model label: a
 # check of the grader, not of a model, so it stays out of wrong answers, examples and difficulty.
 GOLDEN_CHECK = "golden"
 _MODEL_EVAL = f"ifnull(e.model, '') != '{GOLDEN_CHECK}'"
-
-
-# ----------------------------------------------------------------------------- resolution
-def _glob_prefix(ref: str) -> str:
-    # GLOB (unlike LIKE) is case-sensitive, so SQLite can answer a prefix from the primary key.
-    return re.sub(r"([*?\[])", r"[\1]", ref) + "*"
-
-
-def user_error(msg: str) -> GcpoError:
-    # cli escapes GcpoError messages itself, so ids or search words with brackets print as typed.
-    return GcpoError(msg)
-
-
-def _fit(head: str, items: list[str], total: int | None = None) -> str:
-    """`head` then as many items as fit one 80-column line after cli's "error: ", then "+N more"."""
-    total = len(items) if total is None else total
-    shown: list[str] = []
-    for i in items:
-        rest = total - len(shown) - 1
-        line = "error: " + head + ", ".join(shown + [i]) + (f", +{rest} more" if rest else "")
-        if len(line) > 80 and shown:
-            break
-        shown.append(i)
-    rest = total - len(shown)
-    return head + ", ".join(shown) + (f", +{rest} more" if rest else "")
-
-
-def _ambiguous(kind: str, ref: str, ids: list[str]) -> GcpoError:
-    count = f"{MAX_CANDIDATES}+" if len(ids) > MAX_CANDIDATES else str(len(ids))
-    return user_error(_fit(f"ambiguous {kind} {_clip(ref)}: {count} match: ", ids[:MAX_CANDIDATES]))
-
-
-def _clip(ref: str, n: int = 24) -> str:
-    return repr(ref if len(ref) <= n else ref[: n - 1] + "…")
-
-
-def _fts_query(text: str) -> str:
-    # Quote every word so user text like "12 + 35?" is never parsed as FTS syntax.
-    words = re.findall(r"\w+", text)
-    return " ".join('"' + w + '"' for w in words)
-
-
-def resolve_problem(db: Database, ref: str) -> str:
-    """Exact id, then a source id from the ingested file, then an id prefix, then full-text."""
-    ref = ref.strip()
-    if not ref:
-        raise user_error("empty problem id; pass an id, an id prefix or words from its text")
-    if db.execute("SELECT 1 FROM problems WHERE id = ?", [ref]).fetchone():
-        return ref
-    ids = [r[0] for r in db.execute(
-        "SELECT DISTINCT problem_id FROM set_problems WHERE source_id = ? LIMIT ?",
-        [ref, MAX_CANDIDATES])]
-    if not ids:
-        ids = [r[0] for r in db.execute(
-            "SELECT id FROM problems WHERE id GLOB ? ORDER BY id LIMIT ?",
-            [_glob_prefix(ref), MAX_CANDIDATES + 1])]
-    if not ids and _fts_query(ref):
-        ids = [r[0] for r in db.execute(
-            "SELECT problems.id FROM problems_fts JOIN problems ON problems.rowid = problems_fts.rowid"
-            " WHERE problems_fts MATCH ? ORDER BY rank LIMIT ?",
-            [_fts_query(ref), MAX_CANDIDATES + 1])]
-    if len(ids) == 1:
-        return ids[0]
-    if not ids:
-        raise user_error(f"unknown problem {_clip(ref)}: no id, prefix or text matches")
-    raise _ambiguous("problem", ref, ids)
-
-
-def resolve_run(db: Database, ref: str) -> str:
-    ref = ref.strip()
-    if ref and db.execute("SELECT 1 FROM runs WHERE id = ?", [ref]).fetchone():
-        return ref
-    ids = [r[0] for r in db.execute(
-        "SELECT id FROM runs WHERE id GLOB ? ORDER BY created_at DESC LIMIT ?",
-        [_glob_prefix(ref), MAX_CANDIDATES + 1])] if ref else []
-    if len(ids) == 1:
-        return ids[0]
-    if not ids:
-        recent = [r[0] for r in db.execute("SELECT id FROM runs ORDER BY created_at DESC LIMIT 6")]
-        if not recent:
-            raise user_error(f"unknown run {_clip(ref)}: no runs recorded yet")
-        raise user_error(_fit(f"unknown run {_clip(ref)}; recent: ", recent))
-    raise _ambiguous("run", ref, ids)
-
-
-def resolve_set(db: Database, ref: str) -> dict:
-    ref = ref.strip()
-    row = db.execute("SELECT id, name, description FROM problem_sets WHERE name = ?", [ref]).fetchone()
-    if not row and ref.isdigit():
-        row = db.execute("SELECT id, name, description FROM problem_sets WHERE id = ?", [int(ref)]).fetchone()
-    if not row:
-        rows = db.execute("SELECT id, name, description FROM problem_sets WHERE name GLOB ? ORDER BY name",
-                          [_glob_prefix(ref)]).fetchall()
-        if len(rows) > 1:
-            raise _ambiguous("set", ref, [r[1] for r in rows])
-        row = rows[0] if rows else None
-    if not row:
-        names = [r[0] for r in db.execute("SELECT name FROM problem_sets ORDER BY name LIMIT 20")]
-        if not names:
-            raise user_error(f"unknown set {_clip(ref)}: no sets ingested yet")
-        raise user_error(_fit(f"unknown set {_clip(ref)}; sets: ", names))
-    return {"id": row[0], "name": row[1], "description": row[2]}
-
-
-# ----------------------------------------------------------------------------- shared pieces
-def _rows(db: Database, sql: str, params=()) -> list[dict]:
-    cur = db.execute(sql, list(params))
-    cols = [c[0] for c in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
-
-
-def _loads(text):
-    try:
-        return json.loads(text) if text else None
-    except ValueError:
-        return text  # keep what was stored rather than hide it
 
 
 def arc(groups: list[tuple[int, int, int, int]]) -> dict:
@@ -187,20 +69,20 @@ def verdict(k: int, n: int) -> str:
     return "solved" if n and k == n else "partial" if k else "failed"
 
 
-_RUN_COLS = "id, recipe, model, algorithm, data_set, seed, status, steps_planned, last_step, created_at"
+_RUN_COLS = "id, recipe, model, algorithm, set_name, seed, status, steps_planned, last_step, created_at"
 
 
 # ----------------------------------------------------------------------------- problem view
 def problem_history(db: Database, problem_id: str, run_id: str | None = None,
                     full: bool = False) -> dict:
-    p = _rows(db, "SELECT id, text, answer, metadata_json, created_at FROM problems WHERE id = ?",
-              [problem_id])[0]
+    p = list(db.query("SELECT id, text, answer, metadata_json, created_at FROM problems WHERE id = ?",
+              [problem_id]))[0]
     p["metadata"] = _loads(p.pop("metadata_json"))
     p["sets"] = [r[0] for r in db.execute(
         "SELECT ps.name FROM set_problems sp JOIN problem_sets ps ON ps.id = sp.set_id"
         " WHERE sp.problem_id = ? ORDER BY ps.name", [problem_id])]
-    golden = _rows(db, "SELECT id, source, final_answer, verified, text FROM golden_answers"
-                       " WHERE problem_id = ? ORDER BY verified DESC, created_at", [problem_id])
+    golden = list(db.query("SELECT id, source, final_answer, verified, text FROM golden_answers"
+                       " WHERE problem_id = ? ORDER BY verified DESC, created_at", [problem_id]))
     for g in golden:
         g["verified"] = bool(g["verified"])
 
@@ -211,15 +93,13 @@ def problem_history(db: Database, problem_id: str, run_id: str | None = None,
         " GROUP BY run_id, step ORDER BY run_id, step", [problem_id, *rparams]):
         per_run.setdefault(rid, []).append((step, k, n, g))
     runs = []
-    meta = {r["id"]: r for r in _rows(
-        db, f"SELECT {_RUN_COLS} FROM runs WHERE id IN ({','.join('?' * len(per_run))})",
-        list(per_run))} if per_run else {}
+    meta = {r["id"]: r for r in rows_in(db, f"SELECT {_RUN_COLS} FROM runs WHERE id IN ({{ids}})", per_run)}
     for rid, groups in per_run.items():
         m = meta.get(rid, {"id": rid})
         runs.append({
             "run_id": rid,
             "algorithm": m.get("algorithm"), "model": m.get("model"),
-            "data_set": m.get("data_set"), "status": m.get("status"),
+            "set_name": m.get("set_name"), "status": m.get("status"),
             "created_at": m.get("created_at"),
             **arc(groups),
             "steps": [{"step": s, "k": k, "n": n, "golden": bool(g)} for s, k, n, g in groups],
@@ -227,17 +107,17 @@ def problem_history(db: Database, problem_id: str, run_id: str | None = None,
     runs.sort(key=lambda r: (r["created_at"] or "", r["run_id"]))
 
     efilter, eparams = ("AND e.run_id = ?", [run_id]) if run_id else ("", [])
-    evals = _rows(db, "SELECT e.id AS evaluation_id, e.model, e.run_id, e.run_step, e.set_name,"
+    evals = list(db.query("SELECT e.id AS evaluation_id, e.model, e.run_id, e.run_step, e.set_name,"
                       " e.status, e.created_at, count(*) AS n, ifnull(sum(er.correct), 0) AS k"
                       " FROM eval_results er JOIN evaluations e ON e.id = er.evaluation_id"
                       f" WHERE er.problem_id = ? {efilter} GROUP BY e.id ORDER BY e.created_at",
-                  [problem_id, *eparams])
+                  [problem_id, *eparams]))
     for e in evals:
         e["golden_check"] = e["model"] == GOLDEN_CHECK
         e["verdict"] = verdict(e["k"], e["n"])
 
     # Wrong answers from training and evaluation together: the same misconception shows in both.
-    wrong = _rows(db, f"""
+    wrong = list(db.query(f"""
         SELECT answer, sum(c) AS count FROM (
           SELECT ifnull(extracted_answer, '') AS answer, count(*) AS c FROM rollouts
            WHERE problem_id = ? AND correct = 0 AND {_NOT_GOLDEN} {rfilter} GROUP BY answer
@@ -246,7 +126,7 @@ def problem_history(db: Database, problem_id: str, run_id: str | None = None,
             FROM eval_results er JOIN evaluations e ON e.id = er.evaluation_id
            WHERE er.problem_id = ? AND er.correct = 0 AND {_MODEL_EVAL} {efilter} GROUP BY answer)
         GROUP BY answer ORDER BY count DESC, answer LIMIT 10""",
-        [problem_id, *rparams, problem_id, *eparams])
+        [problem_id, *rparams, problem_id, *eparams]))
 
     top_wrong = wrong[0]["answer"] if wrong else None
     out = {
@@ -260,15 +140,15 @@ def problem_history(db: Database, problem_id: str, run_id: str | None = None,
         "latest_correct": _example(db, problem_id, True, None, rfilter, rparams, efilter, eparams),
     }
     if full:
-        out["completions"] = _rows(db, "SELECT run_id, step, sample_index, correct, is_golden,"
-                                       " reward, tokens, truncated, extracted_answer, completion"
+        out["completions"] = list(db.query("SELECT run_id, step, sample_index, correct, is_golden,"
+                                       " reward, completion_tokens, truncated, extracted_answer, completion"
                                        f" FROM rollouts WHERE problem_id = ? {rfilter}"
-                                       " ORDER BY run_id, step, sample_index", [problem_id, *rparams])
-        out["eval_completions"] = _rows(
-            db, "SELECT er.evaluation_id, er.sample_index, er.correct, er.tokens, er.truncated,"
+                                       " ORDER BY run_id, step, sample_index", [problem_id, *rparams]))
+        out["eval_completions"] = list(db.query(
+            "SELECT er.evaluation_id, er.sample_index, er.correct, er.completion_tokens, er.truncated,"
                 " er.extracted_answer, er.completion FROM eval_results er"
                 f" JOIN evaluations e ON e.id = er.evaluation_id WHERE er.problem_id = ? {efilter}"
-                " ORDER BY e.created_at, er.sample_index", [problem_id, *eparams])
+                " ORDER BY e.created_at, er.sample_index", [problem_id, *eparams]))
     return out
 
 
@@ -277,26 +157,26 @@ def _example(db, problem_id, correct, answer, rfilter, rparams, efilter, eparams
     ans_sql, ans_p = ("AND ifnull(extracted_answer, '') = ?", [answer]) if answer is not None else ("", [])
     # `id + 0` keeps SQLite on the problem_id index: ordering by the bare rowid can tempt it
     # into walking the whole table backwards looking for this problem's rows.
-    rows = _rows(db, "SELECT 'train' AS source, run_id, step, sample_index, extracted_answer, tokens,"
+    rows = list(db.query("SELECT 'train' AS source, run_id, step, sample_index, extracted_answer, completion_tokens,"
                      " truncated, completion FROM rollouts WHERE problem_id = ? AND correct = ?"
                      f" AND {_NOT_GOLDEN} {rfilter} {ans_sql} ORDER BY id + 0 DESC LIMIT 1",
-                 [problem_id, int(correct), *rparams, *ans_p])
+                 [problem_id, int(correct), *rparams, *ans_p]))
     if rows:
         return rows[0]
     ans_sql = ans_sql.replace("extracted_answer", "er.extracted_answer")
-    rows = _rows(db, "SELECT 'eval' AS source, er.evaluation_id, er.sample_index, er.extracted_answer,"
-                     " er.tokens, er.truncated, er.completion FROM eval_results er"
+    rows = list(db.query("SELECT 'eval' AS source, er.evaluation_id, er.sample_index, er.extracted_answer,"
+                     " er.completion_tokens, er.truncated, er.completion FROM eval_results er"
                      " JOIN evaluations e ON e.id = er.evaluation_id"
                      f" WHERE er.problem_id = ? AND er.correct = ? AND {_MODEL_EVAL} {efilter} {ans_sql}"
-                     " ORDER BY er.id + 0 DESC LIMIT 1", [problem_id, int(correct), *eparams, *ans_p])
+                     " ORDER BY er.id + 0 DESC LIMIT 1", [problem_id, int(correct), *eparams, *ans_p]))
     return rows[0] if rows else None
 
 
 # ----------------------------------------------------------------------------- run view
 def run_history(db: Database, run_id: str) -> dict:
-    run = _rows(db, "SELECT * FROM runs WHERE id = ?", [run_id])[0]
+    run = list(db.query("SELECT * FROM runs WHERE id = ?", [run_id]))[0]
     run["recipe_json"] = _loads(run["recipe_json"])
-    steps = _rows(db, "SELECT * FROM steps WHERE run_id = ? ORDER BY step", [run_id])
+    steps = list(db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY step", [run_id]))
     for s in steps:
         s.pop("id", None)
         s.pop("run_id", None)
@@ -327,14 +207,14 @@ def run_history(db: Database, run_id: str) -> dict:
     for step, (ng, aw, inj, kk, n) in per_step.items():
         s = by_step.setdefault(step, {"step": step})
         s["groups"] = ng
-        s["ga_rate"] = round(inj / ng, 4)
+        s["golden_rate"] = round(inj / ng, 4)
         # The trainer's own figures win; rollouts fill in what a step row lacks.
         if s.get("all_wrong_frac") is None:
             s["all_wrong_frac"] = round(aw / ng, 4)
         if s.get("reward_mean") is None:
             s["reward_mean"] = round(kk / n, 4) if n else None
-        if s.get("ga_injections") is None:
-            s["ga_injections"] = inj
+        if s.get("golden_injections") is None:
+            s["golden_injections"] = inj
     steps = sorted(by_step.values(), key=lambda s: s["step"])
 
     arcs = [{"problem_id": p, **a} for p, a in problems.items()]
@@ -347,10 +227,10 @@ def run_history(db: Database, run_id: str) -> dict:
     from_start = sorted(a["problem_id"] for a in arcs
                         if a["first_solved_step"] is not None and a["graduated_step"] is None)
     _attach_text(db, graduated + never + regressed)
-    evals = _rows(db, "SELECT e.id AS evaluation_id, e.run_step, e.set_name, e.model, e.status,"
+    evals = list(db.query("SELECT e.id AS evaluation_id, e.run_step, e.set_name, e.model, e.status,"
                       " e.metrics_json, count(er.id) AS n, ifnull(sum(er.correct), 0) AS k"
                       " FROM evaluations e LEFT JOIN eval_results er ON er.evaluation_id = e.id"
-                      " WHERE e.run_id = ? GROUP BY e.id ORDER BY e.run_step, e.created_at", [run_id])
+                      " WHERE e.run_id = ? GROUP BY e.id ORDER BY e.run_step, e.created_at", [run_id]))
     for e in evals:
         e["metrics_json"] = _loads(e["metrics_json"])
     return {
@@ -365,16 +245,6 @@ def run_history(db: Database, run_id: str) -> dict:
         },
         "evaluations": evals,
     }
-
-
-def problem_texts(db: Database, ids) -> dict[str, str]:
-    ids = list(set(ids))
-    texts: dict[str, str] = {}
-    for at in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
-        chunk = ids[at:at + 500]
-        texts.update(db.execute(f"SELECT id, text FROM problems WHERE id IN ({','.join('?' * len(chunk))})",
-                                chunk).fetchall())
-    return texts
 
 
 def _attach_text(db: Database, items: list[dict]) -> None:
@@ -401,20 +271,20 @@ def set_history(db: Database, set_ref: str, run_id: str | None = None, limit: in
     n_problems = db.execute("SELECT count(*) FROM set_problems WHERE set_id = ?", [s["id"]]).fetchone()[0]
     rfilter, rparams = ("AND run_id = ?", [run_id]) if run_id else ("", [])
     # Inner query: one row per group (problem, run, step); outer: per problem and run.
-    per = _rows(db, f"""
+    per = list(db.query(f"""
         SELECT problem_id, run_id, count(*) AS appearances, sum(k = 0) AS all_wrong,
                sum(g > 0) AS injected, sum(k = 0 AND g = 0) AS wasted, sum(k) AS k, sum(n - g) AS sampled
         FROM (SELECT problem_id, run_id, step, count(*) AS n, {_K} AS k, {_G} AS g FROM rollouts
               WHERE problem_id IN (SELECT problem_id FROM set_problems WHERE set_id = ?) {rfilter}
               GROUP BY problem_id, run_id, step)
-        GROUP BY problem_id, run_id""", [s["id"], *rparams])
+        GROUP BY problem_id, run_id""", [s["id"], *rparams]))
     efilter, eparams = ("AND e.run_id = ?", [run_id]) if run_id else ("", [])
-    ev = _rows(db, "SELECT e.id AS evaluation_id, e.model, e.run_id, e.run_step, er.problem_id,"
+    ev = list(db.query("SELECT e.id AS evaluation_id, e.model, e.run_id, e.run_step, er.problem_id,"
                    " count(*) AS n, ifnull(sum(er.correct), 0) AS k FROM evaluations e"
                    " JOIN eval_results er ON er.evaluation_id = e.id"
                    " JOIN set_problems sp ON sp.problem_id = er.problem_id AND sp.set_id = ?"
                    f" WHERE {_MODEL_EVAL} {efilter} GROUP BY e.id, er.problem_id ORDER BY e.created_at",
-               [s["id"], *eparams])
+               [s["id"], *eparams]))
 
     sources: dict[tuple, list[float]] = {}
     stats: dict[str, dict] = {}
@@ -435,7 +305,7 @@ def set_history(db: Database, set_ref: str, run_id: str | None = None, limit: in
         t["eval_k"] += r["k"]
         t["eval_n"] += r["n"]
 
-    run_meta = {r["id"]: r for r in _rows(db, f"SELECT {_RUN_COLS} FROM runs")}
+    run_meta = {r["id"]: r for r in list(db.query(f"SELECT {_RUN_COLS} FROM runs"))}
     eval_meta = {r["evaluation_id"]: r for r in ev}
     distribution = []
     for (kind, sid), rates in sources.items():
@@ -476,8 +346,3 @@ def set_history(db: Database, set_ref: str, run_id: str | None = None, limit: in
         "need_golden_total": need_total,
         "need_golden": need,
     }
-
-
-# ----------------------------------------------------------------------------- picker lists
-def list_runs(db: Database, limit: int = 20) -> list[dict]:
-    return _rows(db, f"SELECT {_RUN_COLS} FROM runs ORDER BY created_at DESC, id DESC LIMIT ?", [limit])

@@ -1,0 +1,25 @@
+"""gcpo's one home for data access: every SQL statement and every id lookup lives in this package.
+
+    db           the connection (WAL, migrations), write transactions, ids, JSON, chunked IN
+    migrations   the schema, append-only
+    resolve      what a user types -> a run, a set or a problem, one way everywhere
+    problems     sets, problems, golden answers, ingests
+    runs         runs, steps, rollouts
+    evaluations  evaluations and their samples
+    history      the read-only aggregates behind `gcpo inspect`
+
+Callers import the names below (`from . import store; store.resolve_run(db, ref)`); nothing
+outside this package writes SQL (tests/test_db.py checks).
+"""
+
+from .db import dumps, finite, loads, new_id, open_db, rows_in, snapshot, utcnow, write  # noqa: F401
+from .evaluations import finish as finish_evaluation  # noqa: F401
+from .evaluations import mark_interrupted as mark_evaluation_interrupted  # noqa: F401
+from .evaluations import open_evaluation, write_results  # noqa: F401
+from .evaluations import results as evaluation_results  # noqa: F401
+from .problems import (golden_answers, has_problems, list_problems, list_sets, prior_ingest,  # noqa: F401
+                       problem_texts, require_set_name, set_problems, set_sources, stored_answers, verified_golden,
+                       write_ingest)
+from .resolve import resolve_problem, resolve_run, resolve_set  # noqa: F401
+from .runs import (create_run, get_run, list_runs, pass_rates, record_step, restart_run, rewards,  # noqa: F401
+                   set_checkpoint, set_status)

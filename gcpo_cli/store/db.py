@@ -1,0 +1,112 @@
+"""The database connection and the pieces every query shares: ids, JSON, timestamps,
+transactions and chunked `IN (...)` lookups."""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from sqlite_utils import Database
+
+from .. import paths
+from .migrations import migrations
+
+# SQLite binds at most 32,766 parameters (999 before 3.32); 900 stays under both.
+IN_CHUNK = 900
+
+
+def open_db(path: str | Path | None = None) -> Database:
+    """WAL (so inspect reads while train writes), foreign keys, a 30 s busy timeout, migrations."""
+    path = Path(path) if path else paths.default_db()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = Database(path)
+    db.conn.execute("PRAGMA busy_timeout = 30000")
+    db.enable_wal()
+    db.conn.execute("PRAGMA foreign_keys = ON")
+    db.conn.execute("PRAGMA synchronous = NORMAL")
+    migrations.apply(db)
+    return db
+
+
+@contextmanager
+def write(db: Database) -> Iterator[Database]:
+    """One write transaction. `BEGIN IMMEDIATE` takes the write lock up front, so a transaction
+    that reads then writes waits (busy_timeout) for another writer instead of failing at once
+    with "database is locked", as sqlite-utils' deferred `atomic()` does under WAL. Nested
+    blocks become savepoints."""
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+    db.conn.execute("COMMIT")
+
+
+@contextmanager
+def snapshot(db: Database) -> Iterator[Database]:
+    """One read transaction, so that all the queries of a view see the same committed steps while
+    the trainer commits more. Keep it short: an open reader holds back WAL checkpoints."""
+    db.conn.execute("BEGIN")
+    try:
+        yield db
+    finally:
+        db.conn.execute("ROLLBACK")
+
+
+def rows_in(db: Database, sql: str, ids: Iterable, params: Iterable = ()) -> Iterator[dict]:
+    """Rows of `sql` (with one `{ids}` placeholder for the IN list) over any number of ids."""
+    ids = list(ids)
+    for at in range(0, len(ids), IN_CHUNK):
+        chunk = ids[at:at + IN_CHUNK]
+        yield from db.query(sql.format(ids=",".join("?" * len(chunk))), [*params, *chunk])
+
+
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+
+
+def new_id() -> str:
+    """A time-sortable id (ULID-like, 16 chars): 10 chars of milliseconds, 6 random."""
+    ms = int(time.time() * 1000)
+    head = "".join(_B32[(ms >> (5 * i)) & 31] for i in reversed(range(10)))
+    tail = "".join(_B32[b & 31] for b in secrets.token_bytes(6))
+    return head + tail
+
+
+def finite(obj):
+    """NaN and infinities become null: JSON has no spelling for them."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj) -> str:
+    return json.dumps(finite(obj), sort_keys=True, ensure_ascii=False, default=str)
+
+
+def loads(text):
+    """A stored JSON column; text that is not JSON comes back as it was rather than hidden."""
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return text
+
+
+def utcnow() -> str:
+    """The one timestamp format in the database: ISO 8601, UTC, seconds."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

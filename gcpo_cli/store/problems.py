@@ -1,0 +1,150 @@
+"""Problem sets, problems, golden answers and ingests: reads and writes."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+
+from ..errors import GcpoError
+from .db import dumps, rows_in, utcnow, write
+from .resolve import resolve_set
+
+_SETS_SQL = """
+SELECT s.name, s.created_at, COUNT(sp.problem_id) AS problems,
+  COALESCE(SUM(g.problem_id IS NOT NULL), 0) AS with_golden,
+  COALESCE(SUM(g.verified), 0) AS verified
+FROM problem_sets s
+LEFT JOIN set_problems sp ON sp.set_id = s.id
+LEFT JOIN (SELECT problem_id, MAX(verified) AS verified FROM golden_answers GROUP BY problem_id) g
+  ON g.problem_id = sp.problem_id
+GROUP BY s.id ORDER BY s.name
+"""
+GOLDEN_STATUS = {None: "none", 0: "unverified", 1: "verified"}
+
+
+def set_problems(db: Database, set_ref: str, limit: int | None = None) -> tuple[str, list[dict]]:
+    """(the set's name, its problems {id, text, answer} in ingest order, the first `limit`)."""
+    s = resolve_set(db, set_ref)
+    sql = ("SELECT p.id, p.text, p.answer FROM set_problems sp JOIN problems p ON p.id = sp.problem_id"
+           " WHERE sp.set_id = ? ORDER BY sp.position" + (" LIMIT ?" if limit is not None else ""))
+    return s["name"], list(db.query(sql, [s["id"]] + ([limit] if limit is not None else [])))
+
+
+def has_problems(db: Database, set_name: str) -> bool:
+    return db.execute("SELECT 1 FROM problem_sets s JOIN set_problems sp ON sp.set_id = s.id"
+                      " WHERE s.name = ? LIMIT 1", [set_name]).fetchone() is not None
+
+
+def verified_golden(db: Database, set_name: str) -> dict[str, str]:
+    """problem id -> the text of its first verified golden answer, for the set's problems. An
+    unverified one is never used: it could teach a wrong answer."""
+    golden: dict[str, str] = {}
+    for pid, text in db.execute(
+            "SELECT g.problem_id, g.text FROM golden_answers g"
+            " JOIN set_problems sp ON sp.problem_id = g.problem_id JOIN problem_sets s ON s.id = sp.set_id"
+            " WHERE s.name = ? AND g.verified = 1 ORDER BY g.created_at, g.id", [set_name]):
+        golden.setdefault(pid, text)
+    return golden
+
+
+def golden_answers(db: Database, problem_ids: list[str]) -> dict[str, list[dict]]:
+    """problem id -> its golden answers {text, final_answer}, in id order."""
+    out: dict[str, list[dict]] = {}
+    for r in rows_in(db, "SELECT problem_id, text, final_answer FROM golden_answers WHERE problem_id IN ({ids})"
+                         " ORDER BY problem_id, id", problem_ids):
+        out.setdefault(r.pop("problem_id"), []).append(r)
+    return out
+
+
+def problem_texts(db: Database, ids) -> dict[str, str]:
+    return {r["id"]: r["text"] for r in rows_in(db, "SELECT id, text FROM problems WHERE id IN ({ids})", set(ids))}
+
+
+def stored_answers(db: Database, ids) -> dict[str, str]:
+    return {r["id"]: r["answer"] for r in rows_in(db, "SELECT id, answer FROM problems WHERE id IN ({ids})", set(ids))}
+
+
+def list_sets(db: Database) -> list[dict]:
+    """Every set with its size, golden-answer coverage, verified share and sources."""
+    rows = []
+    for name, created, n, golden, verified in db.execute(_SETS_SQL).fetchall():
+        rows.append({"name": name, "problems": n, "with_golden": golden, "verified": verified,
+                     "golden_coverage": round(golden / n, 4) if n else 0.0,
+                     "verified_share": round(verified / golden, 4) if golden else 0.0,
+                     "sources": set_sources(db, name), "created_at": created})
+    return rows
+
+
+def list_problems(db: Database, set_ref: str, search: str | None, limit: int) -> list[dict]:
+    """A set's problems (by position, or by full-text rank with `search`), with golden status."""
+    set_id = resolve_set(db, set_ref)["id"]
+    sql = ("SELECT p.id, sp.position, sp.source_id, p.text, p.answer, p.metadata_json,"
+           " (SELECT MAX(g.verified) FROM golden_answers g WHERE g.problem_id = p.id) AS golden"
+           " FROM set_problems sp JOIN problems p ON p.id = sp.problem_id")
+    if search is not None:
+        sql += (" JOIN problems_fts f ON f.rowid = p.rowid WHERE sp.set_id = ? AND problems_fts MATCH ?"
+                " ORDER BY f.rank LIMIT ?")
+        args = [set_id, db.quote_fts(search), limit]
+    else:
+        sql += " WHERE sp.set_id = ? ORDER BY sp.position LIMIT ?"
+        args = [set_id, limit]
+    return [dict(r, golden=GOLDEN_STATUS[r["golden"]]) for r in db.query(sql, args)]
+
+
+def set_sources(db: Database, set_name: str) -> list[str]:
+    return [r[0] for r in db.execute("SELECT i.source FROM ingests i JOIN problem_sets s ON s.id = i.set_id"
+                                     " WHERE s.name = ? ORDER BY i.id", [set_name])]
+
+
+def prior_ingest(db: Database, set_name: str, fingerprint: str) -> dict | None:
+    """The first ingest of this exact source into this set, if there was one."""
+    return next(db.query("SELECT i.added, i.present, i.rejected FROM ingests i JOIN problem_sets s ON s.id = i.set_id"
+                         " WHERE s.name = ? AND i.fingerprint = ? ORDER BY i.id LIMIT 1", [set_name, fingerprint]),
+                None)
+
+
+def write_ingest(db: Database, set_name: str, source: str, fingerprint: str, problems: list[dict],
+                 golden: list[dict], counts: dict) -> dict:
+    """One ingest, all or nothing: the set (created if new), the problems it did not hold, their
+    golden answers and the ingest's record. `problems`: {id, text, answer, metadata, source_id}
+    in source order, first occurrence of each id only; `golden`: golden_answers rows. Returns
+    {added, present, new_problems}."""
+    now = utcnow()
+    with write(db):
+        row = db.execute("SELECT id FROM problem_sets WHERE name = ?", [set_name]).fetchone()
+        set_id = row[0] if row else db.conn.execute(
+            "INSERT INTO problem_sets (name, description, created_at) VALUES (?,?,?)",
+            [set_name, f"ingested from {source}", now]).lastrowid
+        members = {r[0] for r in db.execute("SELECT problem_id FROM set_problems WHERE set_id = ?", [set_id])}
+        start = db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM set_problems WHERE set_id = ?",
+                           [set_id]).fetchone()[0]
+        new = [p for p in problems if p["id"] not in members]
+        before = db.execute("SELECT COUNT(*) FROM problems").fetchone()[0]
+        db.conn.executemany(
+            "INSERT OR IGNORE INTO problems (id, text, answer, metadata_json, created_at) VALUES (?,?,?,?,?)",
+            [(p["id"], p["text"], p["answer"], dumps(p["metadata"]), now) for p in new])
+        new_problems = db.execute("SELECT COUNT(*) FROM problems").fetchone()[0] - before
+        # A problem met again (MATH train after its rllm copy) gains the keys it lacked, e.g. MATH's
+        # `level` for the curriculum; keys it already has keep their first value.
+        db.conn.executemany("UPDATE problems SET metadata_json = json_patch(?, metadata_json) WHERE id = ?",
+                            [(dumps(p["metadata"]), p["id"]) for p in problems if p.get("known") and p["metadata"]])
+        db.conn.executemany(
+            "INSERT OR IGNORE INTO set_problems (set_id, problem_id, position, source_id) VALUES (?,?,?,?)",
+            [(set_id, p["id"], start + i, p["source_id"]) for i, p in enumerate(new)])
+        db.conn.executemany(
+            "INSERT OR IGNORE INTO golden_answers (id, problem_id, text, final_answer, source, verified,"
+            " created_at) VALUES (:id, :problem_id, :text, :final_answer, :source, :verified, :created_at)",
+            [dict(g, created_at=now) for g in golden])
+        added = len(new)
+        present = counts["records"] - added
+        db.conn.execute(
+            "INSERT INTO ingests (set_id, source, fingerprint, rows_read, added, present, rejected,"
+            " golden_verified, golden_total, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [set_id, source, fingerprint, counts["rows_read"], added, present, counts["rejected"],
+             counts["golden_verified"], counts["golden_total"], now])
+    return dict(added=added, present=present, new_problems=new_problems)
+
+
+def require_set_name(name: str | None) -> str:
+    if not name or not name.strip():
+        raise GcpoError("the set needs a name (--set NAME)")
+    return name

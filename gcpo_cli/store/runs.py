@@ -1,0 +1,104 @@
+"""Training runs: their rows, steps and rollouts, written so that a crash never leaves part of a
+step, and read back for `gcpo runs`, the curriculum and resuming."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+
+from .db import dumps, new_id, utcnow, write
+
+# The per-step metrics that have a column of their own in `steps` (the rest of a step's metrics
+# go into its metrics_json). Named as in the schema (migrations m001, m003).
+STEP_COLUMNS = (
+    "reward_mean", "all_wrong_frac", "all_correct_frac", "mixed_frac", "golden_injections",
+    "golden_too_long", "golden_logp_mean", "clip_frac", "completion_tokens_mean", "truncation_rate",
+    "grad_norm", "loss", "lr", "gen_s", "score_s", "update_s", "tokens_per_s",
+)
+ROLLOUT_COLUMNS = (
+    "problem_id", "sample_index", "completion", "extracted_answer", "reward", "correct",
+    "completion_tokens", "truncated", "is_golden", "advantage", "seq_ratio",
+)
+
+
+def create_run(db: Database, *, recipe: dict, set_name: str, out_dir: str, run_id: str | None = None) -> str:
+    run_id = run_id or new_id()
+    now = utcnow()
+    with write(db):
+        db["runs"].insert(dict(
+            id=run_id, recipe=recipe["name"], recipe_json=dumps(recipe), model=recipe["model"]["name"],
+            algorithm=recipe["algorithm"], set_name=set_name, seed=recipe["seed"], status="running",
+            steps_planned=recipe["steps"], last_step=0, checkpoint_step=0, out_dir=out_dir, error=None,
+            created_at=now, updated_at=now))
+    return run_id
+
+
+def restart_run(db: Database, run_id: str, *, checkpoint_step: int, recipe: dict) -> int:
+    """Mark a run running again from its checkpoint, dropping what was recorded after it (work
+    a crash lost); returns how many steps were dropped."""
+    with write(db):
+        dropped = db.execute("SELECT COUNT(*) FROM steps WHERE run_id = ? AND step > ?",
+                             [run_id, checkpoint_step]).fetchone()[0]
+        db.execute("DELETE FROM rollouts WHERE run_id = ? AND step > ?", [run_id, checkpoint_step])
+        db.execute("DELETE FROM steps WHERE run_id = ? AND step > ?", [run_id, checkpoint_step])
+        db["runs"].update(run_id, dict(last_step=checkpoint_step, status="running", error=None,
+                                       steps_planned=recipe["steps"], recipe_json=dumps(recipe),
+                                       updated_at=utcnow()))
+    return dropped
+
+
+def record_step(db: Database, run_id: str, step: int, rollouts: list[dict], metrics: dict) -> None:
+    """Every rollout of a step and the step's metrics, all or nothing."""
+    rows = [dict({c: r[c] for c in ROLLOUT_COLUMNS}, run_id=run_id, step=step) for r in rollouts]
+    step_row = {k: metrics.get(k) for k in STEP_COLUMNS}
+    step_row.update(run_id=run_id, step=step, metrics_json=dumps(metrics), created_at=utcnow())
+    with write(db):
+        db["rollouts"].insert_all(rows, batch_size=500)
+        db["steps"].insert(step_row)
+        db["runs"].update(run_id, dict(last_step=step, updated_at=utcnow()))
+
+
+def set_checkpoint(db: Database, run_id: str, step: int) -> None:
+    with write(db):
+        db["runs"].update(run_id, dict(checkpoint_step=step, updated_at=utcnow()))
+
+
+def set_status(db: Database, run_id: str, status: str, error: str | None = None) -> None:
+    """running -> completed | interrupted | failed (with the error that ended it)."""
+    fields = dict(status=status, updated_at=utcnow())
+    if error is not None:
+        fields["error"] = error[:500]
+    with write(db):
+        db["runs"].update(run_id, fields)
+
+
+def get_run(db: Database, run_id: str) -> dict:
+    return db["runs"].get(run_id)
+
+
+def rewards(db: Database, run_id: str) -> list[float]:
+    return [r[0] for r in db.execute("SELECT reward_mean FROM steps WHERE run_id = ? ORDER BY step", [run_id])]
+
+
+def list_runs(db: Database, limit: int = 20) -> list[dict]:
+    """The newest runs, each with its reward per step (recipe_json left out)."""
+    runs = list(db.query("SELECT id, recipe, model, algorithm, set_name, seed, status, steps_planned, last_step,"
+                         " checkpoint_step, out_dir, error, created_at, updated_at FROM runs"
+                         " ORDER BY created_at DESC, id DESC LIMIT ?", [limit]))
+    for r in runs:
+        r["reward_mean_per_step"] = rewards(db, r["id"])
+    return runs
+
+
+def pass_rates(db: Database, run_id: str, window: int) -> dict[str, tuple[int, int]]:
+    """problem_id -> (correct, attempts) over its last `window` non-golden rollouts in the run."""
+    rows = db.execute(
+        """
+        SELECT problem_id, SUM(correct), COUNT(*) FROM (
+          SELECT problem_id, correct,
+                 ROW_NUMBER() OVER (PARTITION BY problem_id ORDER BY step DESC, sample_index) AS rn
+          FROM rollouts WHERE run_id = ? AND is_golden = 0
+        ) WHERE rn <= ? GROUP BY problem_id
+        """,
+        [run_id, window],
+    ).fetchall()
+    return {pid: (int(c), int(n)) for pid, c, n in rows}
