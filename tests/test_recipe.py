@@ -72,3 +72,30 @@ def test_recipe_file_path_and_yaml_errors(tmp_path):
     wrong.write_text("lora: 5\n")
     with pytest.raises(RecipeError, match="'lora'"):
         recipes.load(str(wrong))
+
+
+@pytest.mark.parametrize("name", sorted(recipes.available()))
+def test_a_recipe_sets_only_what_differs_from_the_defaults(name):
+    """Defaults live once, in recipe.py: a recipe key equal to its default is noise."""
+    data = recipes.load_dict(name)
+    defaults = recipes.to_dict(recipes.Recipe())
+    same = [f"{k}.{s}" for k, v in data.items() if isinstance(v, dict) for s, x in v.items() if defaults[k][s] == x]
+    same += [k for k, v in data.items() if not isinstance(v, dict) and k != "name" and defaults[k] == v]
+    assert same == []
+
+
+def test_recipes_are_package_data():
+    from importlib.resources import files
+
+    shipped = {p.name for p in (files("gcpo_cli") / "recipes").iterdir()}
+    assert {f"{n}.yaml" for n in recipes.available()} == shipped
+
+
+def test_text_keys_keep_their_value_as_typed_and_old_keys_still_read():
+    assert recipes.load("tiny", ["set_name=007"]).set_name == "007"  # not the integer 7
+    assert recipes.load("tiny", ["set_name=on"]).set_name == "on"  # not True
+    assert recipes.load("tiny", ["set_name=null"]).set_name is None
+    assert recipes.load("tiny", ["prompt_template='{problem} ok'"]).prompt_template == "{problem} ok"
+    assert recipes.load("tiny", [], {"set_name": "null"}).set_name == "null"  # a typed flag is a value
+    old = recipes.load("tiny", ["data=sums", "all_correct=keep"])
+    assert old.set_name == "sums" and old.zero_variance == "keep"

@@ -353,3 +353,20 @@ def test_golden_template_renders_the_answer_as_the_model_would_write_it(db, tiny
     assert ga.completion == f"{p['golden']}\n</think>\n\nFinal: \\boxed{{{p['answer']}}}"
     assert ga.extracted_answer == p["answer"]
     assert ctx.tok.decode(ga.completion_ids[:-1]) == ga.completion
+
+
+def test_typed_flags_are_values_not_yaml_and_old_spellings_still_work(runner, tiny_dir):
+    from gcpo_cli.cli import app
+
+    made = runner.invoke(app, ["ingest", "synthetic:arithmetic", "--name", "007", "--count", "8", "--levels", "1"])
+    assert made.exit_code == 0, made.output  # --name: the old spelling of --set
+    for flag in ("--set", "--data"):  # --data: the old spelling
+        r = runner.invoke(app, ["train", "--recipe", "tiny", "--model", tiny_dir, flag, "007", "--steps", "1",
+                                "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout[r.stdout.index("{"):])["set_name"] == "007"  # not set 7
+    for value, says in (("null", "unknown set 'null'"), ("on", "unknown set 'on'"), ("", "needs a name")):
+        r = runner.invoke(app, ["train", "--recipe", "tiny", "--model", tiny_dir, "--set", value])
+        assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["train", "--recipe", "tiny", "--set", "007", "--data", "008"])
+    assert r.exit_code == 1 and "give --set once" in r.output
