@@ -76,7 +76,7 @@ def _before_after_table(summary: dict) -> Table:
 
 @app.command("train")
 def train_cmd(
-    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe name (see below) or a .yaml path.")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe: smollm2-cpu, 1.5b-qlora, tiny, or a .yaml path.")] = None,
     set_name: Annotated[Optional[str], typer.Option("--set", "-s", help=SET_HELP + " Default: the recipe's.",
                                                     show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Override the model: hub id, folder, .gguf, smollm2-135m.")] = None,
@@ -174,7 +174,7 @@ def export_cmd(
                                                 show_default=False)] = None,
     merge: Annotated[bool, typer.Option("--merge", help="Write base + adapter merged into a plain transformers model.")] = False,
     db: DbOpt = None,
-    old_run: Annotated[Optional[str], typer.Argument(hidden=True, show_default=False)] = None,
+    old_run: Annotated[Optional[str], typer.Argument(hidden=True, show_default=False, metavar="RUN")] = None,
 ) -> None:
     """Export a run's LoRA adapter, or with --merge a merged model folder.
 

@@ -16,6 +16,7 @@ migrations = Migrations("gcpo")
 
 @migrations()
 def m001_initial(db: Database) -> None:
+    # Long because it is the schema, every column written out (the module docstring says why).
     db["problems"].create(
         {"id": str, "text": str, "answer": str, "metadata_json": str, "created_at": str},
         pk="id",
