@@ -150,7 +150,33 @@ def _picker(db, console: Console) -> None:
 def _browse_run(db, console: Console, run_id: str) -> str:
     with store.snapshot(db):
         rh = hist.run_history(db, run_id)
-    ps = rh["problems"]
+    story = _run_stories(rh["problems"])
+    order = _browse_order(rh["problems"], story)
+    render.render_run(console, rh, limit=5)
+    if not order:
+        console.print("this run has no rollouts yet")
+        return "runs"
+    idx: Optional[int] = None
+    page = _show_page(db, console, run_id, order, story, 0)
+    while True:
+        ans = _ask(console, "Problem (n next, p previous, number, id or words, l list, r runs, q)")
+        if ans is None or ans.lower() == "q":
+            return "quit"
+        low = ans.lower()
+        if low == "r":
+            return "runs"
+        if low == "l":
+            page = _show_page(db, console, run_id, order, story, page)
+            continue
+        picked = _pick_index(db, console, ans, order, idx)
+        if picked is None:
+            continue
+        idx = picked
+        _show_problem(db, console, run_id, order, story, idx)
+
+
+def _run_stories(ps: dict) -> dict[str, str]:
+    """Returns per problem of the run a word on its story: solved, graduated @N, regressed xN..."""
     story: dict[str, str] = {}
     for pid in ps["solved_from_start"]:
         story[pid] = "solved"
@@ -160,59 +186,57 @@ def _browse_run(db, console: Console, run_id: str) -> str:
         story[a["problem_id"]] = f"graduated @{a['graduated_step']}"
     for a in ps["regressed"]:
         story[a["problem_id"]] = f"regressed x{len(a['regressed_steps'])}"
+    return story
+
+
+def _browse_order(ps: dict, story: dict[str, str]) -> list[str]:
+    """Returns the run's problem ids in the order the picker walks them."""
     # Most telling first: regressions, graduations, never solved, then the easy ones.
-    order = ([a["problem_id"] for a in ps["regressed"]]
-             + [a["problem_id"] for a in ps["graduated"] if not a["regressed_steps"]]
-             + [a["problem_id"] for a in ps["never_solved"]]
-             + [p for p in ps["solved_from_start"] if not story[p].startswith("regressed")])
-    render.render_run(console, rh, limit=5)
-    if not order:
-        console.print("this run has no rollouts yet")
-        return "runs"
-    idx: Optional[int] = None
-    page = 0
+    return ([a["problem_id"] for a in ps["regressed"]]
+            + [a["problem_id"] for a in ps["graduated"] if not a["regressed_steps"]]
+            + [a["problem_id"] for a in ps["never_solved"]]
+            + [p for p in ps["solved_from_start"] if not story[p].startswith("regressed")])
 
-    def show_page() -> None:
-        nonlocal page
-        ids = order[page * PAGE:(page + 1) * PAGE]
-        texts = store.problem_texts(db, ids)
-        console.print(f"Problems of run {run_id} ({len(order)}), page {page + 1}:", markup=False)
-        render.render_problem_list(console, [(page * PAGE + i + 1, p, story[p], texts.get(p, ""))
-                                             for i, p in enumerate(ids)])
-        page = page + 1 if (page + 1) * PAGE < len(order) else 0
 
-    show_page()
-    while True:
-        ans = _ask(console, "Problem (n next, p previous, number, id or words, l list, r runs, q)")
-        if ans is None or ans.lower() == "q":
-            return "quit"
-        low = ans.lower()
-        if low == "r":
-            return "runs"
-        if low == "l":
-            show_page()
-            continue
-        if low in ("n", ""):
-            idx = 0 if idx is None else min(idx + 1, len(order) - 1)
-        elif low == "p":
-            idx = 0 if idx is None else max(idx - 1, 0)
-        elif ans.isdigit() and 1 <= int(ans) <= len(order):
-            idx = int(ans) - 1
-        else:
-            try:
-                pid = store.resolve_problem(db, ans)
-            except GcpoError as e:
-                console.print(f"error: {e}")
-                continue
-            if pid not in order:
-                console.print(f"{pid} was not sampled in this run; showing its history anyway", markup=False)
-                with store.snapshot(db):
-                    h = hist.problem_history(db, pid)
-                render.render_problem(console, h)
-                continue
-            idx = order.index(pid)
-        pid = order[idx]
-        console.rule(f"problem {idx + 1} of {len(order)} · {story[pid]}")
+def _show_page(db, console: Console, run_id: str, order: list[str], story: dict[str, str],
+               page: int) -> int:
+    """Returns the page to show next (wrapping to 0) after printing page `page` of the problems."""
+    ids = order[page * PAGE:(page + 1) * PAGE]
+    texts = store.problem_texts(db, ids)
+    console.print(f"Problems of run {run_id} ({len(order)}), page {page + 1}:", markup=False)
+    render.render_problem_list(console, [(page * PAGE + i + 1, p, story[p], texts.get(p, ""))
+                                         for i, p in enumerate(ids)])
+    return page + 1 if (page + 1) * PAGE < len(order) else 0
+
+
+def _pick_index(db, console: Console, ans: str, order: list[str], idx: Optional[int]) -> Optional[int]:
+    """Returns the index in `order` an answer picks; None when there is nothing more to show."""
+    low = ans.lower()
+    if low in ("n", ""):
+        return 0 if idx is None else min(idx + 1, len(order) - 1)
+    if low == "p":
+        return 0 if idx is None else max(idx - 1, 0)
+    if ans.isdigit() and 1 <= int(ans) <= len(order):
+        return int(ans) - 1
+    try:
+        pid = store.resolve_problem(db, ans)
+    except GcpoError as e:
+        console.print(f"error: {e}")
+        return None
+    if pid not in order:
+        console.print(f"{pid} was not sampled in this run; showing its history anyway", markup=False)
         with store.snapshot(db):
-            h = hist.problem_history(db, pid, run_id)
+            h = hist.problem_history(db, pid)
         render.render_problem(console, h)
+        return None
+    return order.index(pid)
+
+
+def _show_problem(db, console: Console, run_id: str, order: list[str], story: dict[str, str],
+                  idx: int) -> None:
+    """Returns nothing; prints the history, within the run, of the problem at `idx` of `order`."""
+    pid = order[idx]
+    console.rule(f"problem {idx + 1} of {len(order)} · {story[pid]}")
+    with store.snapshot(db):
+        h = hist.problem_history(db, pid, run_id)
+    render.render_problem(console, h)

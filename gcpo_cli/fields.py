@@ -119,75 +119,113 @@ def detect_mapping(rows: list[dict], *, problem: str | None = None, solution: st
     lower: dict[str, str] = {}
     for c in cols:
         lower.setdefault(str(c).lower(), c)
-    listing = ", ".join(map(str, cols))
     sample = rows[:SAMPLE]
     unsure: list[str] = []
     problem_given = bool(problem)
+    problem = _detect_problem(problem, cols, lower, sample, label, unsure)
+    used = set(fields_of(problem))
+    answer, kind = _detect_answer(answer, cols, lower, sample, used, label, unsure)
+    solution = _detect_solution(solution, answer, kind, cols, lower, used, label)
+    if answer is None and solution is None:
+        listing = ", ".join(map(str, cols))
+        raise GcpoError(f"{label}: no answer field found (looked for {', '.join(ANSWER_NAMES)}); "
+                         f"fields: {listing}; pass --answer FIELD")
+    if id:
+        _check_field(cols, label, "--id", id)
+    else:
+        id = _first_field(lower, ID_NAMES, exclude=used | {answer, solution})
+    # Options go into the text only when the text was detected: a --problem template is obeyed as is.
+    options = (_first_field(lower, OPTION_NAMES, exclude=used)
+               if kind == "option" and not problem_given else None)
+    return Mapping(problem, answer, kind, solution, id, options, unsure)
 
-    def check(flag: str, name: str) -> None:
-        if name not in cols:
-            raise GcpoError(f"{label}: {flag} {name!r} is not a field; fields: {listing}")
 
-    def first(names, exclude=()) -> str | None:
-        return next((lower[n] for n in names if n in lower and lower[n] not in exclude), None)
-
+def _detect_problem(problem: str | None, cols: list[str], lower: dict[str, str], sample: list[dict],
+                    label: str, unsure: list[str]) -> str:
+    """Returns the problem field or template: --problem checked, else SVAMP's pair, else a guess."""
     if problem:
         try:
             names = fields_of(problem)
         except ValueError as e:
             raise GcpoError(str(e))
         for f in names:
-            check("--problem", f)
-    elif "body" in lower and "question" in lower:
-        problem = f"{{{lower['body']}}} {{{lower['question']}}}"  # SVAMP splits the text in two
-    else:
-        texty = [lower[n] for n in PROBLEM_NAMES
-                 if n in lower and _share(sample, lower[n], lambda v: isinstance(v, str)) >= 0.5]
-        if not texty:
-            raise GcpoError(f"{label}: no problem field found (looked for {', '.join(PROBLEM_NAMES)}); "
-                             f"fields: {listing}; pass --problem FIELD or a template like '{{a}} {{b}}'")
-        problem = texty[0]
-        if problem.lower() not in STRONG_PROBLEM:
-            unsure.append(f"problem text taken from {problem!r}")
-        for other in texty[1:]:
-            if other.lower() in STRONG_PROBLEM and any(r.get(other) != r.get(problem) for r in sample):
-                unsure.append(f"{problem!r} chosen over {other!r} as the problem text")
-    used = set(fields_of(problem))
+            _check_field(cols, label, "--problem", f)
+        return problem
+    if "body" in lower and "question" in lower:
+        return f"{{{lower['body']}}} {{{lower['question']}}}"  # SVAMP splits the text in two
+    return _guess_problem(cols, lower, sample, label, unsure)
 
+
+def _guess_problem(cols: list[str], lower: dict[str, str], sample: list[dict], label: str,
+                   unsure: list[str]) -> str:
+    """Returns the first mostly-text field with a problem-like name; adds to `unsure` when weak."""
+    texty = [lower[n] for n in PROBLEM_NAMES
+             if n in lower and _share(sample, lower[n], lambda v: isinstance(v, str)) >= 0.5]
+    if not texty:
+        listing = ", ".join(map(str, cols))
+        raise GcpoError(f"{label}: no problem field found (looked for {', '.join(PROBLEM_NAMES)}); "
+                         f"fields: {listing}; pass --problem FIELD or a template like '{{a}} {{b}}'")
+    problem = texty[0]
+    if problem.lower() not in STRONG_PROBLEM:
+        unsure.append(f"problem text taken from {problem!r}")
+    for other in texty[1:]:
+        if other.lower() in STRONG_PROBLEM and any(r.get(other) != r.get(problem) for r in sample):
+            unsure.append(f"{problem!r} chosen over {other!r} as the problem text")
+    return problem
+
+
+def _detect_answer(answer: str | None, cols: list[str], lower: dict[str, str], sample: list[dict],
+                   used: set[str], label: str, unsure: list[str]) -> tuple[str | None, str]:
+    """Returns the answer field (None when there is none) and its Mapping.answer_kind."""
     if answer:
-        check("--answer", answer)
+        _check_field(cols, label, "--answer", answer)
     else:
-        answer = first(ANSWER_NAMES, exclude=used)
+        answer = _first_field(lower, ANSWER_NAMES, exclude=used)
         if answer and answer.lower() in WEAK_ANSWER:
             unsure.append(f"answer taken from {answer!r}")
-    kind = "value"
-    if answer:
-        if _share(sample, answer, lambda v: isinstance(v, str) and "####" in v) >= 0.5:
-            kind = "hashes"
-        elif _share(sample, answer, lambda v: isinstance(v, str) and "\\boxed" in v and len(v) > 30) >= 0.5:
-            kind = "boxed"
-        elif first(OPTION_NAMES, exclude=used) and _share(sample, answer, _is_letter) >= 0.9:
-            kind = "option"  # MathQA: letters beside an options field are a known layout
-            unsure = [u for u in unsure if not u.startswith("answer taken")]
+    return answer, _answer_kind(answer, lower, sample, used, unsure)
 
+
+def _answer_kind(answer: str | None, lower: dict[str, str], sample: list[dict], used: set[str],
+                 unsure: list[str]) -> str:
+    """Returns how the answer field states its answer: value, hashes, boxed or option."""
+    if not answer:
+        return "value"
+    if _share(sample, answer, lambda v: isinstance(v, str) and "####" in v) >= 0.5:
+        return "hashes"
+    if _share(sample, answer, lambda v: isinstance(v, str) and "\\boxed" in v and len(v) > 30) >= 0.5:
+        return "boxed"
+    if _first_field(lower, OPTION_NAMES, exclude=used) and _share(sample, answer, _is_letter) >= 0.9:
+        # MathQA: letters beside an options field are a known layout, so a weak name is no doubt.
+        unsure[:] = [u for u in unsure if not u.startswith("answer taken")]
+        return "option"
+    return "value"
+
+
+def _detect_solution(solution: str | None, answer: str | None, kind: str, cols: list[str],
+                     lower: dict[str, str], used: set[str], label: str) -> str | None:
+    """Returns the worked-solution field, or None ("none" or "" on the command line mean none)."""
     if solution in ("none", ""):
-        solution = None
-    elif solution:
-        check("--solution", solution)
-    else:
-        solution = first(SOLUTION_NAMES, exclude=used | {answer})
-        if solution is None and kind in ("hashes", "boxed"):
-            solution = answer  # GSM8K's `answer` is the worked solution itself
-    if answer is None and solution is None:
-        raise GcpoError(f"{label}: no answer field found (looked for {', '.join(ANSWER_NAMES)}); "
-                         f"fields: {listing}; pass --answer FIELD")
-    if id:
-        check("--id", id)
-    else:
-        id = first(ID_NAMES, exclude=used | {answer, solution})
-    # Options go into the text only when the text was detected: a --problem template is obeyed as is.
-    options = first(OPTION_NAMES, exclude=used) if kind == "option" and not problem_given else None
-    return Mapping(problem, answer, kind, solution, id, options, unsure)
+        return None
+    if solution:
+        _check_field(cols, label, "--solution", solution)
+        return solution
+    solution = _first_field(lower, SOLUTION_NAMES, exclude=used | {answer})
+    if solution is None and kind in ("hashes", "boxed"):
+        return answer  # GSM8K's `answer` is the worked solution itself
+    return solution
+
+
+def _check_field(cols: list[str], label: str, flag: str, name: str) -> None:
+    """Returns nothing; raises GcpoError listing the fields when a flag names no field."""
+    if name not in cols:
+        listing = ", ".join(map(str, cols))
+        raise GcpoError(f"{label}: {flag} {name!r} is not a field; fields: {listing}")
+
+
+def _first_field(lower: dict[str, str], names, exclude=()) -> str | None:
+    """Returns the first of `names` present (case-insensitively) and not excluded, else None."""
+    return next((lower[n] for n in names if n in lower and lower[n] not in exclude), None)
 
 
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")

@@ -175,83 +175,119 @@ def completion(console: Console, head: str, text: str | None, max_lines: int | N
 
 # ----------------------------------------------------------------------------- problem view
 def render_problem(console: Console, h: dict, full: bool = False) -> None:
-    p = h["problem"]
     w = console.width
+    _render_problem_header(console, h["problem"])
+    _render_golden_answers(console, h["golden_answers"])
+    _render_training_history(console, h, w)
+    _render_evaluations(console, h["evaluations"])
+    _render_wrong_answers(console, h["wrong_answers"])
+    _render_examples(console, h, w, full)
+    if full:
+        _render_every_completion(console, h)
+
+
+def _render_problem_header(console: Console, p: dict) -> None:
+    """Prints the problem's id, sets, text and answer."""
     console.print(Text.assemble(("Problem ", "bold"), (p["id"], "bold"),
                                 f"   sets: {', '.join(p['sets']) or 'none'}"))
     console.print(Text(p["text"] or ""), overflow="fold")
     console.print(Text.assemble(("answer: ", "bold"), p["answer"] or "-"))
 
-    heading(console, f"Golden answers ({len(h['golden_answers'])})")
-    if not h["golden_answers"]:
+
+def _render_golden_answers(console: Console, golden: list[dict]) -> None:
+    """Prints the golden answers section: one row per golden answer, or why none helps."""
+    heading(console, f"Golden answers ({len(golden)})")
+    if not golden:
         console.print("none: when every sample is wrong there is nothing to inject")
+        return
     t = CompactTable("status", "source", "final", "text")
-    for g in h["golden_answers"]:
+    for g in golden:
         t.add_row("verified" if g["verified"] else "UNVERIFIED", g["source"] or "-",
                   g["final_answer"] or "-", one_line(g["text"]))
-    if h["golden_answers"]:
-        console.print(t)
+    console.print(t)
 
-    heading(console, f"Training history ({len(h['runs'])} run{'s' * (len(h['runs']) != 1)})")
-    if not h["runs"]:
+
+def _render_training_history(console: Console, h: dict, w: int) -> None:
+    """Prints the training history section: one block per run, then the legend."""
+    runs = h["runs"]
+    heading(console, f"Training history ({len(runs)} run{'s' * (len(runs) != 1)})")
+    if not runs:
         where = f"run {h['run_filter']}" if h.get("run_filter") else "training"
         console.print(f"never sampled in {where}", markup=False)
+        return
+    for r in runs:
+        _render_problem_run(console, r, w)
+    for line in pack([f"k of G: {ZERO} none correct, ▁ few .. █ all (golden answer not counted)",
+                      "events: G golden injected, ^ graduated, x regressed"], w - 2, "; "):
+        console.print(Text("  " + line, style="dim"))
+
+
+def _render_problem_run(console: Console, r: dict, w: int) -> None:
+    """Prints one run's block of the problem view: title, k-of-G sparkline, events and facts."""
     label = 9
-    for r in h["runs"]:
-        steps = r["steps"]
-        g_max = max(s["n"] for s in steps)
-        console.print(Text.assemble(
-            ("run ", "bold"), (r["run_id"], "bold"),
-            f"  {r['algorithm'] or '-'} · {r['appearances']} appearances, steps "
-            f"{r['first_step']}-{r['last_step']}, G={g_max}"), overflow="ellipsis", no_wrap=True)
-        spark_w = w - label - 2
-        marks = []
-        regressed = set(r["regressed_steps"])
-        for s in steps:
-            marks.append("^" if s["step"] == r["graduated_step"] else "x" if s["step"] in regressed
-                         else "G" if s["golden"] else "")
-        console.print(f"  {'k of G':<{label - 2}}" + pass_sparkline(
-            [s["k"] for s in steps], [s["n"] for s in steps], spark_w))
-        ev = marker_line(marks, spark_w, "^xG")
-        if ev:
-            console.print(f"  {'events':<{label - 2}}{ev}")
-        facts = [f"pass rate {pct(r['pass_rate'])}", f"last {r['last_k']} of {r['last_n']}"]
-        if r["golden_steps"]:
-            facts.append(f"golden injected at steps {step_list(r['golden_steps'])}")
-        if r["graduated_step"] is not None:
-            facts.append(f"graduated at step {r['graduated_step']}")
-        elif r["first_solved_step"] is not None:
-            facts.append(f"solved from its first appearance (step {r['first_solved_step']})")
-        else:
-            facts.append("never solved")
-        if r["regressed_steps"]:
-            facts.append(f"regressed at steps {step_list(r['regressed_steps'])}")
-        for line in pack(facts, w - 2):
-            console.print("  " + line, markup=False)
-    if h["runs"]:
-        for line in pack([f"k of G: {ZERO} none correct, ▁ few .. █ all (golden answer not counted)",
-                          "events: G golden injected, ^ graduated, x regressed"], w - 2, "; "):
-            console.print(Text("  " + line, style="dim"))
+    steps = r["steps"]
+    g_max = max(s["n"] for s in steps)
+    console.print(Text.assemble(
+        ("run ", "bold"), (r["run_id"], "bold"),
+        f"  {r['algorithm'] or '-'} · {r['appearances']} appearances, steps "
+        f"{r['first_step']}-{r['last_step']}, G={g_max}"), overflow="ellipsis", no_wrap=True)
+    spark_w = w - label - 2
+    regressed = set(r["regressed_steps"])
+    marks = ["^" if s["step"] == r["graduated_step"] else "x" if s["step"] in regressed
+             else "G" if s["golden"] else "" for s in steps]
+    console.print(f"  {'k of G':<{label - 2}}" + pass_sparkline(
+        [s["k"] for s in steps], [s["n"] for s in steps], spark_w))
+    ev = marker_line(marks, spark_w, "^xG")
+    if ev:
+        console.print(f"  {'events':<{label - 2}}{ev}")
+    for line in pack(_problem_run_facts(r), w - 2):
+        console.print("  " + line, markup=False)
 
-    if h["evaluations"]:
-        heading(console, f"Evaluations ({len(h['evaluations'])})")
-        t = CompactTable("evaluation", "model", "run@step", "set", ">correct", "verdict")
-        for e in h["evaluations"]:
-            at = f"{short(e['run_id'], 8)}@{e['run_step']}" if e["run_id"] else "-"
-            model = "(golden check)" if e.get("golden_check") else short(e["model"], 18)
-            t.add_row(short(e["evaluation_id"], 12), model, at, e["set_name"] or "-",
-                      f"{e['k']}/{e['n']}", e["verdict"])
-        console.print(t)
 
-    heading(console, "Most common wrong answers", "training and evaluation")
-    if not h["wrong_answers"]:
-        console.print("none recorded")
+def _problem_run_facts(r: dict) -> list[str]:
+    """Returns the phrases summing up one run of a problem: pass rate, golden, graduation."""
+    facts = [f"pass rate {pct(r['pass_rate'])}", f"last {r['last_k']} of {r['last_n']}"]
+    if r["golden_steps"]:
+        facts.append(f"golden injected at steps {step_list(r['golden_steps'])}")
+    if r["graduated_step"] is not None:
+        facts.append(f"graduated at step {r['graduated_step']}")
+    elif r["first_solved_step"] is not None:
+        facts.append(f"solved from its first appearance (step {r['first_solved_step']})")
     else:
-        t = CompactTable(">count", "answer")
-        for a in h["wrong_answers"]:
-            t.add_row(str(a["count"]), a["answer"] or "(no answer extracted)")
-        console.print(t)
+        facts.append("never solved")
+    if r["regressed_steps"]:
+        facts.append(f"regressed at steps {step_list(r['regressed_steps'])}")
+    return facts
 
+
+def _render_evaluations(console: Console, evals: list[dict]) -> None:
+    """Prints the evaluations section, one row per evaluation; nothing when there are none."""
+    if not evals:
+        return
+    heading(console, f"Evaluations ({len(evals)})")
+    t = CompactTable("evaluation", "model", "run@step", "set", ">correct", "verdict")
+    for e in evals:
+        at = f"{short(e['run_id'], 8)}@{e['run_step']}" if e["run_id"] else "-"
+        model = "(golden check)" if e.get("golden_check") else short(e["model"], 18)
+        t.add_row(short(e["evaluation_id"], 12), model, at, e["set_name"] or "-",
+                  f"{e['k']}/{e['n']}", e["verdict"])
+    console.print(t)
+
+
+def _render_wrong_answers(console: Console, wrong: list[dict]) -> None:
+    """Prints the most common wrong answers with their counts, or "none recorded"."""
+    heading(console, "Most common wrong answers", "training and evaluation")
+    if not wrong:
+        console.print("none recorded")
+        return
+    t = CompactTable(">count", "answer")
+    for a in wrong:
+        t.add_row(str(a["count"]), a["answer"] or "(no answer extracted)")
+    console.print(t)
+
+
+def _render_examples(console: Console, h: dict, w: int, full: bool) -> None:
+    """Prints one wrong and the latest correct completion, clipped unless `full`."""
     examples = (("wrong_example", "A wrong completion"), ("latest_correct", "Latest correct completion"))
     for key, title in examples:
         ex = h[key]
@@ -268,17 +304,19 @@ def render_problem(console: Console, h: dict, full: bool = False) -> None:
                  f"{num(ex['completion_tokens'])} tokens" + (", truncated" if ex["truncated"] else "")]
         completion(console, "\n".join(pack(facts, w, ", ")), ex["completion"], None if full else 12)
 
-    if full:
-        heading(console, f"Every completion ({len(h.get('completions', []))} in training, "
-                         f"{len(h.get('eval_completions', []))} in evaluation)")
-        for c in h.get("completions", []):
-            mark = "GOLDEN" if c["is_golden"] else "correct" if c["correct"] else "wrong"
-            completion(console, f"run {short(c['run_id'])} step {c['step']} sample {c['sample_index']}: "
-                                f"{mark}, answer {c['extracted_answer'] or '-'}", c["completion"], None)
-        for c in h.get("eval_completions", []):
-            mark = "correct" if c["correct"] else "wrong"
-            completion(console, f"evaluation {short(c['evaluation_id'])} sample {c['sample_index']}: "
-                                f"{mark}, answer {c['extracted_answer'] or '-'}", c["completion"], None)
+
+def _render_every_completion(console: Console, h: dict) -> None:
+    """Prints every training, then every evaluation completion of the problem, unclipped."""
+    heading(console, f"Every completion ({len(h.get('completions', []))} in training, "
+                     f"{len(h.get('eval_completions', []))} in evaluation)")
+    for c in h.get("completions", []):
+        mark = "GOLDEN" if c["is_golden"] else "correct" if c["correct"] else "wrong"
+        completion(console, f"run {short(c['run_id'])} step {c['step']} sample {c['sample_index']}: "
+                            f"{mark}, answer {c['extracted_answer'] or '-'}", c["completion"], None)
+    for c in h.get("eval_completions", []):
+        mark = "correct" if c["correct"] else "wrong"
+        completion(console, f"evaluation {short(c['evaluation_id'])} sample {c['sample_index']}: "
+                            f"{mark}, answer {c['extracted_answer'] or '-'}", c["completion"], None)
 
 
 # ----------------------------------------------------------------------------- run view

@@ -75,18 +75,52 @@ _RUN_COLS = "id, recipe, model, algorithm, set_name, seed, status, steps_planned
 # ----------------------------------------------------------------------------- problem view
 def problem_history(db: Database, problem_id: str, run_id: str | None = None,
                     full: bool = False) -> dict:
+    p = _problem_row(db, problem_id)
+    golden = _golden_answers(db, problem_id)
+    rfilter, rparams = ("AND run_id = ?", [run_id]) if run_id else ("", [])
+    runs = _problem_runs(db, problem_id, rfilter, rparams)
+    efilter, eparams = ("AND e.run_id = ?", [run_id]) if run_id else ("", [])
+    evals = _problem_evaluations(db, problem_id, efilter, eparams)
+    wrong = _wrong_answers(db, problem_id, rfilter, rparams, efilter, eparams)
+    top_wrong = wrong[0]["answer"] if wrong else None
+    out = {
+        "problem": p,
+        "run_filter": run_id,  # set when --run limited the history to one run
+        "golden_answers": golden,
+        "runs": runs,
+        "evaluations": evals,
+        "wrong_answers": wrong,
+        "wrong_example": _example(db, problem_id, False, top_wrong, rfilter, rparams, efilter, eparams),
+        "latest_correct": _example(db, problem_id, True, None, rfilter, rparams, efilter, eparams),
+    }
+    if full:
+        out["completions"], out["eval_completions"] = _completions(db, problem_id, rfilter, rparams,
+                                                                   efilter, eparams)
+    return out
+
+
+def _problem_row(db: Database, problem_id: str) -> dict:
+    """Returns the problem's row, with its metadata decoded and the names of its sets."""
     p = list(db.query("SELECT id, text, answer, metadata_json, created_at FROM problems WHERE id = ?",
               [problem_id]))[0]
     p["metadata"] = _loads(p.pop("metadata_json"))
     p["sets"] = [r[0] for r in db.execute(
         "SELECT ps.name FROM set_problems sp JOIN problem_sets ps ON ps.id = sp.set_id"
         " WHERE sp.problem_id = ? ORDER BY ps.name", [problem_id])]
+    return p
+
+
+def _golden_answers(db: Database, problem_id: str) -> list[dict]:
+    """Returns the problem's golden answers, verified ones first."""
     golden = list(db.query("SELECT id, source, final_answer, verified, text FROM golden_answers"
                        " WHERE problem_id = ? ORDER BY verified DESC, created_at", [problem_id]))
     for g in golden:
         g["verified"] = bool(g["verified"])
+    return golden
 
-    rfilter, rparams = ("AND run_id = ?", [run_id]) if run_id else ("", [])
+
+def _problem_runs(db: Database, problem_id: str, rfilter: str, rparams: list) -> list[dict]:
+    """Returns per run that sampled the problem its metadata, arc and steps, oldest run first."""
     per_run: dict[str, list] = {}
     for rid, step, n, k, g in db.execute(
         f"SELECT run_id, step, count(*), {_K}, {_G} FROM rollouts WHERE problem_id = ? {rfilter}"
@@ -105,8 +139,11 @@ def problem_history(db: Database, problem_id: str, run_id: str | None = None,
             "steps": [{"step": s, "k": k, "n": n, "golden": bool(g)} for s, k, n, g in groups],
         })
     runs.sort(key=lambda r: (r["created_at"] or "", r["run_id"]))
+    return runs
 
-    efilter, eparams = ("AND e.run_id = ?", [run_id]) if run_id else ("", [])
+
+def _problem_evaluations(db: Database, problem_id: str, efilter: str, eparams: list) -> list[dict]:
+    """Returns per evaluation of the problem its k of n and verdict, oldest first."""
     evals = list(db.query("SELECT e.id AS evaluation_id, e.model, e.run_id, e.run_step, e.set_name,"
                       " e.status, e.created_at, count(*) AS n, ifnull(sum(er.correct), 0) AS k"
                       " FROM eval_results er JOIN evaluations e ON e.id = er.evaluation_id"
@@ -115,9 +152,14 @@ def problem_history(db: Database, problem_id: str, run_id: str | None = None,
     for e in evals:
         e["golden_check"] = e["model"] == GOLDEN_CHECK
         e["verdict"] = verdict(e["k"], e["n"])
+    return evals
 
+
+def _wrong_answers(db: Database, problem_id: str, rfilter: str, rparams: list, efilter: str,
+                   eparams: list) -> list[dict]:
+    """Returns the ten most common wrong answers with their counts."""
     # Wrong answers from training and evaluation together: the same misconception shows in both.
-    wrong = list(db.query(f"""
+    return list(db.query(f"""
         SELECT answer, sum(c) AS count FROM (
           SELECT ifnull(extracted_answer, '') AS answer, count(*) AS c FROM rollouts
            WHERE problem_id = ? AND correct = 0 AND {_NOT_GOLDEN} {rfilter} GROUP BY answer
@@ -127,29 +169,6 @@ def problem_history(db: Database, problem_id: str, run_id: str | None = None,
            WHERE er.problem_id = ? AND er.correct = 0 AND {_MODEL_EVAL} {efilter} GROUP BY answer)
         GROUP BY answer ORDER BY count DESC, answer LIMIT 10""",
         [problem_id, *rparams, problem_id, *eparams]))
-
-    top_wrong = wrong[0]["answer"] if wrong else None
-    out = {
-        "problem": p,
-        "run_filter": run_id,  # set when --run limited the history to one run
-        "golden_answers": golden,
-        "runs": runs,
-        "evaluations": evals,
-        "wrong_answers": wrong,
-        "wrong_example": _example(db, problem_id, False, top_wrong, rfilter, rparams, efilter, eparams),
-        "latest_correct": _example(db, problem_id, True, None, rfilter, rparams, efilter, eparams),
-    }
-    if full:
-        out["completions"] = list(db.query("SELECT run_id, step, sample_index, correct, is_golden,"
-                                       " reward, completion_tokens, truncated, extracted_answer, completion"
-                                       f" FROM rollouts WHERE problem_id = ? {rfilter}"
-                                       " ORDER BY run_id, step, sample_index", [problem_id, *rparams]))
-        out["eval_completions"] = list(db.query(
-            "SELECT er.evaluation_id, er.sample_index, er.correct, er.completion_tokens, er.truncated,"
-                " er.extracted_answer, er.completion FROM eval_results er"
-                f" JOIN evaluations e ON e.id = er.evaluation_id WHERE er.problem_id = ? {efilter}"
-                " ORDER BY e.created_at, er.sample_index", [problem_id, *eparams]))
-    return out
 
 
 def _example(db, problem_id, correct, answer, rfilter, rparams, efilter, eparams) -> dict | None:
@@ -172,18 +191,48 @@ def _example(db, problem_id, correct, answer, rfilter, rparams, efilter, eparams
     return rows[0] if rows else None
 
 
+def _completions(db, problem_id, rfilter, rparams, efilter, eparams) -> tuple[list[dict], list[dict]]:
+    """Returns every training rollout and every evaluation sample of the problem, in order."""
+    train = list(db.query("SELECT run_id, step, sample_index, correct, is_golden,"
+                          " reward, completion_tokens, truncated, extracted_answer, completion"
+                          f" FROM rollouts WHERE problem_id = ? {rfilter}"
+                          " ORDER BY run_id, step, sample_index", [problem_id, *rparams]))
+    evals = list(db.query(
+        "SELECT er.evaluation_id, er.sample_index, er.correct, er.completion_tokens, er.truncated,"
+        " er.extracted_answer, er.completion FROM eval_results er"
+        f" JOIN evaluations e ON e.id = er.evaluation_id WHERE er.problem_id = ? {efilter}"
+        " ORDER BY e.created_at, er.sample_index", [problem_id, *eparams]))
+    return train, evals
+
+
 # ----------------------------------------------------------------------------- run view
 def run_history(db: Database, run_id: str) -> dict:
     run = list(db.query("SELECT * FROM runs WHERE id = ?", [run_id]))[0]
     run["recipe_json"] = _loads(run["recipe_json"])
+    steps = _step_rows(db, run_id)
+    per_step, problems = _scan_groups(db, run_id)
+    return {
+        "run": run,
+        "steps": _merge_step_counts(steps, per_step),
+        "problems": _run_problems(db, problems),
+        "evaluations": _run_evaluations(db, run_id),
+    }
+
+
+def _step_rows(db: Database, run_id: str) -> list[dict]:
+    """Returns the trainer's step rows of the run, in step order, metrics decoded."""
     steps = list(db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY step", [run_id]))
     for s in steps:
         s.pop("id", None)
         s.pop("run_id", None)
         s["metrics_json"] = _loads(s.get("metrics_json"))
+    return steps
 
+
+def _scan_groups(db: Database, run_id: str) -> tuple[dict[int, list[int]], dict[str, dict]]:
+    """Returns per step [groups, all wrong, injected, k, n], and per problem its arc."""
     # One pass over the run's groups gives both the per-step shares and each problem's arc.
-    per_step: dict[int, list[int]] = {}  # step -> [groups, all wrong, injected, k, n]
+    per_step: dict[int, list[int]] = {}
     problems: dict[str, dict] = {}
     current, groups = None, []
     cur = db.execute(f"SELECT problem_id, step, count(*), {_K}, {_G} FROM rollouts"
@@ -202,7 +251,11 @@ def run_history(db: Database, run_id: str) -> dict:
         acc[4] += n
     if groups:
         problems[current] = arc(groups)
+    return per_step, problems
 
+
+def _merge_step_counts(steps: list[dict], per_step: dict[int, list[int]]) -> list[dict]:
+    """Returns the step rows, with figures from the rollouts added, in step order."""
     by_step = {s["step"]: s for s in steps}
     for step, (ng, aw, inj, kk, n) in per_step.items():
         s = by_step.setdefault(step, {"step": step})
@@ -215,8 +268,11 @@ def run_history(db: Database, run_id: str) -> dict:
             s["reward_mean"] = round(kk / n, 4) if n else None
         if s.get("golden_injections") is None:
             s["golden_injections"] = inj
-    steps = sorted(by_step.values(), key=lambda s: s["step"])
+    return sorted(by_step.values(), key=lambda s: s["step"])
 
+
+def _run_problems(db: Database, problems: dict[str, dict]) -> dict:
+    """Returns the run's problems as solved from the start, graduated, never solved, regressed."""
     arcs = [{"problem_id": p, **a} for p, a in problems.items()]
     graduated = sorted((a for a in arcs if a["graduated_step"] is not None),
                        key=lambda a: (a["graduated_step"], a["problem_id"]))
@@ -227,24 +283,24 @@ def run_history(db: Database, run_id: str) -> dict:
     from_start = sorted(a["problem_id"] for a in arcs
                         if a["first_solved_step"] is not None and a["graduated_step"] is None)
     _attach_text(db, graduated + never + regressed)
+    return {
+        "seen": len(problems),
+        "solved_from_start": from_start,
+        "graduated": graduated,
+        "never_solved": never,
+        "regressed": regressed,
+    }
+
+
+def _run_evaluations(db: Database, run_id: str) -> list[dict]:
+    """Returns the run's evaluations with their k of n, by run step, metrics decoded."""
     evals = list(db.query("SELECT e.id AS evaluation_id, e.run_step, e.set_name, e.model, e.status,"
                       " e.metrics_json, count(er.id) AS n, ifnull(sum(er.correct), 0) AS k"
                       " FROM evaluations e LEFT JOIN eval_results er ON er.evaluation_id = e.id"
                       " WHERE e.run_id = ? GROUP BY e.id ORDER BY e.run_step, e.created_at", [run_id]))
     for e in evals:
         e["metrics_json"] = _loads(e["metrics_json"])
-    return {
-        "run": run,
-        "steps": steps,
-        "problems": {
-            "seen": len(problems),
-            "solved_from_start": from_start,
-            "graduated": graduated,
-            "never_solved": never,
-            "regressed": regressed,
-        },
-        "evaluations": evals,
-    }
+    return evals
 
 
 def _attach_text(db: Database, items: list[dict]) -> None:
@@ -270,41 +326,78 @@ def set_history(db: Database, set_ref: str, run_id: str | None = None, limit: in
     s = resolve_set(db, set_ref)
     n_problems = db.execute("SELECT count(*) FROM set_problems WHERE set_id = ?", [s["id"]]).fetchone()[0]
     rfilter, rparams = ("AND run_id = ?", [run_id]) if run_id else ("", [])
+    per = _set_groups(db, s["id"], rfilter, rparams)
+    efilter, eparams = ("AND e.run_id = ?", [run_id]) if run_id else ("", [])
+    ev = _set_evaluations(db, s["id"], efilter, eparams)
+    sources, stats = _pass_counts(per, ev)
+    distribution = _difficulty(db, sources, stats, ev)
+    golden = _golden_by_problem(db, s["id"])
+    _add_rates_and_golden(stats, golden)
+    need_total, need = _need_golden(db, stats, limit)
+    verified = sum(1 for v in golden.values() if v == 1)
+    return {
+        "set": {**s, "problems": n_problems},
+        "golden_coverage": {"verified": verified, "unverified_only": len(golden) - verified,
+                            "none": n_problems - len(golden)},
+        "measured": len(stats),
+        "unseen": n_problems - len(stats),
+        "distribution": distribution,
+        "need_golden_total": need_total,
+        "need_golden": need,
+    }
+
+
+def _set_groups(db: Database, set_id: int, rfilter: str, rparams: list) -> list[dict]:
+    """Returns per problem of the set and run its appearances, all-wrong, injected and k counts."""
     # Inner query: one row per group (problem, run, step); outer: per problem and run.
-    per = list(db.query(f"""
+    return list(db.query(f"""
         SELECT problem_id, run_id, count(*) AS appearances, sum(k = 0) AS all_wrong,
                sum(g > 0) AS injected, sum(k = 0 AND g = 0) AS wasted, sum(k) AS k, sum(n - g) AS sampled
         FROM (SELECT problem_id, run_id, step, count(*) AS n, {_K} AS k, {_G} AS g FROM rollouts
               WHERE problem_id IN (SELECT problem_id FROM set_problems WHERE set_id = ?) {rfilter}
               GROUP BY problem_id, run_id, step)
-        GROUP BY problem_id, run_id""", [s["id"], *rparams]))
-    efilter, eparams = ("AND e.run_id = ?", [run_id]) if run_id else ("", [])
-    ev = list(db.query("SELECT e.id AS evaluation_id, e.model, e.run_id, e.run_step, er.problem_id,"
-                   " count(*) AS n, ifnull(sum(er.correct), 0) AS k FROM evaluations e"
-                   " JOIN eval_results er ON er.evaluation_id = e.id"
-                   " JOIN set_problems sp ON sp.problem_id = er.problem_id AND sp.set_id = ?"
-                   f" WHERE {_MODEL_EVAL} {efilter} GROUP BY e.id, er.problem_id ORDER BY e.created_at",
-               [s["id"], *eparams]))
+        GROUP BY problem_id, run_id""", [set_id, *rparams]))
 
+
+def _set_evaluations(db: Database, set_id: int, efilter: str, eparams: list) -> list[dict]:
+    """Returns per model evaluation and problem of the set its k of n, oldest evaluation first."""
+    return list(db.query("SELECT e.id AS evaluation_id, e.model, e.run_id, e.run_step, er.problem_id,"
+                     " count(*) AS n, ifnull(sum(er.correct), 0) AS k FROM evaluations e"
+                     " JOIN eval_results er ON er.evaluation_id = e.id"
+                     " JOIN set_problems sp ON sp.problem_id = er.problem_id AND sp.set_id = ?"
+                     f" WHERE {_MODEL_EVAL} {efilter} GROUP BY e.id, er.problem_id ORDER BY e.created_at",
+                 [set_id, *eparams]))
+
+
+def _pass_counts(per: list[dict], ev: list[dict]) -> tuple[dict[tuple, list[float]], dict[str, dict]]:
+    """Returns the pass rates per source (run or evaluation), and the summed counts per problem."""
     sources: dict[tuple, list[float]] = {}
     stats: dict[str, dict] = {}
     for r in per:
         if r["sampled"]:
             sources.setdefault(("run", r["run_id"]), []).append(r["k"] / r["sampled"])
-        t = stats.setdefault(r["problem_id"], {"problem_id": r["problem_id"], "runs": 0, "appearances": 0,
-                                               "all_wrong": 0, "injected": 0, "wasted": 0, "k": 0,
-                                               "sampled": 0, "eval_k": 0, "eval_n": 0})
+        t = _problem_stats(stats, r["problem_id"])
         t["runs"] += 1
         for key in ("appearances", "all_wrong", "injected", "wasted", "k", "sampled"):
             t[key] += r[key]
     for r in ev:
         sources.setdefault(("evaluation", r["evaluation_id"]), []).append(r["k"] / r["n"])
-        t = stats.setdefault(r["problem_id"], {"problem_id": r["problem_id"], "runs": 0, "appearances": 0,
-                                               "all_wrong": 0, "injected": 0, "wasted": 0, "k": 0,
-                                               "sampled": 0, "eval_k": 0, "eval_n": 0})
+        t = _problem_stats(stats, r["problem_id"])
         t["eval_k"] += r["k"]
         t["eval_n"] += r["n"]
+    return sources, stats
 
+
+def _problem_stats(stats: dict[str, dict], problem_id: str) -> dict:
+    """Returns the problem's counts in `stats`, added as zeros when it has none yet."""
+    return stats.setdefault(problem_id, {"problem_id": problem_id, "runs": 0, "appearances": 0,
+                                         "all_wrong": 0, "injected": 0, "wasted": 0, "k": 0,
+                                         "sampled": 0, "eval_k": 0, "eval_n": 0})
+
+
+def _difficulty(db: Database, sources: dict[tuple, list[float]], stats: dict[str, dict],
+                ev: list[dict]) -> list[dict]:
+    """Returns the pass-rate distribution per run, then per evaluation, then over all runs."""
     run_meta = {r["id"]: r for r in list(db.query(f"SELECT {_RUN_COLS} FROM runs"))}
     eval_meta = {r["evaluation_id"]: r for r in ev}
     distribution = []
@@ -317,15 +410,28 @@ def set_history(db: Database, set_ref: str, run_id: str | None = None, limit: in
     all_rates = [t["k"] / t["sampled"] for t in stats.values() if t["sampled"]]
     if all_rates:
         distribution.append({"kind": "all runs", "id": None, **_distribution(all_rates)})
+    return distribution
 
-    golden = dict(db.execute(
+
+def _golden_by_problem(db: Database, set_id: int) -> dict[str, int]:
+    """Returns per problem of the set that has golden answers 1 if one is verified, else 0."""
+    return dict(db.execute(
         "SELECT problem_id, max(verified) FROM golden_answers WHERE problem_id IN"
-        " (SELECT problem_id FROM set_problems WHERE set_id = ?) GROUP BY problem_id", [s["id"]]).fetchall())
+        " (SELECT problem_id FROM set_problems WHERE set_id = ?) GROUP BY problem_id",
+        [set_id]).fetchall())
+
+
+def _add_rates_and_golden(stats: dict[str, dict], golden: dict[str, int]) -> None:
+    """Returns nothing; gives each problem's stats its pass rates and golden-answer status."""
     for t in stats.values():
         t["pass_rate"] = round(t["k"] / t["sampled"], 4) if t["sampled"] else None
         t["eval_pass_rate"] = round(t["eval_k"] / t["eval_n"], 4) if t["eval_n"] else None
         v = golden.get(t["problem_id"])
         t["golden"] = "verified" if v == 1 else "none" if v is None else "unverified"
+
+
+def _need_golden(db: Database, stats: dict[str, dict], limit: int | None) -> tuple[int, list[dict]]:
+    """Returns how many problems need a golden answer, and the first `limit` of them, worst first."""
     # A problem needs a golden answer when its groups came back all wrong (or it fails in
     # evaluation) and there is no verified GA to inject: those groups teach GCPO nothing.
     need = [t for t in stats.values() if t["golden"] != "verified"
@@ -335,14 +441,4 @@ def set_history(db: Database, set_ref: str, run_id: str | None = None, limit: in
     need_total = len(need)
     need = need[:limit] if limit else need
     _attach_text(db, need)
-    verified = sum(1 for v in golden.values() if v == 1)
-    return {
-        "set": {**s, "problems": n_problems},
-        "golden_coverage": {"verified": verified, "unverified_only": len(golden) - verified,
-                            "none": n_problems - len(golden)},
-        "measured": len(stats),
-        "unseen": n_problems - len(stats),
-        "distribution": distribution,
-        "need_golden_total": need_total,
-        "need_golden": need,
-    }
+    return need_total, need
