@@ -5,7 +5,10 @@ the problems an uninterrupted one would have, with no sampler state to save.
 - uniform: epochs of seeded permutations, B problems per step.
 - frontier: favours problems the model solves sometimes (pass rate p near 1/2: weight p(1-p)),
   then unseen ones; always-solved and hopeless problems keep a small floor weight. The pass rate
-  is over each problem's last `window` sampled (non-golden) rollouts in this run.
+  is over each problem's last `window` sampled (non-golden) rollouts in this run. Under GCPO an
+  all-wrong problem with a golden answer to inject is no dead end but exactly where going gold
+  teaches (issue 9): it weighs like a half-solved problem until `hopeless_after` injections
+  brought no correct sample. Hopeless: all wrong with no golden answer, or past that many.
 """
 
 from __future__ import annotations
@@ -27,17 +30,25 @@ def uniform(problem_ids: list[str], step: int, batch: int, seed: int) -> list[st
     return out
 
 
-def frontier_weight(correct: int | None, attempts: int | None) -> float:
+GOLDEN = 0.25  # an all-wrong problem with a golden answer to inject: as attractive as p = 1/2
+
+
+def frontier_weight(correct: int | None, attempts: int | None, injections: int = 0, golden: bool = False,
+                    hopeless_after: int = 4) -> float:
     if not attempts:
         return UNSEEN
+    if correct == 0 and golden and injections < hopeless_after:
+        return GOLDEN
     p = correct / attempts
     return FLOOR + p * (1 - p)
 
 
-def frontier(rates: dict[str, tuple[int, int]], problem_ids: list[str], step: int, batch: int,
-             seed: int) -> list[str]:
-    """`rates`: problem id -> (correct, attempts) in this run (store.pass_rates)."""
-    weights = [frontier_weight(*rates.get(pid, (None, None))) for pid in problem_ids]
+def frontier(rates: dict[str, tuple[int, int, int]], problem_ids: list[str], step: int, batch: int,
+             seed: int, golden: set[str] = frozenset(), hopeless_after: int = 4) -> list[str]:
+    """`rates`: problem id -> (correct, attempts, golden injections) in this run
+    (store.pass_rates); `golden`: the problems with a golden answer the run may inject."""
+    weights = [frontier_weight(*rates.get(pid, (None, None, 0)), golden=pid in golden, hopeless_after=hopeless_after)
+               for pid in problem_ids]
     rng = random.Random(seed * 1_000_003 + step)
     # Weighted sampling without replacement (Efraimidis-Spirakis keys).
     keys = sorted(range(len(problem_ids)), key=lambda i: -(rng.random() ** (1.0 / weights[i])))

@@ -4,13 +4,16 @@ How this differs from the paper (arXiv 2510.07790), whose method section we coul
 docs/gcpo-algorithm.md fixes the open choices and each is a recipe knob:
   1. The golden answer (GA) replaces the *last* wrong rollout of an all-wrong group
      (`golden_replace: last|random`), and only when the group is all wrong.
-  2. A GA longer than the completion limit is not injected (`golden_too_long: skip|truncate`).
+  2. A GA longer than the completion limit is not injected (counted as `golden_too_long`).
   3. The ratio is GSPO's length-normalised sequence ratio (`ratio_level`); clip ranges are
-     GSPO-scale (3e-4 / 4e-4). With one optimiser pass per batch s_i == 1 in value, and its
-     gradient is s_i * grad(mean token log-prob), so no old-policy forward is needed.
+     GSPO-scale (3e-4 / 4e-4). The PPO schedule (`mini_batches` x `ppo_epochs` optimiser updates
+     per rollout batch) is what makes it act: pi_old is fixed before the first update, so from
+     the second update on s_i moves and the clip bites. With a single update s_i == 1 in value
+     and its gradient is grad(mean token log-prob), so pi_old needs no forward of its own.
   4. Zero-variance groups (all correct, or all wrong with no GA) have zero advantage: they are
-     left out of the loss (`all_correct: skip`) and cost no forward/backward either way.
+     left out of the loss (`zero_variance: skip`) and cost no forward/backward either way.
   5. No KL term and no reference model.
+  6. Every log-prob is of the policy at the sampling temperature: log softmax(logits / T).
 The GRPO and DAPO baselines run through the same functions with token-level ratios.
 """
 
@@ -54,16 +57,22 @@ def overlong_shaping(lengths: torch.Tensor, max_len: int, buffer: int, penalty: 
     return -penalty * over.clamp(max=1.0)
 
 
+MAX_LOG_RATIO = 20.0  # exp(20) ~ 5e8: far outside any clip range, and finite
+
+
 def log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, level: str) -> torch.Tensor:
-    """log importance ratio.  logp, old_logp, mask: [N, L].
+    """log importance ratio, clamped to +-MAX_LOG_RATIO so that its exp stays finite (a
+    whole-sequence sum of log-ratios reaches hundreds after one update; verl clamps the same
+    way).  logp, old_logp, mask: [N, L].
     sequence: mean over tokens -> [N] (GSPO);  sequence_sum: sum -> [N];  token: [N, L]."""
     diff = (logp - old_logp) * mask
     if level == "token":
-        return diff
-    total = diff.sum(dim=1)
-    if level == "sequence_sum":
-        return total
-    return total / mask.sum(dim=1).clamp(min=1)
+        out = diff
+    elif level == "sequence_sum":
+        out = diff.sum(dim=1)
+    else:
+        out = diff.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    return out.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
 
 
 def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float):
@@ -78,7 +87,7 @@ def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, ep
 @dataclass
 class LossParts:
     loss: torch.Tensor  # this micro-batch's share of the batch loss (already divided)
-    seq_ratio: torch.Tensor  # [N] exp(mean token log-ratio), for the record
+    seq_ratio: torch.Tensor  # [N] exp(mean token log-ratio): the sequence ratio, for the record
     clipped: float  # clipped sequences (or tokens) in this micro-batch
     clip_units: float  # sequences (or tokens) considered
 
@@ -113,8 +122,12 @@ def policy_loss(
         per_seq, clipped = clipped_objective(torch.exp(lr), adv, eps_low, eps_high)
         n_clipped, units = float(clipped.sum()), float(len(adv))
     if golden is not None and golden_weighting == "luffy" and bool(golden.any()):
-        # LUFFY policy shaping on GA tokens: f(p) = p / (p + gamma) instead of the ratio,
-        # which boosts the gradient on low-probability GA tokens; not clipped (off-policy).
+        # LUFFY's policy shaping on golden tokens: f(p) = p / (p + gamma) in place of the ratio,
+        # unclipped. Its gradient is gamma*p/(p+gamma)^2 * grad log p per token. Against
+        # importance-sampling the golden answer as an off-policy sample (weight p), that is a
+        # boost of ~1/gamma on low-probability tokens (LUFFY's point); against `plain`, where a
+        # token's weight is the on-policy ratio (1), it is a shrink to at most 1/4 (at p = gamma)
+        # and far less for tokens far from p = gamma (tests/test_loss.py measures it).
         p = torch.exp(logp)
         shaped = (p / (p + LUFFY_GAMMA)) * mask
         shaped_seq = shaped.sum(dim=1) if loss_agg == "token_sum" else shaped.sum(dim=1) / lengths
@@ -124,9 +137,10 @@ def policy_loss(
 
 
 def head_logprobs(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
-                  max_elements: int = 2**27) -> torch.Tensor:
-    """token_logprobs(head(hidden), targets) without holding every position's logits at once.
-    hidden: [N, L, H], targets: [N, L] -> [N, L].
+                  temperature: float = 1.0, max_elements: int = 2**27) -> torch.Tensor:
+    """token_logprobs(head(hidden) / temperature, targets) without holding every position's
+    logits at once: the policy's log-probs at the sampling temperature (TRL and verl divide the
+    logits the same way).  hidden: [N, L, H], targets: [N, L] -> [N, L].
 
     Positions go through the LM head in chunks of at most `max_elements` logits (~0.5 GB in
     fp32); each chunk is checkpointed, so its logits are recomputed in the backward instead of
@@ -136,12 +150,16 @@ def head_logprobs(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Te
 
     n, length, width = hidden.shape
     rows = max(1, max_elements // head.weight.shape[0])
+
+    def logits(h):
+        return head(h) if temperature == 1.0 else head(h) / temperature
+
     if rows >= n * length:
-        return token_logprobs(head(hidden), targets)
+        return token_logprobs(logits(hidden), targets)
     flat_h, flat_t = hidden.reshape(n * length, width), targets.reshape(n * length)
 
     def chunk(h, t):
-        return token_logprobs(head(h)[None], t[None])[0]
+        return token_logprobs(logits(h)[None], t[None])[0]
 
     parts = [checkpoint(chunk, flat_h[i:i + rows], flat_t[i:i + rows], use_reentrant=False)
              for i in range(0, n * length, rows)]

@@ -339,8 +339,9 @@ def autocast_context(model, setting: str):
 
 
 def completion_logprobs(model, tok, prompts: list[list[int]], completions: list[list[int]],
-                        share_prompts: bool = True):
-    """Log-probs of each completion token under `model`.  Returns logp, mask: [N, L].
+                        share_prompts: bool = True, temperature: float = 1.0):
+    """Log-probs of each completion token under `model` sampling at `temperature`:
+    log softmax(logits / T).  Returns logp, mask: [N, L].
 
     Only completion positions go through the LM head, never the prompt's full-vocabulary
     logits. With share_prompts, each distinct prompt (a group's G members share one) is run
@@ -379,4 +380,4 @@ def completion_logprobs(model, tok, prompts: list[list[int]], completions: list[
                       position_ids=((attn.cumsum(1) - 1).clamp(min=0)).to(device), use_cache=False)
         hidden = out.last_hidden_state[:, width - 1:-1]  # position W-1+t predicts completion token t
     mask = cmask.to(device).float()
-    return head_logprobs(hidden, head, comp_ids.to(device)) * mask, mask  # [N, L]
+    return head_logprobs(hidden, head, comp_ids.to(device), temperature) * mask, mask  # [N, L]

@@ -77,6 +77,10 @@ class Recipe:
     synthetic_count: int = 400
     curriculum: Literal["uniform", "frontier"] = "uniform"
     frontier_window: int = 32  # frontier: recent rollouts per problem that set its pass rate
+    # frontier: an all-wrong problem with a golden answer to inject is a learning opportunity
+    # (weighted like a half-solved one) until this many injections brought no correct sample;
+    # then, like an all-wrong problem without one, it is "hopeless" (floor weight)
+    frontier_hopeless_after: int = 4
     prompt_template: str = "{problem} Put the final answer in \\boxed{{}}."
 
     # rollout
@@ -89,7 +93,10 @@ class Recipe:
     # GCPO: go gold (algorithm doc, "choices the paper leaves open")
     golden: Optional[Literal["on", "off"]] = None  # gcpo: on; grpo/dapo: off
     golden_replace: Literal["last", "random"] = "last"  # which wrong rollout the golden answer replaces
-    golden_too_long: Literal["skip", "truncate"] = "skip"  # golden answer over max_new_tokens
+    # a golden answer over max_new_tokens is not injected (counted as golden_too_long). The old
+    # "truncate" is gone: a cut golden answer has no end and usually no final answer, yet it got
+    # reward 1, against "a truncated completion scores 0" (issue 9)
+    golden_too_long: Literal["skip"] = "skip"
     golden_weighting: Literal["plain", "luffy"] = "plain"  # luffy: p/(p+0.1) shaping on golden tokens
     # how a golden answer is written as a model response; {solution} and {answer} are filled in
     # (a reasoning model's golden answer must close its thinking block as the model would)
@@ -104,7 +111,11 @@ class Recipe:
     # zero-variance groups (all correct, or all wrong with no golden answer): out of the loss's
     # denominator (gcpo, dapo) or in it with zero advantage (grpo, as TRL's GRPO counts them)
     zero_variance: Optional[Literal["skip", "keep"]] = None
-    updates_per_step: int = 1  # optimiser passes over one batch of rollouts (PPO epochs)
+    # The PPO schedule: a step's rollout batch is split into `mini_batches` optimiser updates and
+    # passed over `ppo_epochs` times; pi_old is fixed before the first. One update (1 x 1) is
+    # on-policy: the ratio is 1 and the clip inert. Several are what make the ratio and clip act.
+    mini_batches: int = 1
+    ppo_epochs: int = 1
 
     # DAPO
     dynamic_sampling: Optional[bool] = None  # dapo: drop all-0/all-1 groups and refill
@@ -202,7 +213,7 @@ def _build(cls, data: dict, prefix: str = ""):
 
 def _validate(r: "Recipe") -> None:
     positive = ["problems_per_step", "samples_per_problem", "max_new_tokens", "steps", "micro_batch",
-                "updates_per_step", "synthetic_count"]
+                "mini_batches", "ppo_epochs", "synthetic_count", "frontier_hopeless_after"]
     for key in positive:
         if getattr(r, key) < 1:
             raise RecipeError(f"recipe key '{key}': must be at least 1, got {getattr(r, key)}")
@@ -258,7 +269,7 @@ def resolve(r: "Recipe") -> "Recipe":
 
 
 # Recipe keys renamed by issue 8 (one name per concept); still read for one release.
-RENAMED_KEYS = {"data": "set_name", "all_correct": "zero_variance"}
+RENAMED_KEYS = {"data": "set_name", "all_correct": "zero_variance", "updates_per_step": "ppo_epochs"}
 
 
 def _field_type(dotted: str):

@@ -170,7 +170,9 @@ def pick_problems(ctx: Context, step: int) -> list[str]:
     r, ids = ctx.recipe, [p["id"] for p in ctx.pool]
     if r.curriculum == "frontier":
         rates = store.pass_rates(ctx.db, ctx.run_id, r.frontier_window)
-        picked = curriculum.frontier(rates, ids, step - 1, r.problems_per_step, r.seed)
+        golden = {p["id"] for p in ctx.pool if p["golden"]} if r.golden == "on" else set()
+        picked = curriculum.frontier(rates, ids, step - 1, r.problems_per_step, r.seed, golden,
+                                     r.frontier_hopeless_after)
     else:
         picked = curriculum.uniform(ids, step - 1, r.problems_per_step, r.seed)
     return list(dict.fromkeys(picked))  # an epoch boundary can draw a problem twice in one step
@@ -246,17 +248,14 @@ def go_gold(ctx: Context, group: list[Rollout], rng: random.Random | None) -> st
         return None
     text = r.golden_template.format(solution=problem["golden"], answer=problem["answer"])
     ids = response_ids(ctx.tok, text)
-    truncated = len(ids) > r.max_new_tokens
-    if truncated:
-        if r.golden_too_long == "skip":
-            return "too_long"
-        ids = ids[: r.max_new_tokens]
+    if len(ids) > r.max_new_tokens:
+        return "too_long"
     # The displaced rollout stays recorded (advantage NULL: not in the loss); the golden answer
     # is one extra row, sample index G.
     group[slot].advantage = None
     group[slot] = Rollout(problem_id=problem["id"], sample_index=len(group), prompt_ids=group[slot].prompt_ids,
                           completion_ids=ids, completion=text, extracted_answer=extract_answer(text),
-                          truncated=truncated, reward=1.0, correct=True, is_golden=True)
+                          truncated=False, reward=1.0, correct=True, is_golden=True)
     return "injected"
 
 
@@ -281,61 +280,94 @@ def assign_advantages(ctx: Context, groups: list[list[Rollout]]) -> list[list[Ro
 
 
 def update(model, tok, optimizer, rollouts: list[Rollout], recipe: Recipe, stop: "StopFlag") -> dict:
-    """One policy update over the batch. Zero-advantage sequences are skipped: their gradient is
-    exactly zero, but they still count in the loss's denominator where the recipe says so."""
-    active = sorted((x for x in rollouts if x.advantage != 0.0),
-                    key=lambda x: len(x.prompt_ids) + len(x.completion_ids))
-    denom = sum(len(x.completion_ids) for x in rollouts) if recipe.loss_agg == "token_sum" else len(rollouts)
-    stats = dict(loss=0.0, grad_norm=0.0, clip_frac=0.0, golden_logp_mean=None)
-    if not active:
+    """The PPO schedule over one rollout batch: `ppo_epochs` passes, each split into
+    `mini_batches` optimiser updates. pi_old's log-probs are computed once, without gradient,
+    before the first update; with a single update they are the policy's own, detached (the same
+    numbers, so no extra forward). Zero-advantage sequences get no forward/backward but count in
+    their mini-batch's denominator where the recipe says so. Log-probs are at the sampling
+    temperature. Ctrl-C abandons the step only before the first optimiser step."""
+    stats = dict(loss=0.0, grad_norm=0.0, clip_frac=0.0, golden_logp_mean=None, ratio_mean=None,
+                 ratio_min=None, ratio_max=None, optimizer_updates=0)
+    if not any(x.advantage for x in rollouts):
         return stats
-    chunks = [active[i:i + recipe.micro_batch] for i in range(0, len(active), recipe.micro_batch)]
-    params = [p for p in model.parameters() if p.requires_grad]
+    temperature = recipe.temperature or 1.0  # greedy sampling: the policy's own distribution
+    amp = autocast_context(model, recipe.model.autocast)
     # HF turns the KV cache off under gradient checkpointing, so no prompt sharing there.
     share = not recipe.model.gradient_checkpointing
-    amp = autocast_context(model, recipe.model.autocast)
 
-    def logprobs(chunk):
+    def logprobs(chunk):  # -> logp, mask: [n, L]
         with amp():
-            return completion_logprobs(model, tok, [x.prompt_ids for x in chunk],
-                                       [x.completion_ids for x in chunk], share)
+            return completion_logprobs(model, tok, [x.prompt_ids for x in chunk], [x.completion_ids for x in chunk],
+                                       share, temperature)
 
-    old: list = [None] * len(chunks)
-    if recipe.updates_per_step > 1:  # pi_old must be frozen across the passes
-        with torch.no_grad():
-            old = [logprobs(c)[0] for c in chunks]
-    golden_logp, golden_tokens, clipped, units = 0.0, 0, 0.0, 0.0
-    for epoch in range(recipe.updates_per_step):
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for ci, chunk in enumerate(chunks):
-            if epoch == 0:  # after the first optimiser step the step is finished, not abandoned
+    on_policy = recipe.mini_batches * recipe.ppo_epochs == 1
+    old = {} if on_policy else old_logprobs(logprobs, [x for x in rollouts if x.advantage], recipe.micro_batch)
+    n = len(rollouts)  # near-equal contiguous mini-batches of the batch, groups kept in order
+    bounds = [n * i // recipe.mini_batches for i in range(recipe.mini_batches + 1)]
+    mini_batches = [rollouts[bounds[i]:bounds[i + 1]] for i in range(recipe.mini_batches)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses, norms, ratios, clipped, units, golden = [], [], [], 0.0, 0.0, [0.0, 0]
+    for _ in range(recipe.ppo_epochs):
+        for batch in mini_batches:
+            active = sorted((x for x in batch if x.advantage), key=lambda x: len(x.prompt_ids) + len(x.completion_ids))
+            if not active:
+                continue
+            first = not norms
+            denom = sum(len(x.completion_ids) for x in batch) if recipe.loss_agg == "token_sum" else len(batch)
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for chunk in (active[i:i + recipe.micro_batch] for i in range(0, len(active), recipe.micro_batch)):
+                if first:
+                    stop.check()
+                logp, mask = logprobs(chunk)
+                old_logp = logp.detach() if on_policy else stack_padded([old[id(x)] for x in chunk], logp)
+                parts = policy_loss(logp, old_logp, mask, torch.tensor([x.advantage for x in chunk], device=logp.device,
+                                                                       dtype=logp.dtype),
+                                    ratio_level=recipe.ratio_level, loss_agg=recipe.loss_agg, eps_low=recipe.eps_low,
+                                    eps_high=recipe.eps_high, denom=denom,
+                                    golden=torch.tensor([x.is_golden for x in chunk], device=logp.device),
+                                    golden_weighting=recipe.golden_weighting)
+                parts.loss.backward()
+                total += float(parts.loss.detach())
+                clipped, units = clipped + parts.clipped, units + parts.clip_units
+                for i, (x, ratio) in enumerate(zip(chunk, parts.seq_ratio.tolist())):
+                    x.seq_ratio = ratio
+                    ratios.append(ratio)
+                    if first and x.is_golden:  # pi_old's log-prob of the golden answer
+                        golden[0] += float(old_logp[i].sum())
+                        golden[1] += len(x.completion_ids)
+            if first:
                 stop.check()
-            logp, mask = logprobs(chunk)  # [n, L]
-            old_logp = logp.detach() if old[ci] is None else old[ci]
-            golden = torch.tensor([x.is_golden for x in chunk], device=logp.device)
-            adv = torch.tensor([x.advantage for x in chunk], device=logp.device, dtype=logp.dtype)
-            parts = policy_loss(logp, old_logp, mask, adv, ratio_level=recipe.ratio_level,
-                                loss_agg=recipe.loss_agg, eps_low=recipe.eps_low, eps_high=recipe.eps_high,
-                                denom=denom, golden=golden, golden_weighting=recipe.golden_weighting)
-            parts.loss.backward()
-            total += float(parts.loss.detach())
-            clipped, units = clipped + parts.clipped, units + parts.clip_units
-            for x, ratio in zip(chunk, parts.seq_ratio.tolist()):
-                x.seq_ratio = ratio
-            if epoch == 0:
-                for i, x in enumerate(chunk):
-                    if x.is_golden:
-                        golden_logp += float(old_logp[i].sum())
-                        golden_tokens += len(x.completion_ids)
-        if epoch == 0:
-            stop.check()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
-        optimizer.step()
-        stats.update(loss=total, grad_norm=float(grad_norm))
-    stats["clip_frac"] = clipped / units if units else 0.0
-    stats["golden_logp_mean"] = golden_logp / golden_tokens if golden_tokens else None
-    return stats
+            norms.append(float(torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)))
+            optimizer.step()
+            losses.append(total)
+    return dict(loss=sum(losses) / len(losses), grad_norm=sum(norms) / len(norms),
+                clip_frac=clipped / units if units else 0.0,
+                golden_logp_mean=golden[0] / golden[1] if golden[1] else None,
+                ratio_mean=sum(ratios) / len(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
+                optimizer_updates=len(norms))
+
+
+def old_logprobs(logprobs, rollouts: list[Rollout], micro_batch: int) -> dict:
+    """pi_old: each rollout's completion log-probs [L_i] under the policy that sampled, without
+    gradient, keyed by id(rollout)."""
+    old = {}
+    ordered = sorted(rollouts, key=lambda x: len(x.prompt_ids) + len(x.completion_ids))
+    with torch.no_grad():
+        for i in range(0, len(ordered), micro_batch):
+            chunk = ordered[i:i + micro_batch]
+            logp, _ = logprobs(chunk)
+            for row, x in zip(logp, chunk):
+                old[id(x)] = row[: len(x.completion_ids)]
+    return old
+
+
+def stack_padded(rows: list, like):
+    """Rows of different lengths as one tensor shaped and placed like `like` ([n, L]), zero-padded."""
+    out = torch.zeros_like(like)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
 
 
 def step_metrics(r: Recipe, groups: list[list[Rollout]], kept: list[list[Rollout]], outcomes: list,
@@ -351,6 +383,8 @@ def step_metrics(r: Recipe, groups: list[list[Rollout]], kept: list[list[Rollout
         mixed_frac=sum(0 < c < G for c in correct) / n_groups,
         golden_injections=outcomes.count("injected"), golden_too_long=outcomes.count("too_long"),
         golden_logp_mean=stats["golden_logp_mean"], clip_frac=stats["clip_frac"],
+        ratio_mean=stats["ratio_mean"], ratio_min=stats["ratio_min"], ratio_max=stats["ratio_max"],
+        optimizer_updates=stats["optimizer_updates"],
         completion_tokens_mean=timing["tokens"] / n, truncation_rate=sum(x.truncated for x in sampled) / n,
         grad_norm=stats["grad_norm"], loss=stats["loss"], lr=lr, gen_s=timing["gen_s"],
         score_s=timing["score_s"], update_s=timing["update_s"],

@@ -11,7 +11,7 @@ from gcpo_cli.store import open_db
 PACKAGE = Path(__file__).resolve().parents[1] / "gcpo_cli"
 V0_1 = Path(__file__).resolve().parent / "data" / "v0.1"  # made by gcpo 0.1 (see its make.sh)
 
-# What migrations m001-m003 produce: every table's columns, in order, with their types.
+# What migrations m001-m004 produce: every table's columns, in order, with their types.
 SCHEMA = {
     "problems": "id TEXT, text TEXT, answer TEXT, metadata_json TEXT, created_at TEXT",
     "problem_sets": "id INTEGER, name TEXT, description TEXT, created_at TEXT",
@@ -26,7 +26,8 @@ SCHEMA = {
     "steps": "id INTEGER, run_id TEXT, step INTEGER, reward_mean REAL, all_wrong_frac REAL, all_correct_frac REAL, "
              "mixed_frac REAL, golden_injections REAL, golden_too_long REAL, golden_logp_mean REAL, clip_frac REAL, "
              "completion_tokens_mean REAL, truncation_rate REAL, grad_norm REAL, loss REAL, lr REAL, gen_s REAL, "
-             "score_s REAL, update_s REAL, tokens_per_s REAL, metrics_json TEXT, created_at TEXT",
+             "score_s REAL, update_s REAL, tokens_per_s REAL, metrics_json TEXT, created_at TEXT, ratio_mean REAL, "
+             "ratio_min REAL, ratio_max REAL, optimizer_updates REAL",
     "rollouts": "id INTEGER, run_id TEXT, step INTEGER, problem_id TEXT, sample_index INTEGER, completion TEXT, "
                 "extracted_answer TEXT, reward REAL, correct INTEGER, completion_tokens INTEGER, truncated INTEGER, "
                 "is_golden INTEGER, advantage REAL, seq_ratio REAL",

@@ -138,3 +138,65 @@ def test_chunked_head_logprobs_match_and_backprop_like_the_full_computation():
     (g_chunked,) = torch.autograd.grad(chunked.sum(), hidden)
     assert torch.allclose(full, chunked, atol=1e-6) and torch.allclose(g_full, g_chunked, atol=1e-6)
     assert torch.allclose(full, token_logprobs(head(hidden), targets), atol=1e-6)
+
+
+def test_clip_removes_exactly_the_gradient_of_sequences_outside_the_range_on_the_advantage_side():
+    """GSPO-scale clip [1-3e-4, 1+4e-4]: a sequence whose ratio left the range in the direction
+    its advantage pushes contributes no gradient; every other sequence does."""
+    eps_low, eps_high = 3e-4, 4e-4
+    # sequence log-ratios (one token each): above, above, below, below, inside
+    shift = torch.tensor([[1e-3], [1e-3], [-1e-3], [-1e-3], [1e-4]])
+    adv = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0])
+    old = torch.full((5, 1), -1.0)
+    logp = (old + shift).requires_grad_(True)
+    parts = policy_loss(logp, old, torch.ones(5, 1), adv, ratio_level="sequence", loss_agg="sequence",
+                        eps_low=eps_low, eps_high=eps_high, denom=5)
+    (g,) = torch.autograd.grad(parts.loss, logp)
+    zero = g[:, 0].abs() < 1e-12
+    assert zero.tolist() == [True, False, True, False, False]
+    assert parts.clipped == 2 and parts.clip_units == 5
+    # the others keep the unclipped gradient -A_i * s_i / N
+    ratio = torch.exp(shift[:, 0])
+    assert g[[1, 3, 4], 0].tolist() == pytest.approx((-adv * ratio / 5)[[1, 3, 4]].tolist(), rel=1e-5)
+
+
+def test_sequence_sum_ratio_stays_finite_after_a_large_update():
+    logp = torch.zeros(1, 3000)
+    old = torch.full((1, 3000), -0.5)  # a sum of log-ratios of 1500: exp() is inf unclamped
+    lr = log_ratio(logp, old, torch.ones(1, 3000), "sequence_sum")
+    assert torch.isfinite(torch.exp(lr)).all()
+    parts = policy_loss(logp, old, torch.ones(1, 3000), torch.tensor([1.0]), ratio_level="sequence_sum",
+                        loss_agg="sequence", eps_low=0.2, eps_high=0.2, denom=1)
+    assert torch.isfinite(parts.loss)
+
+
+def test_luffy_weighting_against_plain_is_gamma_p_over_p_plus_gamma_squared():
+    """Per token, LUFFY's gradient is gamma*p/(p+gamma)^2 times plain's: at most 1/4, at p = gamma."""
+    from gcpo_cli.loss import LUFFY_GAMMA
+
+    p = torch.tensor([[0.01, 0.1, 0.5, 0.9]])
+    grads = {}
+    for weighting in ("plain", "luffy"):
+        logp = torch.log(p).requires_grad_(True)
+        parts = policy_loss(logp, logp.detach(), torch.ones(1, 4), torch.tensor([1.0]), ratio_level="token",
+                            loss_agg="token_sum", eps_low=0.2, eps_high=0.2, denom=1,
+                            golden=torch.tensor([True]), golden_weighting=weighting)
+        (grads[weighting],) = torch.autograd.grad(parts.loss, logp)
+    ratio = grads["luffy"] / grads["plain"]
+    want = LUFFY_GAMMA * p / (p + LUFFY_GAMMA) ** 2
+    assert ratio[0].tolist() == pytest.approx(want[0].tolist(), rel=1e-5)
+    assert float(ratio.max()) <= 0.25 + 1e-6
+
+
+def test_logprobs_are_at_the_sampling_temperature():
+    from gcpo_cli.loss import head_logprobs
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 13, bias=False)
+    hidden = torch.randn(2, 4, 8)
+    targets = torch.randint(0, 13, (2, 4))
+    want = torch.log_softmax(head(hidden) / 0.6, -1).gather(-1, targets[..., None]).squeeze(-1)
+    assert torch.allclose(head_logprobs(hidden, head, targets, temperature=0.6), want, atol=1e-6)
+    chunked = head_logprobs(hidden, head, targets, temperature=0.6, max_elements=13 * 3)
+    assert torch.allclose(chunked, want, atol=1e-6)
+    assert not torch.allclose(head_logprobs(hidden, head, targets), want, atol=1e-3)

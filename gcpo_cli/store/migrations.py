@@ -230,3 +230,11 @@ def m003_one_name_per_concept(db: Database) -> None:
     _rename_json_keys(db, "runs", "recipe_json", _M003_RECIPE_KEYS)
     _rename_json_keys(db, "steps", "metrics_json", _M003_STEP_KEYS)
     _rename_json_keys(db, "evaluations", "metrics_json", _M003_EVAL_KEYS)
+
+
+@migrations()
+def m004_ratio_and_updates(db: Database) -> None:
+    # The PPO schedule (issue 9): per step, the sequence ratios seen by the updates and how many
+    # optimiser updates ran.
+    for column in ("ratio_mean", "ratio_min", "ratio_max", "optimizer_updates"):
+        db.execute(f"ALTER TABLE steps ADD COLUMN [{column}] REAL")

@@ -8,11 +8,12 @@ from sqlite_utils import Database
 from .db import dumps, new_id, utcnow, write
 
 # The per-step metrics that have a column of their own in `steps` (the rest of a step's metrics
-# go into its metrics_json). Named as in the schema (migrations m001, m003).
+# go into its metrics_json). Named as in the schema (migrations m001, m003, m004).
 STEP_COLUMNS = (
     "reward_mean", "all_wrong_frac", "all_correct_frac", "mixed_frac", "golden_injections",
     "golden_too_long", "golden_logp_mean", "clip_frac", "completion_tokens_mean", "truncation_rate",
     "grad_norm", "loss", "lr", "gen_s", "score_s", "update_s", "tokens_per_s",
+    "ratio_mean", "ratio_min", "ratio_max", "optimizer_updates",
 )
 ROLLOUT_COLUMNS = (
     "problem_id", "sample_index", "completion", "extracted_answer", "reward", "correct",
@@ -89,8 +90,9 @@ def list_runs(db: Database, limit: int = 20) -> list[dict]:
     return runs
 
 
-def pass_rates(db: Database, run_id: str, window: int) -> dict[str, tuple[int, int]]:
-    """problem_id -> (correct, attempts) over its last `window` non-golden rollouts in the run."""
+def pass_rates(db: Database, run_id: str, window: int) -> dict[str, tuple[int, int, int]]:
+    """problem_id -> (correct, attempts, injections): correct among its last `window` sampled
+    (non-golden) rollouts in the run, and how often a golden answer was injected for it."""
     rows = db.execute(
         """
         SELECT problem_id, SUM(correct), COUNT(*) FROM (
@@ -101,4 +103,6 @@ def pass_rates(db: Database, run_id: str, window: int) -> dict[str, tuple[int, i
         """,
         [run_id, window],
     ).fetchall()
-    return {pid: (int(c), int(n)) for pid, c, n in rows}
+    injected = dict(db.execute("SELECT problem_id, COUNT(*) FROM rollouts WHERE run_id = ? AND is_golden = 1"
+                               " GROUP BY problem_id", [run_id]).fetchall())
+    return {pid: (int(c), int(n), int(injected.get(pid, 0))) for pid, c, n in rows}

@@ -1,0 +1,162 @@
+"""GCPO as the algorithm doc builds it (issue 9), on the tiny model: the PPO schedule makes the
+sequence ratio and its clip act, log-probs are at the sampling temperature, and each baseline's
+denominator is its own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gcpo_cli import curriculum
+from gcpo_cli import recipe as recipes
+from gcpo_cli import train as training
+from gcpo_cli.model import autocast_context, build_tiny, completion_logprobs
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> str:
+    return str(build_tiny(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+def setup(db, tiny_dir, *overrides):
+    r = recipes.load("tiny", [f"model.name={tiny_dir}", "model.autocast=none", "model.sampler_dtype=float32",
+                              *overrides])
+    return training.setup(db, r, None, None, None, training.NullDisplay())
+
+
+TEXTS = ["1 + 1 = 2, so \\boxed{2}", "I think it is 7", "\\boxed{5}", "no idea at all, none"]
+
+
+def batch(ctx, advantages):
+    """Two groups of four rollouts with the given advantages (the same texts in each group)."""
+    out = []
+    for g, p in enumerate(ctx.pool[:2]):
+        prompt = training.prompt(ctx, p["id"])[1]
+        for j, text in enumerate(TEXTS):
+            ids = ctx.tok(text, add_special_tokens=False).input_ids + [ctx.tok.eos_token_id]
+            out.append(training.Rollout(problem_id=p["id"], sample_index=j, prompt_ids=prompt, completion_ids=ids,
+                                        completion=text, extracted_answer=None, truncated=False,
+                                        advantage=advantages[g * 4 + j]))
+    return out
+
+
+def lora(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
+
+
+def grads(model):
+    return {k: v.grad.detach().clone() for k, v in model.named_parameters() if "lora_" in k and v.grad is not None}
+
+
+ADV = [1.5, -0.5, -0.5, -0.5, 1.0, 1.0, -1.0, -1.0]
+
+
+def test_one_update_is_the_on_policy_gradient_at_the_sampling_temperature(db, tiny_dir):
+    """mini_batches = ppo_epochs = 1: the gradient is -(1/N) sum_i A_i grad mean_t log pi_T(y_t),
+    with pi_T the policy at the sampling temperature, computed here by hand."""
+    ctx = setup(db, tiny_dir, "temperature=0.6", "max_grad_norm=1e9", "lr=1e-12")
+    rollouts = batch(ctx, ADV)
+    stats = training.update(ctx.model, ctx.tok, ctx.optimizer, rollouts, ctx.recipe, training.StopFlag())
+    got = grads(ctx.model)
+    assert stats["optimizer_updates"] == 1 and stats["ratio_min"] == stats["ratio_max"] == 1.0
+    assert stats["loss"] == pytest.approx(-sum(ADV) / 8, abs=1e-6)  # s_i = 1: L = -(1/N) sum A_i
+    ctx.optimizer.zero_grad(set_to_none=True)
+    logits = []
+    for x in rollouts:  # the plain way: full sequence, logits / T, log-softmax, gather
+        ids = torch.tensor([x.prompt_ids + x.completion_ids])
+        out = ctx.model(input_ids=ids).logits[0, len(x.prompt_ids) - 1:-1] / 0.6
+        lp = torch.log_softmax(out.float(), -1).gather(-1, torch.tensor(x.completion_ids)[:, None])
+        logits.append(lp.mean())
+    (-(torch.tensor(ADV) * torch.stack(logits)).sum() / 8).backward()
+    want = grads(ctx.model)
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.allclose(got[k], want[k], atol=1e-6, rtol=1e-4), k
+    # and at T = 1 the gradient is another one: the temperature is really applied
+    with torch.no_grad():
+        t1, _ = completion_logprobs(ctx.model, ctx.tok, [rollouts[0].prompt_ids], [rollouts[0].completion_ids])
+        t06, _ = completion_logprobs(ctx.model, ctx.tok, [rollouts[0].prompt_ids], [rollouts[0].completion_ids],
+                                     temperature=0.6)
+    assert not torch.allclose(t1, t06, atol=1e-3)
+
+
+def test_mini_batches_make_the_ratio_move_after_the_first_update(db, tiny_dir):
+    ctx = setup(db, tiny_dir, "mini_batches=2", "lr=5e-2", "eps_low=0.2", "eps_high=0.2")
+    rollouts = batch(ctx, ADV)
+    stats = training.update(ctx.model, ctx.tok, ctx.optimizer, rollouts, ctx.recipe, training.StopFlag())
+    assert stats["optimizer_updates"] == 2
+    first, second = rollouts[:4], rollouts[4:]
+    assert all(abs(x.seq_ratio - 1) < 1e-5 for x in first)  # pi_old is the policy before any update
+    assert all(abs(x.seq_ratio - 1) > 1e-4 for x in second)  # the first update moved the policy
+    assert stats["ratio_max"] > stats["ratio_min"]
+
+
+def test_ppo_epochs_pass_over_the_batch_again_and_the_gspo_clip_acts(db, tiny_dir):
+    ctx = setup(db, tiny_dir, "ppo_epochs=3", "lr=5e-2")  # gcpo: sequence ratio, clip 3e-4 / 4e-4
+    stats = training.update(ctx.model, ctx.tok, ctx.optimizer, batch(ctx, ADV), ctx.recipe, training.StopFlag())
+    assert stats["optimizer_updates"] == 3
+    assert stats["clip_frac"] > 0  # once the policy moved, sequences leave the narrow range
+
+
+def test_token_and_sequence_ratios_differ_once_the_policy_moves(db, tiny_dir):
+    after = {}
+    for level in ("sequence", "token"):
+        for mini_batches in (1, 2):
+            ctx = setup(db, tiny_dir, f"ratio_level={level}", f"mini_batches={mini_batches}", "lr=5e-2",
+                        "eps_low=0.2", "eps_high=0.2")
+            training.update(ctx.model, ctx.tok, ctx.optimizer, batch(ctx, ADV), ctx.recipe, training.StopFlag())
+            after[level, mini_batches] = lora(ctx.model)
+    same = all(torch.allclose(after["sequence", 1][k], after["token", 1][k], atol=1e-6) for k in after["token", 1])
+    assert same  # on-policy (one update) the two are the same gradient
+    differ = any(not torch.allclose(after["sequence", 2][k], after["token", 2][k], atol=1e-6)
+                 for k in after["token", 2])
+    assert differ
+
+
+def test_grpo_counts_zero_variance_groups_in_its_denominator(db, tiny_dir):
+    """GRPO (zero_variance: keep) divides by every kept sequence, a zero-advantage group
+    included: its gradient is half of the same batch without that group."""
+    got = {}
+    for keep in (False, True):
+        ctx = setup(db, tiny_dir, "algorithm=grpo", "max_grad_norm=1e9", "lr=1e-12")
+        rollouts = batch(ctx, ADV[:4] + [0.0] * 4)
+        kept = rollouts if keep else rollouts[:4]
+        training.update(ctx.model, ctx.tok, ctx.optimizer, kept, ctx.recipe, training.StopFlag())
+        got[keep] = grads(ctx.model)
+    for k in got[False]:
+        assert torch.allclose(got[True][k], got[False][k] / 2, atol=1e-7, rtol=1e-4)
+
+
+def test_dapo_sums_tokens_over_the_batch_after_overlong_shaping(db, tiny_dir):
+    ctx = setup(db, tiny_dir, "algorithm=dapo", "max_new_tokens=40", "overlong_buffer=20")
+    rollouts = batch(ctx, [0.0] * 8)
+    for x, reward in zip(rollouts, [1, 0, 0, 1, 0, 0, 0, 0]):
+        x.reward = float(reward)
+        x.correct = bool(reward)
+    lengths = [len(x.completion_ids) for x in rollouts]
+    assert max(lengths) > 40 - 20  # some completions fall into the overlong buffer
+    kept = training.assign_advantages(ctx, [rollouts[:4], rollouts[4:]])
+    assert len(kept) == 2  # shaping gave the all-wrong group variance by length
+    shaped = [x.reward for x in rollouts]
+    assert shaped != [1, 0, 0, 1, 0, 0, 0, 0] and all(r <= 1 for r in shaped)
+    flat = [x for g in kept for x in g]
+    stats = training.update(ctx.model, ctx.tok, ctx.optimizer, flat, ctx.recipe, training.StopFlag())
+    # on-policy token ratios are 1: each token's objective is its sequence's advantage
+    want = -sum(x.advantage * len(x.completion_ids) for x in flat) / sum(lengths)
+    assert stats["loss"] == pytest.approx(want, abs=1e-5)
+
+
+def test_frontier_keeps_all_wrong_problems_with_a_golden_answer_until_hopeless():
+    w = curriculum.frontier_weight
+    assert w(0, 8, injections=1, golden=True) == curriculum.GOLDEN > w(0, 8, injections=1, golden=False)
+    assert w(0, 8, injections=4, golden=True, hopeless_after=4) == w(0, 8) == curriculum.FLOOR
+    assert w(4, 8, golden=True) == w(4, 8)  # a mixed problem weighs as before
+    ids = [f"p{i}" for i in range(20)]
+    rates = {pid: (0, 8, 1) for pid in ids}  # all seen, all wrong once, one injection each
+
+    def share(golden):  # how often p3 and p7 are drawn over 100 steps of 2 problems
+        picks = [pid for step in range(100) for pid in curriculum.frontier(rates, ids, step, 2, 0, golden=golden)]
+        return (picks.count("p3") + picks.count("p7")) / len(picks)
+
+    assert share(set()) < 0.2  # without golden answers they are as hopeless as the rest (2 of 20)
+    assert share({"p3", "p7"}) > 0.3
