@@ -197,7 +197,15 @@ def export_cmd(
     from .model import load_adapter, load_base
     from .recipe import ModelConfig
 
-    base, tok, _ = load_base(ModelConfig(name=row["model"]), device="cpu")
+    trained = (store.loads(row["recipe_json"]) or {}).get("model") or {}
+    dtype = trained.get("dtype", "float32")
+    if trained.get("quant", "none") != "none":
+        # A merged model cannot stay 4-bit: the base is loaded unquantised in the compute dtype.
+        err_console.print(f"note: run {row['id']} trained on a {trained['quant']} base; the merged model is "
+                          f"a dequantised {dtype} copy, close to but not bit-identical with the policy "
+                          "that trained (export without --merge keeps the adapter for the nf4 base)",
+                          highlight=False)
+    base, tok, _ = load_base(ModelConfig(name=row["model"], dtype=dtype), device="cpu")
     merged = load_adapter(base, src).merge_and_unload()
     merged.save_pretrained(out)
     tok.save_pretrained(out)

@@ -215,14 +215,26 @@ def load_base(model_cfg, device: str | None = None):
 
 def prepare_base(model, model_cfg):
     """What a base needs before an adapter goes on it, for a fresh run and a resumed one alike:
-    the k-bit preparation (fp32 norms, input grads) and gradient checkpointing."""
+    the k-bit preparation (input grads, gradient checkpointing) for nf4, else checkpointing.
+
+    peft's k-bit preparation upcasts every unquantised weight (embeddings, norms, the LM head)
+    to fp32. With a bf16 compute dtype that makes the whole residual stream, and so the KV cache
+    of every rollout, fp32: twice the memory where it is largest (3k-token completions), and
+    the embeddings and head of a 152k vocabulary twice as large. They go back to bf16 here; the
+    LoRA weights (added later) stay fp32 and the loss is taken in fp32 (loss.token_logprobs)."""
+    import torch
     from peft import prepare_model_for_kbit_training
 
     kwargs = {"use_reentrant": False}
     if model_cfg.quant == "nf4":
-        return prepare_model_for_kbit_training(
+        model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=model_cfg.gradient_checkpointing,
             gradient_checkpointing_kwargs=kwargs)
+        if model_cfg.dtype != "float32":
+            for param in model.parameters():
+                if param.dtype == torch.float32 and param.__class__.__name__ != "Params4bit":
+                    param.data = param.data.to(_dtype(model_cfg.dtype))
+        return model
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.enable_input_require_grads()

@@ -153,6 +153,13 @@ def test_nf4_base_with_bf16_compute_and_gradient_checkpointing_trains_lora_on_cp
                                          "model.gradient_checkpointing=true", "model.autocast=bfloat16",
                                          "mini_batches=2", "lr=5e-3"), None, None, None, training.NullDisplay())
     assert ctx.model.is_gradient_checkpointing
+    # no fp32 residual stream under a bf16 compute dtype: only the LoRA weights stay fp32
+    fp32 = [k for k, v in ctx.model.named_parameters() if v.dtype == torch.float32 and "lora_" not in k]
+    assert fp32 == []
+    prompt = torch.tensor([training.prompt(ctx, ctx.pool[0]["id"])[1]])
+    with torch.no_grad(), autocast_context(ctx.model, "bfloat16")():
+        cache = ctx.model(input_ids=prompt, use_cache=True).past_key_values
+    assert cache.layers[0].keys.dtype == torch.bfloat16  # the rollouts' KV cache is bf16
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in ctx.model.modules())
     lora0 = _lora_state(ctx.model)
     with Grader() as g:
@@ -237,9 +244,18 @@ def test_cli_train_runs_and_export(runner, tiny_dir, tmp_path):
     merged = tmp_path / "merged"
     # the run as a positional argument: the old spelling, still accepted for a release
     assert runner.invoke(app, ["export", summary["run_id"], "--merge", "--out", str(merged)]).exit_code == 0
-    from transformers import AutoModelForCausalLM
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert AutoModelForCausalLM.from_pretrained(merged) is not None
+    # the merged model is the policy that trained: greedy outputs match base + adapter
+    merged_model = AutoModelForCausalLM.from_pretrained(merged)
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), str(out))
+    tok = AutoTokenizer.from_pretrained(merged)
+    ids = tok("What is 2 + 3?", return_tensors="pt").input_ids
+    kw = dict(max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert torch.equal(merged_model.generate(ids, **kw), adapted.generate(ids, **kw))
+    base_sd = AutoModelForCausalLM.from_pretrained(tiny_dir).state_dict()
+    assert any(not torch.equal(v, base_sd[k]) for k, v in merged_model.state_dict().items())  # LoRA was merged
     bad = runner.invoke(app, ["export", "--run", "zzzz", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "unknown run 'zzzz'" in bad.output
     missing = runner.invoke(app, ["train", "--recipe", "tiny", "--set", "nope"])
