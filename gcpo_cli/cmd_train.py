@@ -144,10 +144,17 @@ def runs_cmd(
 ) -> None:
     """List training runs: id, recipe, model, status, steps and the reward trend.
 
+    Status: running (a process is training it now), completed, interrupted (Ctrl-C or SIGTERM;
+    resumable), failed (an error; see --json), died (it was running when its process was killed:
+    resume it with gcpo train --resume RUN).
+
     Example:
       gcpo runs --json
     """
     runs = store.list_runs(store.open_db(db), limit)
+    for r in runs:  # marked running, but no process holds its lock: it died (kill -9, power loss)
+        if r["status"] == "running" and not checkpoints.is_live(r["out_dir"]):
+            r["status"] = "died"
     if as_json:
         print_json(runs)
         return

@@ -87,6 +87,7 @@ class Context:
     stale: bool = True  # the policy changed since the sampler last merged its weights
     by_id: dict = field(default_factory=dict)
     prompts: dict = field(default_factory=dict)  # problem id -> (prompt text, prompt ids)
+    lock: object = None  # the run's lock file (checkpoints.lock), held while this process trains it
 
 
 class Abandon(Exception):
@@ -100,7 +101,15 @@ def train(db, recipe: Recipe | None = None, *, resume_run: str | None = None, st
     """Run (or resume) a training run to its last step. Returns a summary with the run id."""
     display = display or NullDisplay()
     ctx = setup(db, recipe, resume_run, steps, save_every, display)
-    r = ctx.recipe
+    try:
+        return run_steps(ctx, display)
+    finally:
+        ctx.lock.close()  # releases the run's lock
+
+
+def run_steps(ctx: Context, display) -> dict:
+    """The held-out evaluation before, every step, checkpoints, the evaluation after."""
+    db, r = ctx.db, ctx.recipe
     summary: dict = dict(run_id=ctx.run_id, recipe=r.name, algorithm=r.algorithm, set_name=ctx.set_name)
     if ctx.start_step == 0 and ctx.holdout:
         display.message(f"evaluating {len(ctx.holdout)} held-out problems before training")
@@ -431,9 +440,13 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
     run, start = None, 0
     if resume_run:
         run = store.resolve_run(db, resume_run)
+        run_lock = checkpoints.lock(checkpoints.run_folder(run), run["id"])  # a live run is left alone
+        start = int(run["checkpoint_step"] or 0)
+        if steps is not None and steps <= start:
+            raise GcpoError(f"run {run['id']} has done {start} steps (checkpoint {start}); --steps must be more")
         overrides = {k: v for k, v in dict(steps=steps, save_every=save_every).items() if v is not None}
         recipe = from_dict({**store.loads(run["recipe_json"]), **overrides})
-        set_name, start = run["set_name"], int(run["checkpoint_step"] or 0)
+        set_name = run["set_name"]
     else:
         set_name = recipe.set_name or default_set(db, recipe)
     torch.set_num_threads(recipe.threads or os.cpu_count() or 1)
@@ -449,7 +462,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
     prepare_for_update(model, recipe.model, autocast_enabled(model, recipe.model.autocast))
     model = prepare_base(model, recipe.model)
     if start:
-        model = load_adapter(model, checkpoints.adapter(run["out_dir"], start), trainable=True)
+        model = load_adapter(model, checkpoints.adapter(checkpoints.run_folder(run), start), trainable=True)
     else:
         model = add_lora(model, recipe.lora)
     model.train()  # from_pretrained leaves eval mode: no gradient checkpointing, no LoRA dropout
@@ -460,7 +473,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=recipe.warmup_steps,
                               num_training_steps=recipe.steps)
     if start:
-        state = checkpoints.load_trainer_state(run["out_dir"], start)
+        state = checkpoints.load_trainer_state(checkpoints.run_folder(run), start)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     if run:
@@ -471,10 +484,11 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
     else:
         run_id = store.new_id()
         out_dir = str(paths.run_dir(run_id))
+        run_lock = checkpoints.lock(out_dir, run_id)
         store.create_run(db, recipe=to_dict(recipe), set_name=set_name, out_dir=out_dir, run_id=run_id)
     return Context(db=db, run_id=run_id, set_name=set_name, out_dir=out_dir, recipe=recipe, model=model, tok=tok,
                    optimizer=optimizer, scheduler=scheduler, pool=pool, holdout=holdout, start_step=start,
-                   sampler=sampler, by_id={p["id"]: p for p in problems})
+                   sampler=sampler, by_id={p["id"]: p for p in problems}, lock=run_lock)
 
 
 def load_problems(db, set_ref: str) -> tuple[str, list[dict]]:
@@ -503,10 +517,11 @@ def evaluate_holdout(ctx: Context, step: int) -> dict | None:
 
 @dataclass
 class StopFlag:
-    """First Ctrl-C: finish or abandon the current step cleanly. Second: stop at once."""
+    """First Ctrl-C (or SIGTERM, as a scheduler or `kill` sends): finish or abandon the current
+    step cleanly, save, mark the run interrupted. Second: stop at once."""
 
     requested: bool = False
-    _previous: object = None
+    _previous: dict = field(default_factory=dict)
 
     def __enter__(self):
         def handler(signum, frame):
@@ -514,15 +529,16 @@ class StopFlag:
                 raise KeyboardInterrupt
             self.requested = True
 
-        try:
-            self._previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread (tests): Ctrl-C handling stays default
-            self._previous = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread (tests): signal handling stays default
+                pass
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
     def check(self):
         if self.requested:

@@ -338,6 +338,16 @@ def test_kill_9_leaves_no_partial_step_and_resume_continues(tiny_dir, gcpo_home,
                     continue
                 if done >= 3:
                     break
+        # while it trains: listed as running, and a resume of it is refused, touching nothing
+        listed = subprocess.run([sys.executable, "-m", "gcpo_cli", "runs", "--db", str(db_path), "--json"],
+                                env=env, capture_output=True, text=True)
+        assert json.loads(listed.stdout)[0]["status"] == "running"
+        live_id = json.loads(listed.stdout)[0]["id"]
+        refused = subprocess.run([sys.executable, "-m", "gcpo_cli", "train", "--resume", live_id, "--db",
+                                  str(db_path)], env=env, capture_output=True, text=True)
+        assert refused.returncode == 1 and "is being trained right now" in refused.stderr
+        assert f"pid\": {proc.pid}" in refused.stderr and "Traceback" not in refused.stderr
+        assert proc.poll() is None  # the live run goes on
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
@@ -349,6 +359,12 @@ def test_kill_9_leaves_no_partial_step_and_resume_continues(tiny_dir, gcpo_home,
     assert steps == list(range(1, last + 1))
     assert all(per_step[s] == 2 * 4 for s in steps)  # whole steps only: B x G rollouts each
     assert ckpt >= last - 2
+    listed = subprocess.run([sys.executable, "-m", "gcpo_cli", "runs", "--db", str(db_path), "--json"],
+                            env=env, capture_output=True, text=True)
+    assert json.loads(listed.stdout)[0]["status"] == "died"  # marked running, nobody holds it
+    too_few = subprocess.run([sys.executable, "-m", "gcpo_cli", "train", "--resume", run_id, "--steps", str(ckpt),
+                              "--db", str(db_path)], env=env, capture_output=True, text=True)
+    assert too_few.returncode == 1 and "--steps must be more" in too_few.stderr
     resumed = subprocess.run([sys.executable, "-m", "gcpo_cli", "train", "--resume", run_id, "--steps",
                               str(last + 1), "--db", str(db_path), "--json"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr

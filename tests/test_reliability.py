@@ -1,0 +1,93 @@
+"""Hostile input and hard stops (issue 10): checkpoints that would run code, run folders a
+database points elsewhere, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gcpo_cli import recipe as recipes
+from gcpo_cli import train as training
+from gcpo_cli.cli import app
+from gcpo_cli.errors import GcpoError
+from gcpo_cli.model import build_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> str:
+    return str(build_tiny(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+class Payload:
+    """Unpickling this runs code: it creates the file named `path`."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def _trained(db, tiny_dir) -> dict:
+    return training.train(db, recipes.load("tiny", [f"model.name={tiny_dir}", "steps=1"]))
+
+
+def test_a_malicious_trainer_state_is_refused_and_runs_nothing(db, tiny_dir, tmp_path, runner):
+    summary = _trained(db, tiny_dir)
+    state = Path(summary["out_dir"]) / "checkpoints" / "step-1" / "trainer_state.pt"
+    marker = tmp_path / "pwned"
+    torch.save({"optimizer": Payload(str(marker)), "scheduler": {}, "step": 1}, state)
+    r = runner.invoke(app, ["train", "--resume", summary["run_id"], "--steps", "2"])
+    assert r.exit_code == 1 and "not a trainer state gcpo wrote" in r.output and "Traceback" not in r.output
+    assert not marker.exists()
+    run = db["runs"].get(summary["run_id"])
+    assert run["status"] == "completed" and run["last_step"] == 1  # nothing changed
+
+
+def test_a_run_folder_outside_gcpo_home_is_not_followed(db, tiny_dir, tmp_path, runner):
+    summary = _trained(db, tiny_dir)
+    elsewhere = tmp_path / "elsewhere"
+    os.rename(summary["out_dir"], elsewhere)
+    with db.conn:
+        db.execute("UPDATE runs SET out_dir = ? WHERE id = ?", [str(elsewhere), summary["run_id"]])
+    for args in (["train", "--resume", summary["run_id"], "--steps", "2"],
+                 ["export", "--run", summary["run_id"], "--out", str(tmp_path / "x")],
+                 ["eval", "--run", summary["run_id"], "--set", "arithmetic-l1-24", "--limit", "1"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1 and "outside GCPO_HOME" in r.output and "Traceback" not in r.output, args
+    with pytest.raises(GcpoError, match="outside GCPO_HOME"):
+        training.train(db, resume_run=summary["run_id"], steps=2)
+
+
+def test_sigterm_finishes_like_ctrl_c_saves_and_marks_the_run_interrupted(tiny_dir, gcpo_home, tmp_path):
+    db_path = tmp_path / "term.db"
+    env = {**os.environ, "GCPO_HOME": str(gcpo_home)}
+    proc = subprocess.Popen([sys.executable, "-m", "gcpo_cli", "train", "--recipe", "tiny", "--model", tiny_dir,
+                             "--steps", "200", "--save-every", "50", "-o", "max_new_tokens=8", "--db", str(db_path),
+                             "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            with sqlite3.connect(db_path) as c:
+                if (c.execute("SELECT MAX(step) FROM steps").fetchone()[0] or 0) >= 2:
+                    break
+        except sqlite3.OperationalError:
+            continue
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    summary = json.loads(out[out.index("{"):])
+    assert summary["status"] == "interrupted" and summary["checkpoint_step"] == summary["last_step"] >= 2
+    with sqlite3.connect(db_path) as c:
+        status, ckpt = c.execute("SELECT status, checkpoint_step FROM runs").fetchone()
+    assert status == "interrupted" and ckpt == summary["last_step"]
