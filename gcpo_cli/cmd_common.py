@@ -34,7 +34,7 @@ class _App(typer.Typer):
                     return fn(*a, **kw)
                 except GcpoError as e:
                     # escape: messages quote user input, which may hold [brackets]
-                    err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+                    err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
                     raise typer.Exit(1)
 
             register(wrapper)

@@ -91,3 +91,49 @@ def test_sigterm_finishes_like_ctrl_c_saves_and_marks_the_run_interrupted(tiny_d
     with sqlite3.connect(db_path) as c:
         status, ckpt = c.execute("SELECT status, checkpoint_step FROM runs").fetchone()
     assert status == "interrupted" and ckpt == summary["last_step"]
+
+
+def test_concurrent_writers_wait_their_turn_and_nothing_is_lost(tiny_dir, gcpo_home, tmp_path):
+    """Two trainings, two ingests and an evaluation on one database at once, as real processes:
+    every write transaction takes the lock up front (BEGIN IMMEDIATE) and waits for it."""
+    db_path = tmp_path / "shared.db"
+    env = {**os.environ, "GCPO_HOME": str(gcpo_home)}
+    gcpo = [sys.executable, "-m", "gcpo_cli"]
+    first = subprocess.run(gcpo + ["ingest", "synthetic:arithmetic", "--set", "sums", "--count", "24", "--levels",
+                                   "1", "--db", str(db_path)], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    procs = [subprocess.Popen(gcpo + ["train", "--recipe", "tiny", "--model", tiny_dir, "--set", "sums", "--steps",
+                                      "3", "-o", "max_new_tokens=8", f"-o", f"seed={seed}", "--db", str(db_path),
+                                      "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in (1, 2)]
+    time.sleep(3)
+    procs += [subprocess.Popen(gcpo + ["ingest", "synthetic:arithmetic", "--set", name, "--count", "300", "--seed",
+                                       str(seed), "--db", str(db_path)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for seed, name in ((5, "more-a"), (6, "more-b"))]
+    procs.append(subprocess.Popen(gcpo + ["eval", "--model", "golden", "--set", "sums", "--db", str(db_path), "--json"],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-1500:]
+    with sqlite3.connect(db_path) as c:
+        runs = c.execute("SELECT status, last_step FROM runs").fetchall()
+        steps = c.execute("SELECT run_id, COUNT(*) FROM steps GROUP BY run_id").fetchall()
+        sets = dict(c.execute("SELECT s.name, COUNT(*) FROM problem_sets s JOIN set_problems sp ON sp.set_id = s.id"
+                              " GROUP BY s.name"))
+        evaluations = c.execute("SELECT status FROM evaluations").fetchall()
+        integrity = c.execute("PRAGMA integrity_check").fetchone()[0]
+    assert runs == [("completed", 3)] * 2 and [n for _, n in steps] == [3, 3]
+    assert sets["more-a"] == 300 and sets["more-b"] == 300 and sets["sums"] == 24
+    assert evaluations == [("completed",)] and integrity == "ok"
+
+
+def test_a_database_from_a_newer_gcpo_is_refused(runner, tmp_path):
+    from gcpo_cli.store import open_db
+
+    path = tmp_path / "new.db"
+    db = open_db(path)
+    with db.conn:
+        db.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES ('gcpo', 'm999_x', '')")
+    db.close()
+    r = runner.invoke(app, ["sets", "--db", str(path)])
+    assert r.exit_code == 1 and "written by a newer gcpo" in r.output and "Traceback" not in r.output

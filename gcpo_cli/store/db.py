@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 from sqlite_utils import Database
 
 from .. import paths
+from ..errors import GcpoError
 from .migrations import migrations
 
 # SQLite binds at most 32,766 parameters (999 before 3.32); 900 stays under both.
@@ -30,7 +31,15 @@ def open_db(path: str | Path | None = None) -> Database:
     db.enable_wal()
     db.conn.execute("PRAGMA foreign_keys = ON")
     db.conn.execute("PRAGMA synchronous = NORMAL")
-    migrations.apply(db)
+    known = {m.name for m in migrations.pending(Database(memory=True))}
+    unknown = [m.name for m in migrations.applied(db) if m.name not in known]
+    if unknown:
+        raise GcpoError(f"{path} was written by a newer gcpo (schema {unknown[-1]}); upgrade gcpo to use it")
+    if migrations.pending(db):
+        # Under the write lock, so that two processes opening a new database do not both apply
+        # m001; the second sees nothing pending once it gets the lock.
+        with write(db):
+            migrations.apply(db)
     return db
 
 
