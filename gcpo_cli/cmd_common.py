@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -32,9 +33,11 @@ class _App(typer.Typer):
             def wrapper(*a, **kw):
                 try:
                     return fn(*a, **kw)
-                except GcpoError as e:
+                except (GcpoError, sqlite3.DatabaseError) as e:
+                    # A database error past opening (read-only file, full disk) is one line too.
+                    why = str(e) if isinstance(e, GcpoError) else f"database: {e}"
                     # escape: messages quote user input, which may hold [brackets]
-                    err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+                    err_console.print(f"[bold red]error:[/] {escape(why)}", highlight=False, soft_wrap=True)
                     raise typer.Exit(1)
 
             register(wrapper)
@@ -70,7 +73,8 @@ def open_for_reading(db_path: Optional[Path]):
     """The database for a read-only command: a mistyped --db is an error, never a new file."""
     path = Path(db_path) if db_path else paths.default_db()
     if not path.exists():
-        raise GcpoError(f"no database at {path} (ingest and train first, or pass --db)")
+        raise GcpoError(f"no database at {path}: nothing ingested or trained there yet "
+                        "(start with gcpo ingest, or pass --db)")
     return store.open_db(path)
 
 

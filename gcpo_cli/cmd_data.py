@@ -12,7 +12,8 @@ from rich.table import Table
 
 from . import ingest as ing
 from . import store
-from .cmd_common import SET_HELP, DbOpt, JsonOpt, console, err_console, make_app, one_of, print_json
+from .cmd_common import (SET_HELP, DbOpt, JsonOpt, console, err_console, make_app, one_of, open_for_reading,
+                         print_json)
 from .errors import GcpoError
 
 app = make_app()
@@ -174,7 +175,7 @@ def sets_cmd(json_out: JsonOpt = False, db: DbOpt = None) -> None:
 
     Example: gcpo sets --json
     """
-    database = store.open_db(db)
+    database = open_for_reading(db)
     rows = store.list_sets(database)
     database.close()
     if json_out:
@@ -199,7 +200,7 @@ def sets_cmd(json_out: JsonOpt = False, db: DbOpt = None) -> None:
 def problems_cmd(
     set_name: Annotated[str, typer.Option("--set", "-s", help=SET_HELP, show_default=False)],
     search: Annotated[Optional[str], typer.Option(help="Full-text search in the problem text.")] = None,
-    limit: Annotated[int, typer.Option(help="Most problems to show.", min=1)] = 20,
+    limit: Annotated[int, typer.Option(help="Most problems to show.", min=1, max=1_000_000)] = 20,
     json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
@@ -211,7 +212,7 @@ def problems_cmd(
     """
     if search is not None and not search.strip():
         raise GcpoError("--search needs some words")
-    database = store.open_db(db)
+    database = open_for_reading(db)
     rows = [dict(r, metadata=store.loads(r.pop("metadata_json")) or {})
             for r in store.list_problems(database, set_name, search, limit)]
     database.close()

@@ -12,7 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import checkpoints, store
-from .cmd_common import RUN_HELP, SET_HELP, DbOpt, JsonOpt, console, err_console, make_app, one_of, print_json
+from .cmd_common import (RUN_HELP, SET_HELP, DbOpt, JsonOpt, console, err_console, make_app, one_of,
+                         open_for_reading, print_json)
 from .errors import GcpoError
 from .render import sparkline
 
@@ -138,7 +139,7 @@ def train_cmd(
 
 @app.command("runs")
 def runs_cmd(
-    limit: Annotated[int, typer.Option("--limit", help="Show at most N runs (newest first).")] = 20,
+    limit: Annotated[int, typer.Option("--limit", help="Show at most N runs (newest first).", min=1, max=100_000)] = 20,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -151,7 +152,7 @@ def runs_cmd(
     Example:
       gcpo runs --json
     """
-    runs = store.list_runs(store.open_db(db), limit)
+    runs = store.list_runs(open_for_reading(db), limit)
     for r in runs:  # marked running, but no process holds its lock: it died (kill -9, power loss)
         if r["status"] == "running" and not checkpoints.is_live(r["out_dir"]):
             r["status"] = "died"
@@ -192,14 +193,22 @@ def export_cmd(
     ref = one_of(run, old_run, "--run")
     if ref is None:
         raise GcpoError("name the run to export: --run RUN (see gcpo runs)")
-    row = store.resolve_run(store.open_db(db), ref)
+    row = store.resolve_run(open_for_reading(db), ref)
     step = checkpoints.pick(row, step)
     src = checkpoints.adapter(row["out_dir"], step)
-    if out.exists() and any(out.iterdir()):
-        raise GcpoError(f"{out} exists and is not empty")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise GcpoError(f"{out} exists and is not an empty folder")
+    try:
+        _export(row, step, src, out, merge)
+    except OSError as e:  # a folder that cannot be written, a full disk
+        raise GcpoError(f"cannot write {out}: {e.strerror or e}") from None
+    console.print(f"{'merged model' if merge else 'adapter'} of run {row['id']} step {step} written to {out}",
+                  highlight=False)
+
+
+def _export(row: dict, step: int, src: Path, out: Path, merge: bool) -> None:
     if not merge:
         shutil.copytree(src, out, dirs_exist_ok=True)
-        console.print(f"adapter of run {row['id']} step {step} written to {out}", highlight=False)
         return
     from .model import load_adapter, load_base
     from .recipe import ModelConfig
@@ -216,4 +225,3 @@ def export_cmd(
     merged = load_adapter(base, src).merge_and_unload()
     merged.save_pretrained(out)
     tok.save_pretrained(out)
-    console.print(f"merged model of run {row['id']} step {step} written to {out}", highlight=False)

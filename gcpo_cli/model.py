@@ -252,7 +252,10 @@ def add_lora(model, lora_cfg):
         r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
         target_modules=targets, task_type="CAUSAL_LM", bias="none",
     )
-    return get_peft_model(model, cfg)
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as e:  # target modules the model does not have
+        raise ModelError(f"recipe key 'lora.target_modules': {str(e).splitlines()[0][:200]}") from None
 
 
 class MergedSampler:
@@ -308,7 +311,11 @@ def prepare_for_update(model, model_cfg, autocast_on: bool) -> None:
 def load_adapter(model, adapter_dir: Path, trainable: bool = False):
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    except Exception as e:  # missing or corrupt files: peft and safetensors raise many kinds
+        raise ModelError(f"cannot load the adapter in {adapter_dir}: {str(e).splitlines()[0][:200] or type(e).__name__}"
+                         ) from None
 
 
 def load_for_inference(name: str, adapter_dir: Path | None = None):

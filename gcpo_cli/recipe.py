@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -211,7 +212,27 @@ def _build(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
+def _finite_floats(obj, prefix: str = "") -> None:
+    """NaN or infinity in any number of the recipe is an error naming the key."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _finite_floats(value, f"{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise RecipeError(f"recipe key '{prefix}{f.name}': must be a finite number, got {value}")
+
+
 def _validate(r: "Recipe") -> None:
+    _finite_floats(r)
+    if not 0 <= r.seed < 2**32:
+        raise RecipeError(f"recipe key 'seed': must be in [0, 2^32), got {r.seed}")
+    if r.threads < 0:
+        raise RecipeError(f"recipe key 'threads': must be >= 0 (0 = all cores), got {r.threads}")
+    if r.weight_decay < 0 or r.max_grad_norm <= 0:
+        raise RecipeError("recipe keys 'weight_decay' must be >= 0 and 'max_grad_norm' > 0, got "
+                          f"{r.weight_decay} and {r.max_grad_norm}")
+    if not 0 <= r.lora.dropout < 1:
+        raise RecipeError(f"recipe key 'lora.dropout': must be in [0, 1), got {r.lora.dropout}")
     positive = ["problems_per_step", "samples_per_problem", "max_new_tokens", "steps", "micro_batch",
                 "mini_batches", "ppo_epochs", "synthetic_count", "frontier_hopeless_after"]
     for key in positive:

@@ -137,3 +137,17 @@ def test_a_database_from_a_newer_gcpo_is_refused(runner, tmp_path):
     db.close()
     r = runner.invoke(app, ["sets", "--db", str(path)])
     assert r.exit_code == 1 and "written by a newer gcpo" in r.output and "Traceback" not in r.output
+
+
+def test_a_missing_or_corrupt_checkpoint_is_one_clear_line(db, tiny_dir, runner):
+    summary = _trained(db, tiny_dir)
+    ckpt = Path(summary["out_dir"]) / "checkpoints" / "step-1"
+    (ckpt / "trainer_state.pt").unlink()
+    r = runner.invoke(app, ["train", "--resume", summary["run_id"], "--steps", "2"])
+    assert r.exit_code == 1 and "trainer_state.pt is missing" in r.output and "Traceback" not in r.output
+    (ckpt / "adapter" / "adapter_model.safetensors").write_bytes(b"garbage")
+    for args in (["eval", "--run", summary["run_id"], "--set", "arithmetic-l1-24", "--limit", "1"],
+                 ["export", "--run", summary["run_id"], "--merge", "--out", str(Path(summary["out_dir"]) / "m")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1 and "cannot load the adapter" in r.output and "Traceback" not in r.output, r.output
+    assert db["runs"].get(summary["run_id"])["status"] == "completed"

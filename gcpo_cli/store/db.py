@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
+import sqlite3
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -23,9 +24,23 @@ IN_CHUNK = 900
 
 
 def open_db(path: str | Path | None = None) -> Database:
-    """WAL (so inspect reads while train writes), foreign keys, a 30 s busy timeout, migrations."""
+    """WAL (so inspect reads while train writes), foreign keys, a 30 s busy timeout, migrations.
+    A path that cannot hold a database is a GcpoError that says why, with nothing created."""
     path = Path(path) if path else paths.default_db()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_file():
+        raise GcpoError(f"{path} is not a file (a folder or a device): give the path of a database file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GcpoError(f"cannot create the folder for the database {path}: {e.strerror}") from None
+    try:
+        return _open(path)
+    except sqlite3.DatabaseError as e:
+        why = "not a SQLite database" if "not a database" in str(e) else str(e)
+        raise GcpoError(f"cannot use {path} as the gcpo database: {why}") from None
+
+
+def _open(path: Path) -> Database:
     db = Database(path)
     db.conn.execute("PRAGMA busy_timeout = 30000")
     db.enable_wal()
