@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from . import paths, store
 from .errors import GcpoError
+from .render import SafeConsole, clean
 
-console = Console()
-err_console = Console(stderr=True)
+console = SafeConsole()
+err_console = SafeConsole(stderr=True)
 
 
 class _App(typer.Typer):
@@ -37,7 +37,7 @@ class _App(typer.Typer):
                     # A database error past opening (read-only file, full disk) is one line too.
                     why = str(e) if isinstance(e, GcpoError) else f"database: {e}"
                     # escape: messages quote user input, which may hold [brackets]
-                    err_console.print(f"[bold red]error:[/] {escape(why)}", highlight=False, soft_wrap=True)
+                    err_console.print(f"[bold red]error:[/] {escape(clean(why))}", highlight=False, soft_wrap=True)
                     raise typer.Exit(1)
 
             register(wrapper)

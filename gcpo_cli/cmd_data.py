@@ -15,6 +15,7 @@ from . import store
 from .cmd_common import (SET_HELP, DbOpt, JsonOpt, console, err_console, make_app, one_of, open_for_reading,
                          print_json)
 from .errors import GcpoError
+from .render import one_line
 
 app = make_app()
 
@@ -23,8 +24,7 @@ LIST_MAX = 20  # mismatches / rejected rows shown in the table
 
 
 def _one_line(value, width: int) -> str:
-    text = " ".join(str(value).split()) if value is not None else "-"
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return "-" if value is None else one_line(str(value), width)
 
 
 def _kv_table(title: str, *extra: str, justify: str = "right") -> Table:

@@ -20,6 +20,7 @@ from . import render, store
 from .cmd_common import RUN_HELP, SET_HELP, DbOpt, JsonOpt, make_app, open_for_reading, print_json
 from .errors import GcpoError
 from .store import history as hist
+from .render import SafeConsole
 
 app = make_app()
 
@@ -29,7 +30,7 @@ PAGE = 20
 def _console() -> Console:
     # A console made per call rather than cli.console: it honours NO_COLOR and COLUMNS as they
     # are now (tests and wrappers set them after import), and keeps numbers unhighlighted.
-    return Console(highlight=False)
+    return SafeConsole(highlight=False)
 
 
 def _interactive() -> bool:
@@ -108,7 +109,7 @@ def inspect_cmd(
         else:
             draw(console, data, full=full)
         if plot is not None:
-            (Console(stderr=True) if json_out else console).print(f"wrote {plot}", markup=False)
+            (SafeConsole(stderr=True) if json_out else console).print(f"wrote {plot}", markup=False)
     finally:
         db.close()
 

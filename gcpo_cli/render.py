@@ -8,10 +8,12 @@ injection is a `G`, a graduation a `^`, a regression an `x`, a verdict a word.
 from __future__ import annotations
 
 import math
+import re
 from typing import Iterable, Sequence
 
 from rich import box
 from rich.console import Console
+from rich.segment import Segment
 from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
@@ -102,8 +104,28 @@ def pct(v: float | None) -> str:
     return "-" if v is None else f"{v * 100:.0f}%"
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean(text: str) -> str:
+    """Text from data (problems, completions, answers, ids) made safe for a terminal: control
+    characters (ESC sequences that clear the screen or retitle the window, bells, C1 codes)
+    become visible escapes such as \\x1b. Newlines and tabs stay."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class SafeConsole(Console):
+    """A rich Console that never writes a control character it did not make itself: the text
+    of every segment passes through `clean` (rich adds its own colours later, from each
+    segment's style), so data printed anywhere cannot clear the screen or retitle the window."""
+
+    def render(self, renderable, options=None):
+        for segment in super().render(renderable, options):
+            yield segment if segment.control else Segment(clean(segment.text), segment.style)
+
+
 def one_line(text: str | None, limit: int = 200) -> str:
-    text = " ".join((text or "").split())
+    text = clean(" ".join((text or "").split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -124,7 +146,7 @@ class CompactTable:
         self.rows: list[tuple[str, ...]] = []
 
     def add_row(self, *cells) -> None:
-        self.rows.append(tuple("-" if c is None else str(c) for c in cells))
+        self.rows.append(tuple("-" if c is None else clean(str(c)) for c in cells))
 
     def __rich_console__(self, console: Console, options):
         cols = self.columns
@@ -163,7 +185,7 @@ def heading(console: Console, *parts: str) -> None:
 def completion(console: Console, head: str, text: str | None, max_lines: int | None = 12) -> None:
     """A completion under its header line, indented; clipped to `max_lines` unless None."""
     console.print(Text(head, style="bold"))
-    body = Text((text or "").rstrip() or "(empty)")
+    body = Text(clean((text or "").rstrip()) or "(empty)")
     lines = body.wrap(console, max(20, console.width - 2))
     if max_lines is not None and len(lines) > max_lines:
         cut = len(lines) - max_lines

@@ -151,3 +151,19 @@ def test_a_missing_or_corrupt_checkpoint_is_one_clear_line(db, tiny_dir, runner)
         r = runner.invoke(app, args)
         assert r.exit_code == 1 and "cannot load the adapter" in r.output and "Traceback" not in r.output, r.output
     assert db["runs"].get(summary["run_id"])["status"] == "completed"
+
+
+def test_terminal_escapes_in_data_never_reach_the_terminal_raw(db, runner):
+    from gcpo_cli.ingest import ingest_rows
+
+    evil = "What is 1 + 1?\x1b[2J\x1b]0;owned\x07 Say it."
+    ingest_rows(db, [{"problem": evil, "answer": "2", "solution": "1 + 1 = 2\x1b[31m, \\boxed{2}"}], "evil")
+    pid = next(db.query("SELECT id FROM problems"))["id"]
+    for args in (["problems", "--set", "evil"], ["inspect", "--problem", pid], ["inspect", "--set", "evil"],
+                 ["sets"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        assert "\x1b" not in r.output and "\x07" not in r.output, args
+    assert "\\x1b[2J" in runner.invoke(app, ["problems", "--set", "evil"]).output  # shown, not obeyed
+    r = runner.invoke(app, ["inspect", "--problem", "\x1b[2Jnope"])
+    assert r.exit_code == 1 and "\x1b" not in r.output
