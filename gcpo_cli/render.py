@@ -344,7 +344,8 @@ def _render_every_completion(console: Console, h: dict) -> None:
 # ----------------------------------------------------------------------------- run view
 RUN_CURVES = [("reward_mean", "reward mean"), ("all_wrong_frac", "all-wrong share"),
               ("golden_rate", "golden-answer rate"), ("completion_tokens_mean", "completion length"),
-              ("tokens_per_s", "tokens/s")]
+              ("clip_frac", "clipped fraction"), ("ratio_max", "ratio max"),
+              ("optimizer_updates", "optimiser updates"), ("tokens_per_s", "tokens/s")]
 
 
 def _flatten(d, prefix=""):

@@ -160,3 +160,21 @@ def test_frontier_keeps_all_wrong_problems_with_a_golden_answer_until_hopeless()
 
     assert share(set()) < 0.2  # without golden answers they are as hopeless as the rest (2 of 20)
     assert share({"p3", "p7"}) > 0.3
+
+
+def test_a_run_records_and_inspect_shows_the_ratio_clip_and_updates(db, tiny_dir, runner):
+    import json
+
+    from gcpo_cli.cli import app
+
+    r = recipes.load("tiny", [f"model.name={tiny_dir}", "mini_batches=2", "steps=2", "lr=5e-2"])
+    summary = training.train(db, r)
+    steps = list(db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY step", [summary["run_id"]]))
+    assert [s["optimizer_updates"] for s in steps] == [2, 2]
+    assert all(s["ratio_min"] <= s["ratio_mean"] <= s["ratio_max"] and s["ratio_max"] != s["ratio_min"]
+               for s in steps)
+    shown = runner.invoke(app, ["inspect", "--run", summary["run_id"]])
+    assert shown.exit_code == 0
+    assert all(label in shown.output for label in ("clipped fraction", "ratio max", "optimiser updates"))
+    h = json.loads(runner.invoke(app, ["inspect", "--run", summary["run_id"], "--json"]).stdout)
+    assert [s["optimizer_updates"] for s in h["steps"]] == [2, 2]
