@@ -206,11 +206,26 @@ def load_base(model_cfg, device: str | None = None):
         raise ModelError(f"cannot load model '{model_cfg.name}': {str(e).splitlines()[0]}") from None
     if model_cfg.quant == "none":
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    else:
+        _no_cpu_repacking(model)
     for p in model.parameters():
         p.requires_grad_(False)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok, source
+
+
+def _no_cpu_repacking(model) -> None:
+    """bitsandbytes (0.50) repacks a 4-bit weight for its AVX512-BF16 CPU kernel the first time
+    a layer runs in eval mode without gradients, and from then on takes a path with no backward:
+    the gradient to the layer's input is silently dropped (or, with a bias, training crashes).
+    gcpo's nf4 policy samples itself in eval mode and then trains, so the repacking is turned
+    off. CUDA never takes that path."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def prepare_base(model, model_cfg):

@@ -407,3 +407,33 @@ def test_typed_flags_are_values_not_yaml_and_old_spellings_still_work(runner, ti
         assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["train", "--recipe", "tiny", "--set", "007", "--data", "008"])
     assert r.exit_code == 1 and "give --set once" in r.output
+
+
+def test_an_nf4_qwen2_policy_trains_after_sampling_on_cpu(db, tmp_path):
+    """The 1.5B recipe's architecture (Qwen2: biased q/k/v projections) as a tiny nf4 model with
+    bf16 compute. On a CPU with AVX512-BF16, bitsandbytes repacked the 4-bit weights when the
+    policy sampled (eval mode, no gradients) onto a path without backward, and the update then
+    crashed on the biased layers; load_base turns that repacking off."""
+    import bitsandbytes as bnb
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from gcpo_cli.model import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).save_pretrained(tmp_path / "qwen2")
+    tok.save_pretrained(tmp_path / "qwen2")
+    ctx = training.setup(db, tiny_recipe(str(tmp_path / "qwen2"), "model.quant=nf4", "model.dtype=bfloat16",
+                                         "model.gradient_checkpointing=true", "lr=5e-3"),
+                         None, None, None, training.NullDisplay())
+    layers = [m for m in ctx.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
+    lora0 = _lora_state(ctx.model)
+    with Grader() as g:
+        _, m = training.train_step(ctx, 1, g, training.StopFlag())  # samples, then updates
+    assert m["golden_injections"] >= 1 and m["grad_norm"] > 0
+    assert all(not torch.equal(lora0[k], v) for k, v in _lora_state(ctx.model).items() if "lora_B" in k)
