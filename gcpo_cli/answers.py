@@ -1,5 +1,28 @@
 """Final-answer extraction and grading with math-verify.
 
+Grading rules (`verify_answer`; `Grader.verdicts` is the one entry point training and evaluation
+share). The grader must not be gameable by a policy under RL, which learns to hedge:
+- A completion that was cut at the token limit (truncated) is wrong, whatever it states.
+- No stated answer, or one longer than MAX_ANSWER_CHARS, is wrong (no real final answer is that
+  long, and cutting it short could leave a hedge's first half).
+- A unit or currency after or before an answer is ignored, not converted: "18 dollars",
+  "9 (apples)", "5 cm", "5 \\text{ cm}^2", "60 km/h", "$18", "\\$18.00" are 18, 9, 5, 5, 60, 18,
+  18 (`strip_unit` says exactly what reads as a unit). A percentage is math-verify's call (it
+  takes 18% for gold 18 and for gold 0.18).
+- Letters that are not a unit are mathematics: a variable or constant after a number makes a
+  different answer ("3x", "3 x", "7n", "2pi", "5 i", "3e" are not 3, 7, 2, 5, 3).
+- One answer only: "3, 4", "3 or 4", "3 or five", "1 and two", "-1 or more", "3 \\pm 1" are sets
+  or expressions, never equal to a single gold answer; "c or d" is no option letter; a box inside
+  the answer ("\\boxed{3} or 4") is wrong (a box around all of it is only a box).
+- An equation counts by its last side only when the left side is a single variable name and
+  every later side equals the last: "x = 3" and "x = 2 + 1 = 3" are 3; "4 = 3", "2x = 3" and
+  "x = 4 = 3" are not. (A gold answer that is itself an equation is compared as math-verify does.)
+- A gold answer is trusted: it is read by math-verify with all its normalisations (its units,
+  \\text{}, percent), so golds with units, letters, intervals, tuples and sets keep working.
+- MathQA-style option golds (a single letter a-e) compare option letters; `grading_target` maps
+  an option's stated value or "60 = c" to its letter first.
+All regular expressions here are linear in the answer's length.
+
 math-verify's own time-outs use signal.alarm, which only works on a process's main thread, and
 a pathological expression can make sympy run for minutes (or hang inside one C call that no
 alarm interrupts). So `Grader` runs math-verify in a worker process (where it *is* the main
@@ -10,14 +33,17 @@ A verdict always comes back, within about `seconds_per_item` for a bad item.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import multiprocessing as mp
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-# Huge outputs are cut before parsing: sympy on a 50k-character string is the classic hang.
+# A longer stated answer is graded wrong without parsing: sympy on a 50k-character string is the
+# classic hang, and cutting it short instead could leave the first half of a hedge.
 MAX_ANSWER_CHARS = 1000
 OPTION_LETTERS = "abcde"
 # No real final answer nests brackets this deep; latex2sympy recurses on them until the alarm.
@@ -150,14 +176,137 @@ def _wrap(expr: str) -> str:
 
 
 def _clean_str(s: str) -> str:
-    s = re.sub(r"\\text\{([^}]*)\}", r"\1", s)
+    s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)  # [^{}]: linear on "\\text{\\text{..."
     s = s.replace("\\!", "").replace("\\,", "").replace("$", "")
     return re.sub(r"\s+", "", s).rstrip(".").lower()
 
 
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 _MIXED = re.compile(r"(-?)(\d+)\s+(\d+)\s*/\s*(\d+)")  # 2 1/2 (GSM8K-style mixed number)
-_NUMBER_WORDS = re.compile(r"(-?[\d.,]+)\s*(?:[A-Za-z]+\.?\s*){1,3}")  # 18 dollars, 5 cm
+# A currency sign before the answer ($18, \$18, €18, Rs. 18).
+_CURRENCY = re.compile(r"^(?:\\\$|\$|€|£|¥|₹|\\(?:euro|pounds|yen)\b|(?:rs|usd|inr)\.?(?=[\s\d]))\s*", re.I)
+
+# ---------------------------------------------------------------------- units after an answer
+# The answer is tokenised in one left-to-right pass (every alternative is a bounded or
+# delimiter-stopped scan, so the whole pass is linear), then a unit is read off its end.
+_TOKEN = re.compile(
+    r"(?P<text>\\(?:text|mbox|mathrm|textrm|textnormal|textit|textbf|mathit)\s*\{[^{}]*\})"
+    r"|(?P<paren>\([^()]*\))"
+    r"|(?P<rate>[A-Za-z]+\s*/\s*[A-Za-z]+\.?)"  # km/h, m/s, miles/hour
+    r"|(?P<word>[A-Za-z]+\.?)"
+    r"|(?P<exp>\^\s*(?:\{\s*[23]\s*\}|[23])|[²³])"  # cm^2, m^{3}
+    r"|(?P<deg>(?:°|\^\s*\{?\s*\\circ\s*\}?)\s*[CFK]?(?![A-Za-z]))"
+    r"|(?P<space>\s+|~|\\[,;:! ]|\\q?quad\b)"
+    r"|(?P<other>\\[A-Za-z]+|.)",
+    re.S,
+)
+_UNIT_CHARS = re.compile(r"[A-Za-z\s./°²³^-]*")  # what a \text{} or (...) unit may contain
+_LETTERS = re.compile(r"[A-Za-z]+")
+# Words after a number that change what it says, so they are never read as a unit: connectives
+# and hedges (3 or 4, -1 or more), number words (3 five, 3 hundred), constants, Greek letters and
+# function names (2 pi, 3 sin), negations. A plural ("thirds", "hundreds") counts as its singular.
+_NOT_UNITS = frozenset("""
+    and or nor but either neither not no none nothing never plus minus times over divided than more
+    less fewer least most maybe perhaps possibly probably approximately approx about around roughly
+    nearly almost exactly between through thru till until else otherwise also then both any all each
+    every some several many few same other another only are was were equal equals
+    wrong incorrect false true invalid undefined impossible unknown infinite infinitely inf infinity
+    infty nan zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
+    fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety
+    hundred thousand million billion trillion dozen half halve third fourth fifth sixth seventh
+    eighth ninth tenth quarter hundredth thousandth millionth double triple twice thrice squared
+    cubed root sqrt power factorial percent percentage pct permille pi tau phi theta alpha beta
+    gamma delta epsilon lambda sigma omega euler sin cos tan cot csc sinh cosh tanh arcsin arccos
+    arctan log exp mod gcd lcm floor ceil abs max
+""".split())
+# Two-letter words are units only when known (a two-letter word is as often a product of two
+# variables); one letter is a variable (x, n) or a constant (e, i) unless it sits in \text{}.
+_SHORT_UNITS = frozenset("cm mm km nm dm um kg mg ml cl dl ft yd mi oz lb hr yr ms ns hz ha kb mb gb "
+                         "tb kw mw kj rs sq cu in am pm".split())
+_RATE_LETTERS = frozenset("mshgl")  # one-letter units allowed in a rate: m/s, km/h, g/l
+
+
+def _unit_word(word: str, in_text: bool = False) -> bool:
+    w = word.rstrip(".").lower()
+    singular = {w, w[:-1] if w.endswith("s") else w, w[:-2] if w.endswith("es") else w}
+    if not w or singular & _NOT_UNITS:
+        return False
+    if len(w) == 1:
+        return in_text and w not in "ie"
+    if len(w) == 2:
+        return in_text or w in _SHORT_UNITS
+    return True
+
+
+def _is_unit(kind: str, tok: str) -> bool:
+    if kind == "deg":
+        return True
+    if kind == "word":
+        return _unit_word(tok)
+    if kind == "rate":
+        return all(_unit_word(side) or side.strip().rstrip(".").lower() in _RATE_LETTERS
+                   for side in tok.split("/"))
+    inner = tok[tok.index("{") + 1 : -1] if kind == "text" else tok[1:-1]
+    words = _LETTERS.findall(inner)
+    # No digits, operators, commas: "\\text{ or } 4", "(or 4)" and "(3, 4)" are not units.
+    return bool(words) and _UNIT_CHARS.fullmatch(inner) is not None and all(
+        _unit_word(w, in_text=kind == "text") for w in words)
+
+
+def strip_unit(answer: str) -> str | None:
+    """The answer without the unit after it ("18 dollars", "5 \\text{ cm}^2", "9 (apples)",
+    "60 km/h", "90°" -> the number or expression before it); None when nothing after it reads
+    as a unit. A unit is a run, at the end, of: words of three or more letters that are not in
+    `_NOT_UNITS`, known two-letter units (cm, kg, ...), \\text{...} blocks of such words (one
+    letter allowed there: \\text{m}), a parenthesised word ("(apples)"), a rate (km/h), an
+    exponent on a unit (cm^2) and degree signs. The reading stops at the first token that is not
+    one, so "3 x", "2pi", "5 i", "7n", "3 or five", "-1 or more" keep their tail, and then
+    math-verify reads the letters as the variables and constants they are."""
+    tokens = [(m.lastgroup, m.group()) for m in _TOKEN.finditer(answer)]
+    cut, exponent = None, False
+    for i in range(len(tokens) - 1, -1, -1):
+        kind, tok = tokens[i]
+        if kind == "space":
+            continue
+        if kind == "exp" and not exponent:  # belongs to the unit on its left, if there is one
+            exponent = True
+            continue
+        if not _is_unit(kind, tok):
+            break
+        cut, exponent = i, False
+    if cut is None:
+        return None
+    while cut and tokens[cut - 1][0] == "space":  # "5 \\, \\text{cm}": the spacing goes too
+        cut -= 1
+    return "".join(tok for _, tok in tokens[:cut]) or None
+
+
+def _unbox(answer: str) -> str:
+    """"\\boxed{\\boxed{3}}" -> "3": a box around the whole answer is only a box. Linear: the
+    braces are matched once."""
+    a = answer.strip()
+    if not _BOXED.match(a):
+        return a
+    match = _matching_braces(a)
+    start, end = 0, len(a)
+    while (m := _BOXED.match(a, start)) and m.end() < end and a[m.end()] == "{" and match.get(m.end()) == end - 1:
+        start, end = m.end() + 1, end - 1
+        while start < end and a[start].isspace():
+            start += 1
+        while end > start and a[end - 1].isspace():
+            end -= 1
+    return a[start:end]
+
+
+def _bare(answer: str) -> str:
+    """The answer without math delimiters, a currency sign before it or a unit after it."""
+    a = answer.strip()
+    if len(a) > 1 and a.startswith("$") and a.endswith("$"):
+        a = a.strip("$").strip()
+    elif a.startswith("\\(") and a.endswith("\\)"):
+        a = a[2:-2].strip()
+    a = _CURRENCY.sub("", a, count=1)
+    return strip_unit(a) or a
 
 
 def _as_number(s: str) -> float | None:
@@ -179,43 +328,80 @@ def _nesting(s: str) -> int:
     return deepest
 
 
-def _candidates(gold: str, predicted: str) -> list[str]:
-    """Readings of the predicted answer to try, fixing forms math-verify misreads: "2 1/2" is a
-    mixed number (5/2, never 2 * 1/2 = 1), and a number followed by plain-word units ("18
-    dollars") is that number when the gold is a number."""
-    m = _MIXED.fullmatch(predicted)
+def _candidates(predicted: str) -> list[str]:
+    """Readings of the predicted answer to try: without its currency sign and unit (see
+    `strip_unit`), then as written. "2 1/2" is a mixed number (5/2, never 2 * 1/2 = 1)."""
+    bare = _bare(predicted)
+    m = _MIXED.fullmatch(bare)
     if m:
         sign, whole, num, den = m.groups()
         return [f"{sign}\\frac{{{int(whole) * int(den) + int(num)}}}{{{den}}}"]
-    out = [predicted]
-    m = _NUMBER_WORDS.fullmatch(predicted)
-    if m and not re.search(r"[A-Za-z]", re.sub(r"\\(?:text|mbox|mathrm)\{[^}]*\}|\\[a-zA-Z]+", "", gold)):
-        out.append(m.group(1).rstrip(".,"))
+    return list(dict.fromkeys([bare, predicted]))
+
+
+@functools.lru_cache(maxsize=1)
+def _predicted_config():
+    """math-verify's LaTeX reading for a predicted answer: its own normalisation less its unit
+    list (which drops "more", "or"-adjacent words and one-letter "units" such as t, h, c, d, so
+    that "-1 or more" read as -1), and no fall-back to the last number of a text it could not
+    parse (which read "3 \\unknown 4" and "3 | 4" as 4)."""
+    from latex2sympy2_extended.latex2sympy2 import NormalizationConfig
+    from math_verify.parser import LatexExtractionConfig
+
+    return [LatexExtractionConfig(normalization_config=NormalizationConfig(
+        basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all", equations=False))]
+
+
+def _answer_side(pred: list, timeout: int | None) -> list:
+    """An equation stated as an answer, for a gold answer that is not one, counts by its last
+    side only when its left side is a single variable name and every later side equals the last
+    ("x = 3", "x = 2 + 1 = 3"); any other equation ("4 = 3", "2x = 3", "x = 4 = 3") is dropped.
+    math-verify alone takes the last side of any equation, so "4 = 3" verified as 3."""
+    import sympy
+    from math_verify import verify
+    from math_verify.grader import is_equation
+
+    out = []
+    for p in pred:
+        if isinstance(p, str) or not is_equation(p):
+            out.append(p)
+            continue
+        rels = list(p._unsorted_args) if isinstance(p, sympy.And) else [p]
+        last = rels[-1].rhs
+        if isinstance(rels[0].lhs, sympy.Symbol) and all(
+                verify(r.rhs, last, timeout_seconds=timeout) for r in rels[:-1]):
+            out.append(last)
     return out
 
 
 def verify_answer(gold: str, predicted: str | None, timeouts: bool = True, timeout_s: int = 5) -> bool:
-    """True if `predicted` (an extracted final answer) means the same as `gold`.
+    """True if `predicted` (an extracted final answer) means the same as `gold`; the rules are in
+    the module docstring.
 
     Runs math-verify in the calling thread; `timeouts=True` uses its signal-based limits of
     `timeout_s` seconds and so must run on a main thread (the Grader's worker does). Never raises."""
     if predicted is None or gold is None:
         return False
-    gold, predicted = str(gold).strip(), str(predicted).strip()[:MAX_ANSWER_CHARS]
+    gold, predicted = str(gold).strip(), str(predicted).strip()
     local = _local_verdict(gold, predicted)
     if local is not None:
         return local
+    predicted = _unbox(predicted)  # at most MAX_ANSWER_CHARS long, with no box left inside
     if _nesting(predicted) > MAX_NESTING:
         return False
     from math_verify import parse, verify
+    from math_verify.grader import is_relation
 
     t = max(1, int(timeout_s)) if timeouts else None
     try:
         g = parse(_wrap(gold), parsing_timeout=t)
         if not g:
             return False
-        for cand in _candidates(gold, predicted):
-            p = parse(_wrap(cand), parsing_timeout=t)
+        gold_relation = any(not isinstance(x, str) and is_relation(x) for x in g)
+        for cand in _candidates(predicted):
+            p = parse(_wrap(cand), extraction_config=_predicted_config(), parsing_timeout=t)
+            if p and not gold_relation:
+                p = _answer_side(p, t)
             if p and verify(g, p, timeout_seconds=t):
                 return True
         return False
@@ -223,19 +409,35 @@ def verify_answer(gold: str, predicted: str | None, timeouts: bool = True, timeo
         return False
 
 
+# Standalone option letters ("c", "(d)", "e )"), not letters inside words.
+_OPTION_MENTION = re.compile(r"(?<![A-Za-z\\])[a-eA-E](?![A-Za-z])")
+
+
+def _several_options(text: str) -> bool:
+    """Does the answer name more than one option letter ("c or d", "(b) or (c)", "b, c")?"""
+    return len({m.group().lower() for m in _OPTION_MENTION.finditer(text)}) > 1
+
+
 def _local_verdict(gold: str | None, predicted: str | None) -> bool | None:
-    """Verdicts that need no sympy (no answer, option letters, identical text, two plain
-    numbers that are clearly equal or clearly not); else None."""
+    """Verdicts that need no sympy (no answer, an overlong one, option letters, identical text,
+    two plain numbers, after dropping a unit from the predicted one, that are clearly equal or
+    clearly not); else None."""
     if gold is None or predicted is None:
         return False
     gold, predicted = str(gold).strip(), str(predicted).strip()
-    if not predicted:
+    if not predicted or len(predicted) > MAX_ANSWER_CHARS:
+        return False
+    predicted = _unbox(predicted)
+    if _BOXED.search(predicted):  # "\\boxed{3} or 4": math-verify would read the box alone
         return False
     if _is_option_gold(gold):
-        return option_letter(predicted) == gold.lower()
+        return option_letter(predicted) == gold.lower() and not _several_options(predicted)
     if _clean_str(gold) == _clean_str(predicted):
         return True
-    g, p = _as_number(gold), _as_number(predicted)
+    g = _as_number(gold)
+    p = _as_number(predicted) if g is not None else None
+    if g is not None and p is None:
+        p = _as_number(_bare(predicted))
     if g is not None and p is not None:
         if math.isclose(g, p, rel_tol=1e-9, abs_tol=1e-12):
             return True
@@ -269,8 +471,10 @@ def option_for_value(problem: str, predicted: str | None) -> str | None:
 def grading_target(problem: str, gold: str, extracted: str | None) -> str | None:
     """What to grade against `gold`: the extracted answer, or for a multiple-choice problem the
     letter it names ("60 = c", "1050 ( e )", "option d is correct", "e ( 15 / 2 minutes )") or,
-    when it states an option's value instead, that option's letter."""
-    if not extracted or not _is_option_gold(gold) or option_letter(extracted) is not None:
+    when it states an option's value instead, that option's letter. An answer that names several
+    letters ("c or d") is graded as written, and so is wrong."""
+    if (not extracted or len(extracted) > MAX_ANSWER_CHARS or not _is_option_gold(gold)
+            or option_letter(extracted) is not None or _several_options(extracted)):
         return extracted
     for pattern in (_TRAILING_LETTER, _NAMED_OPTION, _LEADING_LETTER):
         found = pattern.findall(extracted[-200:] if pattern is not _LEADING_LETTER else extracted[:40])
@@ -323,7 +527,21 @@ class Grader:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     restarts: int = field(default=0, init=False)  # workers killed for overrunning (or dying)
 
+    def verdicts(self, items: Iterable[tuple[str | None, str, str | None, bool]]) -> list[bool]:
+        """Is each completion correct? The one decision training (reward) and evaluation share.
+
+        `items` are (problem_text, gold_answer, extracted_answer, truncated). A truncated
+        completion is wrong whatever it states (it never finished, so whatever answer was
+        extracted from it is not one it committed to; a policy must not learn to run to the
+        length limit). Otherwise the extracted answer goes through `grading_target` (MathQA's
+        option values and "60 = c" become the option letter) and is graded against the gold
+        answer by `grade`. A missing extracted answer is wrong."""
+        items = list(items)
+        return self.grade([(gold, None if truncated else grading_target(problem or "", gold, extracted))
+                           for problem, gold, extracted, truncated in items])
+
     def grade(self, pairs: list[tuple[str, str | None]]) -> list[bool]:
+        """Verdicts of `verify_answer` for (gold, predicted) pairs, in order."""
         pairs = list(pairs)
         # Cheap cases (no answer, option letters, same text, plain numbers) never reach the worker.
         verdicts = [_local_verdict(g, p) for g, p in pairs]

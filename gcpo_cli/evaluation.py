@@ -22,7 +22,7 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 
 from . import store
-from .answers import Grader, _clean_str, extract_answer, grading_target
+from .answers import Grader, _clean_str, extract_answer
 from .errors import GcpoError
 from .rollout import DEFAULT_TEMPLATE
 
@@ -150,11 +150,12 @@ def _finish(db, evaluation_id: str, problems: list[dict], k: int, extra: dict) -
 def _progress(enabled: bool, description: str, total: int, completed: int):
     if not enabled:
         return nullcontext(None)
-    from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
     from rich.table import Column
     from rich.text import Text
+
+    from .render import SafeConsole
 
     class Rate(ProgressColumn):
         def render(self, task):  # this session's problems over its time (a resume starts at N)
@@ -167,7 +168,7 @@ def _progress(enabled: bool, description: str, total: int, completed: int):
     prog = Progress(TextColumn("{task.description}", markup=False, table_column=Column(ratio=1, no_wrap=True,
                                                                                      overflow="ellipsis")),
                     BarColumn(bar_width=12), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=Console(stderr=True), expand=True)
+                    TimeRemainingColumn(), console=SafeConsole(stderr=True), expand=True)
     prog.add_task(description, total=total, completed=completed, resumed_from=completed)
     return prog
 
@@ -185,9 +186,9 @@ def _grader(stack: ExitStack, grader: Grader | None) -> Grader:
 
 def _store(db, evaluation_id: str, grader: Grader, items: list[tuple]) -> None:
     """Grade samples (problem, sample_index, completion, extracted, tokens, truncated) and write
-    them in one transaction: a problem's samples are stored all together or not at all."""
-    verdicts = grader.grade([(p["answer"], grading_target(p["text"], p["answer"], ext))
-                             for p, _, _, ext, _, _ in items])
+    them in one transaction: a problem's samples are stored all together or not at all. Graded
+    by `Grader.verdicts`, as training rewards are: a truncated sample is incorrect."""
+    verdicts = grader.verdicts([(p["text"], p["answer"], ext, bool(trunc)) for p, _, _, ext, _, trunc in items])
     store.write_results(db, evaluation_id, [
         dict(problem_id=p["id"], sample_index=j, completion=text, extracted_answer=ext, correct=int(ok),
              completion_tokens=tokens, truncated=int(trunc))

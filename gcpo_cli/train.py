@@ -206,17 +206,19 @@ def roll_out(ctx: Context, problem_ids: list[str], grader: Grader, stop: "StopFl
                        completion=c.text, extracted_answer=extract_answer(c.text), truncated=c.truncated)
                for j, c in enumerate(cs)] for pid, cs in zip(problem_ids, completions)]
     flat = [x for g in groups for x in g]
-    score(flat, [ctx.by_id[x.problem_id]["answer"] for x in flat], grader)
+    score(flat, [ctx.by_id[x.problem_id] for x in flat], grader)
     return groups, dict(gen_s=t1 - t0, score_s=time.perf_counter() - t1,
                         tokens=sum(len(x.completion_ids) for x in flat))
 
 
-def score(rollouts: list[Rollout], answers: list[str], grader: Grader) -> None:
-    """Reward 1 where the final answer verifies against the problem's answer and the completion
-    was not truncated (a truncated completion scores 0), else 0."""
-    verdicts = grader.grade([(a, x.extracted_answer) for a, x in zip(answers, rollouts)])
+def score(rollouts: list[Rollout], problems: list[dict], grader: Grader) -> None:
+    """Reward 1 where the rollout is correct by the one grading path training and evaluation
+    share (Grader.verdicts: a truncated completion is wrong; option letters and values map as
+    in evaluation), else 0."""
+    verdicts = grader.verdicts([(p["text"], p["answer"], x.extracted_answer, x.truncated)
+                                for p, x in zip(problems, rollouts)])
     for x, ok in zip(rollouts, verdicts):
-        x.correct = bool(ok) and not x.truncated
+        x.correct = bool(ok)
         x.reward = 1.0 if x.correct else 0.0
 
 

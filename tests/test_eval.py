@@ -313,7 +313,7 @@ def test_interrupted_evaluation_resumes_only_unfinished_problems(db, monkeypatch
     assert again["evaluation_id"] != ev["id"] and again["resumed"] == 0
 
 
-def test_run_checkpoint_compared_with_its_base(runner, db, tmp_path):
+def test_run_checkpoint_compared_with_its_base(runner, db, gcpo_home):
     from peft import LoraConfig, get_peft_model
 
     from gcpo_cli.ingest import ingest_rows
@@ -321,7 +321,7 @@ def test_run_checkpoint_compared_with_its_base(runner, db, tmp_path):
 
     ingest_rows(db, _rows(3), "sums", problem="problem", solution="solution", answer="answer")
     base, _ = load_for_inference("tiny")
-    out_dir = tmp_path / "run"
+    out_dir = gcpo_home / "runs" / "r1"  # run folders live in GCPO_HOME
     get_peft_model(base, LoraConfig(r=2, target_modules="all-linear")).save_pretrained(
         out_dir / "checkpoints" / "step-2" / "adapter")
     db["runs"].insert(dict(id="r1", model="tiny", out_dir=str(out_dir), status="completed",

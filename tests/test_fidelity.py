@@ -178,3 +178,19 @@ def test_a_run_records_and_inspect_shows_the_ratio_clip_and_updates(db, tiny_dir
     assert all(label in shown.output for label in ("clipped fraction", "ratio max", "optimiser updates"))
     h = json.loads(runner.invoke(app, ["inspect", "--run", summary["run_id"], "--json"]).stdout)
     assert [s["optimizer_updates"] for s in h["steps"]] == [2, 2]
+
+
+def test_training_and_evaluation_grade_through_one_path():
+    """MathQA's option letters: a boxed option value earns reward 1 in training as it counts as
+    correct in evaluation; a truncated completion is wrong in both."""
+    from gcpo_cli.answers import Grader
+
+    problem = {"text": "What is 6 + 6? Options: a ) 10 , b ) 11 , c ) 12 , d ) 13", "answer": "c"}
+    rollouts = [training.Rollout(problem_id="p", sample_index=j, prompt_ids=[], completion_ids=[1], completion="",
+                                 extracted_answer=ext, truncated=cut)
+                for j, (ext, cut) in enumerate([("12", False), ("c", False), ("13", False), ("12", True)])]
+    with Grader() as g:
+        training.score(rollouts, [problem] * 4, g)
+        in_eval = g.verdicts([(problem["text"], "c", x.extracted_answer, x.truncated) for x in rollouts])
+    assert [x.reward for x in rollouts] == [1.0, 1.0, 0.0, 0.0]
+    assert in_eval == [x.correct for x in rollouts]

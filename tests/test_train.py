@@ -128,7 +128,7 @@ def test_dapo_dynamic_sampling_refills_the_batch_with_mixed_groups(db, tiny_dir,
     ctx = training.setup(db, r, None, None, None, training.NullDisplay())
     first = set(training.curriculum.uniform([p["id"] for p in ctx.pool], 0, r.problems_per_step, r.seed))
 
-    def fake_score(seqs, answers, grader):  # the first batch is all wrong, any other problem mixed
+    def fake_score(seqs, problems, grader):  # the first batch is all wrong, any other problem mixed
         for s in seqs:
             s.correct = s.problem_id not in first and s.sample_index == 0
             s.reward = float(s.correct)

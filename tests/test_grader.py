@@ -1,0 +1,177 @@
+"""The grader cannot be gamed (issue 9, point 3) and training and evaluation grade alike (point 4).
+
+A policy under RL learns whatever the reward accepts: a number followed by anything ("3x",
+"3 or five", "4 = 3") must not pass for the number. Units and currency around a number still do.
+Every case goes through `verify_answer` and through the real `Grader` (its worker process)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gcpo_cli.answers import MAX_ANSWER_CHARS, Grader, strip_unit, verify_answer
+
+# (gold, predicted): the predicted final answer is correct.
+ACCEPT = [
+    # units and currency after or before a number
+    ("18", "18 dollars"), ("9", "9 (apples)"), ("5", "5 cm"), ("18", "$18"), ("18", "\\$18"),
+    ("18", "18 \\text{ cm}"), ("18", "\\$18.00"), ("18", "18%"), ("0.18", "18%"),  # math-verify's percent rule
+    ("60", "60 km/h"), ("5", "5 m/s"), ("90", "90°"), ("90", "90^\\circ"), ("25", "25 square feet"),
+    ("864", "864 \\text{ inches}^2"), ("5", "5 \\, \\text{cm}"), ("3", "3 \\text{m}"), ("18", "€18"),
+    ("18", "Rs. 18"), ("7", "7 hrs."), ("1080", "1,080 people"), ("12.5", "\\$12.50 per hour"),
+    ("\\frac{1}{2}", "\\frac{1}{2} cup"), ("5/2", "2 1/2 cups"), ("12\\pi", "12\\pi \\text{ cm}^2"),
+    # equations whose left side is a single variable name
+    ("3", "x = 3"), ("3", "x=3 dollars"), ("3", "\\theta = 3"), ("3", "a_1 = 3"), ("3", "$x = 3$"),
+    ("3", "x = 2 + 1 = 3"), ("\\frac{1}{2}", "p = 0.5"),
+    # gold answers that have units, letters or structure of their own
+    ("\\frac{\\pi}{2}", "\\pi/2"), ("x^2+1", "x^2+1"), ("x^2+1", "1 + x^2"), ("(1,2)", "(1, 2)"),
+    ("[2,5)", "[2, 5)"), ("(3, -1)", "(3,-1)"), ("10\\%", "10"), ("10\\%", "10\\%"), ("10\\%", "10%"),
+    ("5\\text{ cm}", "5 cm"), ("5.4 \\text{ cents}", "5.4"), ("y = 2x + 3", "2x+3"), ("y = 2x + 3", "y=2x+3"),
+    ("\\text{Evelyn}", "Evelyn"), ("2+3i", "3i + 2"), ("3\\sqrt{2}", "3 \\sqrt{2}"), ("\\{1, 2\\}", "2, 1"),
+    ("3", "3."), ("3", "3.0"), ("-1", "-1"),
+    # option letters; a box around the whole answer
+    ("c", "(c)"), ("c", "C"), ("3", "\\boxed{3}"), ("\\frac12", "\\boxed{\\frac{1}{2}}"),
+]
+
+# (gold, predicted): the predicted final answer is wrong, however close it reads.
+REJECT = [
+    # a variable or constant after a number (issue 9's list first)
+    ("3", "3x"), ("3", "3 x"), ("2", "2pi"), ("5", "5 i"), ("7", "7n"), ("3", "3\\pi"), ("3", "3 \\pi"),
+    ("3", "3e"), ("3", "3 e"), ("3", "3i"), ("3", "3 xy"), ("3", "3 x/y"), ("3", "3\\text{ i}"),
+    ("2", "2 \\sqrt{2}"), ("3", "3 sin"),
+    # conjunctions and several candidate answers
+    ("3", "3 or five"), ("-1", "-1 or more"), ("1", "1 and two"), ("3", "3, 4"), ("3", "3 or 4"),
+    ("4", "3 or 4"), ("3", "3 \\text{ or } 4"), ("3", "3\\text{ or five}"), ("3", "3 (or 4)"),
+    ("3", "3 apples or 4 apples"), ("3", "3 \\pm 1"), ("3", "3 and 3.5"), ("3", "\\{3, 4\\}"),
+    ("3", "\\boxed{3} or 4"), ("3", "\\boxed{3}, \\boxed{4}"),
+    ("x^2+1", "x^2+1 or x^2-1"), ("10\\%", "10 or 20"), ("c", "c or d"), ("c", "(c) or (d)"), ("d", "c, d"),
+    # number words and hedges that change the number
+    ("3", "3 hundred"), ("3", "3 dozen"), ("3", "3 more"), ("3", "3 times"), ("3", "3 squared"),
+    ("3", "3 five"), ("3", "3 less"),
+    # equations whose right side is not the answer
+    ("3", "4 = 3"), ("3", "4 = 3 cm"), ("3", "2x = 3"), ("3", "x = 4 = 3"), ("3", "f(x) = 3"), ("3", "3 = x"),
+    # text math-verify cannot read is not a number picked out of it
+    ("3", "3 | 4"), ("4", "3 | 4"), ("4", "3 \\unknown 4"),
+    # plain wrong answers, with and without units
+    ("18", "19 dollars"), ("18", "\\$19"), ("5", "5 m^2 + 1"), ("(1,2)", "(2, 1)"), ("(1,2)", "[1, 2]"),
+    ("\\frac{\\pi}{2}", "\\pi"), ("5", None), ("5", ""), ("5", "   "),
+    # a hedge hidden past the length limit is not cut back into an answer
+    ("3", "3" + " " * MAX_ANSWER_CHARS + "or 4"),
+]
+
+
+def test_the_table_is_big_enough():
+    assert len(ACCEPT) >= 40 and len(REJECT) >= 40
+    assert len(set(ACCEPT)) == len(ACCEPT) and len(set(REJECT)) == len(REJECT)
+
+
+@pytest.fixture(scope="module")
+def graded():
+    """Every pair graded once by the real Grader (worker process, deadlines)."""
+    pairs = ACCEPT + REJECT
+    with Grader(seconds_per_item=20) as g:
+        verdicts = g.grade(pairs)
+        restarts = g.restarts
+    assert restarts == 0  # no case should need its worker killed
+    return dict(zip(pairs, verdicts))
+
+
+@pytest.mark.parametrize("gold,predicted", ACCEPT)
+def test_accepts(gold, predicted, graded):
+    assert verify_answer(gold, predicted) is True
+    assert graded[(gold, predicted)] is True
+
+
+@pytest.mark.parametrize("gold,predicted", REJECT)
+def test_rejects(gold, predicted, graded):
+    assert verify_answer(gold, predicted) is False
+    assert graded[(gold, predicted)] is False
+
+
+@pytest.mark.parametrize("answer,bare", [
+    ("18 dollars", "18"), ("9 (apples)", "9"), ("5 \\text{ cm}^2", "5"), ("60 km/h", "60"), ("90°", "90"),
+    ("x = 3 dollars", "x = 3"), ("2 1/2 cups", "2 1/2"), ("5 \\, \\text{cm}", "5"), ("3 \\text{m}", "3"),
+    ("3 x", None), ("7n", None), ("2pi", None), ("5 i", None), ("3 or five", None), ("-1 or more", None),
+    ("3 (or 4)", None), ("3 \\text{ or } 4", None), ("3 hundred", None), ("18%", None), ("apples", None),
+    ("\\text{Evelyn}", None),
+])
+def test_strip_unit(answer, bare):
+    assert strip_unit(answer) == bare
+
+
+# Degenerate strings for every alternative of the tokeniser and the other regular expressions.
+DEGENERATE = ["9", "a", "a ", "\\text{", "(", "(a", "a/", "a /", "^", "^ ", "\\", "° ", "{", "\\text{a", "a.",
+              "c or d ", "x = ", "3 apples ", "\\boxed{"]
+
+
+@pytest.mark.parametrize("unit", DEGENERATE)
+def test_a_1mb_answer_is_verified_at_once(unit):
+    answer = unit * (1_000_000 // len(unit))
+    t = time.perf_counter()
+    assert verify_answer("5", answer) is False
+    assert verify_answer("c", answer) is False
+    assert verify_answer("\\frac{1}{2}", answer) is False
+    assert time.perf_counter() - t < 0.3  # well under a second
+
+
+def test_a_1mb_answer_through_the_grader():
+    with Grader() as g:
+        g.grade([("1", "2")])  # start the worker outside the timing
+        t = time.perf_counter()
+        answers = [unit * (1_000_000 // len(unit)) for unit in DEGENERATE[:6]]
+        assert g.grade([("5", a) for a in answers]) == [False] * len(answers)
+        assert g.verdicts([("Options: a ) 1 , b ) 2", "c", a, False) for a in answers]) == [False] * len(answers)
+        assert time.perf_counter() - t < 2
+
+
+def test_unit_reading_is_linear():
+    # strip_unit is only ever given answers of at most MAX_ANSWER_CHARS, but it must not be
+    # what a long one hangs on: 100 KB of each degenerate pattern takes ~0.1 s (one regex pass
+    # and a walk back over the tokens); a quadratic pattern would take minutes. The bound is
+    # loose because CI shares its cores.
+    for unit in DEGENERATE:
+        answer = unit * (100_000 // len(unit))
+        t = time.perf_counter()
+        strip_unit(answer)
+        assert time.perf_counter() - t < 2, unit
+
+
+# ----------------------------------------------------------------- one grading path (point 4)
+
+MATHQA = ("the compound ratio of 5 : 6 , 3 : 2 and 6 : 5 ?\n\n"
+          "Options: a ) 1 : 1 , b ) 3 : 2 , c ) 12 , d ) 9 , e ) 2 : 3")
+
+
+def test_verdicts_map_options_and_fail_truncated_completions():
+    items = [
+        (MATHQA, "c", "12", False),  # the value of option c: correct (training used to give 0)
+        (MATHQA, "c", "60 = c", False),  # MathQA rationales end like this
+        (MATHQA, "c", "c or d", False),  # two options named
+        (MATHQA, "c", "9", False),  # option d's value
+        ("What is 2 + 3?", "5", "5", True),  # right answer, but cut at the token limit
+        ("What is 2 + 3?", "5", "5 apples", False),
+        ("What is 2 + 3?", "5", None, False),  # no answer stated
+        (None, "5", "5", False),  # no problem text is fine
+        ("What is 2 + 3?", "5", "5x", False),
+    ]
+    with Grader() as g:
+        assert g.verdicts(items) == [True, True, False, False, False, True, False, True, False]
+        assert g.verdicts([]) == []
+
+
+def test_evaluation_stores_a_truncated_sample_as_incorrect(db):
+    from gcpo_cli import store
+    from gcpo_cli.evaluation import _store
+
+    problems = [{"id": f"p{i}", "text": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(3)]
+    for p in problems:
+        db["problems"].insert(dict(p, metadata_json="{}", created_at="2025-01-01T00:00:00Z"))
+    ev_id, _ = store.open_evaluation(db, model="m", set_name="s", params={}, run_id=None, run_step=None)
+    with Grader() as g:
+        _store(db, ev_id, g, [(problems[0], 0, "... \\boxed{0}", "0", 9, False),
+                              (problems[1], 0, "... \\boxed{2}", "2", 9, True),
+                              (problems[2], 0, "... \\boxed{4x}", "4x", 9, False)])
+    rows = {r["problem_id"]: r for r in db["eval_results"].rows}
+    assert [rows[p]["correct"] for p in ("p0", "p1", "p2")] == [1, 0, 0]
+    assert rows["p1"]["truncated"] == 1
