@@ -384,6 +384,8 @@ class Target:
     run_id: str | None = None
     run_step: int | None = None
     template: str | None = None  # the run's own prompt template
+    quant: str = "none"  # the base the run trained on: "nf4" is evaluated as nf4 + adapter
+    dtype: str = "float32"  # its compute dtype
 
 
 def run_target(db, ref: str, step: int | None) -> Target:
@@ -393,9 +395,11 @@ def run_target(db, ref: str, step: int | None) -> Target:
     run = store.resolve_run(db, ref)
     step = checkpoints.pick(run, step)
     recipe = store.loads(run["recipe_json"])
-    template = recipe.get("prompt_template") if isinstance(recipe, dict) else None
-    return Target(f"run:{run['id']}@{step}", run["model"], str(checkpoints.adapter(run["out_dir"], step)),
-                  run["id"], step, template)
+    recipe = recipe if isinstance(recipe, dict) else {}
+    model = recipe.get("model") or {}
+    return Target(f"run:{run['id']}@{step}", run["model"], str(checkpoints.adapter(checkpoints.run_folder(run), step)),
+                  run["id"], step, recipe.get("prompt_template"), model.get("quant", "none"),
+                  model.get("dtype", "float32"))
 
 
 def parse_target(db, spec: str, is_model_name) -> Target:
@@ -422,7 +426,7 @@ def evaluate_target(db, t: Target, sets: dict[str, list[dict]], grader: Grader, 
         return [evaluate_golden(db, problems, set_name=name, grader=grader, progress=progress)
                 for name, problems in sets.items()]
     try:
-        model, tok = load_for_inference(t.model, adapter_dir=t.adapter)
+        model, tok = load_for_inference(t.model, adapter_dir=t.adapter, quant=t.quant, dtype=t.dtype)
     except GcpoError:
         raise
     except (OSError, ValueError) as e:  # a hub id offline, a folder transformers cannot read

@@ -333,15 +333,24 @@ def load_adapter(model, adapter_dir: Path, trainable: bool = False):
                          ) from None
 
 
-def load_for_inference(name: str, adapter_dir: Path | None = None):
-    """(model, tokenizer) in eval mode for `gcpo eval`: a model, optionally with a run's adapter
-    merged in, in the sampling dtype the trainer's MergedSampler uses (bf16 where it is fast), so
-    `gcpo eval --run` and the trainer's held-out evaluation compute the same thing."""
+def load_for_inference(name: str, adapter_dir: Path | None = None, quant: str = "none", dtype: str = "float32"):
+    """(model, tokenizer) in eval mode for `gcpo eval`: a model, optionally with a run's adapter.
+
+    A run that trained on an unquantised base gets its adapter merged in, in the sampling dtype
+    the trainer's MergedSampler uses (bf16 where it is fast), so `gcpo eval --run` and the
+    trainer's held-out evaluation compute the same thing. A run that trained on an nf4 base is
+    evaluated as it trained and sampled: the nf4 base (in its compute dtype) with the adapter on
+    top, unmerged (merging would evaluate a dequantised model it never was)."""
     import torch
 
     from .recipe import ModelConfig
 
-    model, tok, _ = load_base(ModelConfig(name=name))
+    model, tok, _ = load_base(ModelConfig(name=name, quant=quant, dtype=dtype if quant != "none" else "float32"))
+    if quant != "none":
+        if adapter_dir is not None:
+            model = load_adapter(model, adapter_dir)
+        model.eval()
+        return model, tok
     if adapter_dir is not None:
         model = load_adapter(model, adapter_dir).merge_and_unload()
     if fast_bf16(next(model.parameters()).device.type):

@@ -194,3 +194,28 @@ def test_training_and_evaluation_grade_through_one_path():
         in_eval = g.verdicts([(problem["text"], "c", x.extracted_answer, x.truncated) for x in rollouts])
     assert [x.reward for x in rollouts] == [1.0, 1.0, 0.0, 0.0]
     assert in_eval == [x.correct for x in rollouts]
+
+
+def test_a_quantised_run_is_evaluated_on_its_nf4_base_with_the_adapter(db, tiny_dir, monkeypatch, runner):
+    import bitsandbytes as bnb
+
+    from gcpo_cli import evaluation, model
+    from gcpo_cli.cli import app
+
+    summary = training.train(db, recipes.load("tiny", [f"model.name={tiny_dir}", "model.quant=nf4", "steps=1"]))
+    target = evaluation.run_target(db, summary["run_id"], None)
+    assert (target.quant, target.dtype) == ("nf4", "float32")
+    loaded = {}
+    real = model.load_for_inference
+
+    def spy(*a, **kw):
+        loaded["model"], tok = real(*a, **kw)
+        return loaded["model"], tok
+
+    monkeypatch.setattr(model, "load_for_inference", spy)
+    r = runner.invoke(app, ["eval", "--run", summary["run_id"], "--set", summary["set_name"], "--limit", "2",
+                            "--max-new-tokens", "4"])
+    assert r.exit_code == 0, r.output
+    m = loaded["model"]
+    assert any(isinstance(x, bnb.nn.Linear4bit) for x in m.modules())  # the 4-bit base, as trained
+    assert any("lora_A" in k for k, _ in m.named_parameters())  # the adapter on top, unmerged
