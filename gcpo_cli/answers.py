@@ -50,12 +50,12 @@ OPTION_LETTERS = "abcde"
 MAX_NESTING = 40
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
-_HASHES = re.compile(r"####[ \t]*([^\n]*\S)")
+_HASHES = re.compile(r"####([^\n]*)")  # linear: stripped below (a [ \t]*...\S form is quadratic)
 # The last "answer is" / "final answer:" / "answer =" intro; the answer runs to the end of its
 # sentence (a full stop followed by space or the end, not the one inside 3.5) or line.
 _ANSWER_INTRO = re.compile(r"\banswer\s*(?:is\b|:|=)\s*:?", re.I)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
-_OPTION = re.compile(r"^\(?\s*([a-eA-E])\s*\)?(?:\s*[).:]|\s*$)")
+_OPTION = re.compile(r"^\(?\s*([a-eA-E])\s*(?:\)\s*)?(?:[).:]|$)")  # no two \s* on one run of blanks
 _BOLD = re.compile(r"^\\(?:textbf|mathbf|bf)\s*\{")
 
 
@@ -102,9 +102,9 @@ def extract_answer(text: str | None) -> str | None:
     boxed = last_boxed(text)
     if boxed is not None:
         return _unwrap(boxed)
-    hashes = _HASHES.findall(text)
+    hashes = [h for h in (m.strip() for m in _HASHES.findall(text)) if h]
     if hashes:
-        return hashes[-1].strip()
+        return hashes[-1]
     intro = None
     for intro in _ANSWER_INTRO.finditer(text):
         pass

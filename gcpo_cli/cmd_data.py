@@ -125,6 +125,12 @@ def ingest_cmd(
     count: Annotated[int, typer.Option(help="synthetic: number of problems.", min=1)] = 200,
     seed: Annotated[int, typer.Option(help="synthetic: random seed.")] = 0,
     levels: Annotated[str, typer.Option(help='synthetic: difficulty levels, e.g. "2" or "1-3".')] = "1-5",
+    max_field_bytes: Annotated[Optional[int], typer.Option(
+        help="Largest text field accepted, in bytes (default: GCPO_MAX_FIELD_BYTES or 1 MiB).", min=1,
+        show_default=False)] = None,
+    max_input_bytes: Annotated[Optional[int], typer.Option(
+        help="Largest input accepted, in bytes (default: GCPO_MAX_INPUT_BYTES or 2 GiB).", min=1,
+        show_default=False)] = None,
     skip_invalid: Annotated[bool, typer.Option(
         "--skip-invalid", help="Write the valid rows and report each skipped one.")] = False,
     yes: Annotated[bool, typer.Option(
@@ -143,7 +149,8 @@ def ingest_cmd(
     if name is None:
         raise GcpoError("name the problem set to add to: --set NAME")
     store.require_set_name(name)
-    loaded = ing.load_source(source, split=split, subset=subset, count=count, seed=seed, levels=levels)
+    loaded = ing.load_source(source, split=split, subset=subset, count=count, seed=seed, levels=levels,
+                             max_field_bytes=max_field_bytes, max_input_bytes=max_input_bytes)
     overrides = dict(problem=problem, solution=solution, answer=answer, id=id_)
     mapping = ing.detect(loaded, **overrides)
     if mapping.unsure and not yes:

@@ -6,17 +6,30 @@ Known layouts (see ../shared/data/SOURCES.md): `problem`/`question`/`prompt` for
 `ground_truth`, `target`..., after GSM8K's `####`, or only as the last \\boxed{} of a MATH
 `solution`. Weaker guesses (a column named `input`, `target`, `label`...) are flagged as unsure so
 that the CLI can ask on a terminal.
+
+Every row is checked before it is read (`check_row`): each field is text that can be stored
+(UTF-8 bytes decoded, no lone surrogates) and at most `max_field_bytes` long; the problem text,
+solution and answer hold no chat special-token string (`chat_token`); an answer is a finite
+value (no inf/nan) short enough to grade. A violation is a ValueError that names the field, so
+the caller can name the line.
+
+Time: every regular expression run on field text here is linear in its length (no two
+quantifiers can share a run of blanks), and the two helpers of answers.py that backtrack
+quadratically over blanks (`####` followed by blanks, an option letter followed by blanks) are
+given text where that cannot happen (`_extract`, `_letter`), so a 1 MB field parses in
+milliseconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import string
 from dataclasses import dataclass, field
 
 from .errors import GcpoError
-from .answers import extract_answer, normalize_answer_field, option_letter
+from .answers import MAX_ANSWER_CHARS, extract_answer, last_boxed, normalize_answer_field, option_letter
 
 PROBLEM_NAMES = ("problem", "question", "prompt", "query", "input", "instruction", "text")
 STRONG_PROBLEM = {"problem", "question", "prompt"}
@@ -28,6 +41,7 @@ SOLUTION_NAMES = ("solution", "rationale", "reasoning", "explanation", "worked_s
 ID_NAMES = ("id", "unique_id", "problem_id", "uid", "qid", "idx", "index")
 OPTION_NAMES = ("options", "choices")
 SAMPLE = 200  # rows looked at for detection; cheap, and enough to see a column's habits
+MAX_FIELD_BYTES = 2**20  # default cap of one field, in UTF-8 bytes (ingest: GCPO_MAX_FIELD_BYTES)
 
 
 def problem_id(text: str) -> str:
@@ -79,8 +93,8 @@ def _text(row: dict, name: str) -> str:
         raise ValueError(f"field {name!r} is null")
     if isinstance(v, (dict, list, tuple)):
         raise ValueError(f"field {name!r} holds a {type(v).__name__}, not text")
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
+    if isinstance(v, float):
+        v = number_text(v, name)
     v = str(v).strip()
     if not v:
         raise ValueError(f"field {name!r} is empty")
@@ -113,9 +127,12 @@ def _is_letter(v) -> bool:
 
 
 def detect_mapping(rows: list[dict], *, problem: str | None = None, solution: str | None = None,
-                   answer: str | None = None, id: str | None = None, label: str = "rows") -> Mapping:
-    """Find the fields; explicit names (flags) win. Raises GcpoError when a field cannot be found."""
-    cols = _columns(rows)
+                   answer: str | None = None, id: str | None = None, label: str = "rows",
+                   columns: list[str] | None = None) -> Mapping:
+    """Find the fields; explicit names (flags) win. Raises GcpoError when a field cannot be found.
+    `rows` may be a sample (its first SAMPLE rows are looked at); `columns`, when given, are the
+    field names of every row of the source (a streamed file's rows are not all in memory)."""
+    cols = list(columns) if columns is not None else _columns(rows)
     lower: dict[str, str] = {}
     for c in cols:
         lower.setdefault(str(c).lower(), c)
@@ -230,15 +247,154 @@ def _first_field(lower: dict[str, str], names, exclude=()) -> str | None:
 
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 # MathQA rationales state their letter as "answer : d", "option b", "d is the answer" or end in "b )".
+# Linear: each optional part brings its own leading \s*, so no two quantifiers can split one run
+# of blanks between them (the earlier form, with three \s* in a row, was cubic in such a run:
+# 5,000 spaces after "answer" took minutes).
 _STATED_OPTION = re.compile(
-    r"(?:answer|option|choice)s?\s*(?:is|:|-|=|will be|should be)?\s*(?:option\s*|choice\s*)?[:(]?"
-    r"\s*([a-e])\s*\)?(?![a-z0-9])|(?<![a-z0-9])([a-e])\s+is\s+(?:the\s+)?(?:correct\s+)?"
-    r"(?:answer|option|choice)", re.I)
-_TRAILING_OPTION = re.compile(r"(?:^|[\s(:])([a-eA-E])\s*\)?\s*\.?\s*$")
+    r"(?:answer|option|choice)s?(?:\s*(?:is|:|-|=|will be|should be))?(?:\s*(?:option|choice))?"
+    r"\s*(?:[:(]\s*)?([a-e])\s*\)?(?![a-z0-9])"
+    r"|(?<![a-z0-9])([a-e])\s+is\s+(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)", re.I)
+_TRAILING_OPTION = re.compile(r"(?:^|[\s(:])([a-eA-E])\s*(?:\)\s*)?(?:\.\s*)?$")
 _EMPTY_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{\s*\}")  # two MATH-train solutions end in "\boxed{}"
+# answers.extract_answer's `####[ \t]*([^\n]*\S)` is quadratic in a run of blanks after `####`
+# when nothing but whitespace follows on that line (the match fails after trying every split of
+# the run). There it fails whatever the run's length, and no other match can end inside it, so
+# `_extract` drops such runs first (when no \boxed{} answer, which would be read instead, exists).
+_HASH_BLANKS = re.compile(r"####([ \t]{2,})")
+_BLANKS_TO_EOL = re.compile(r"[^\S\n]*(?:\n|\Z)")
+_NOT_FINITE = re.compile(r"[+-]?(?:inf(?:inity)?|nan)", re.I)
+# Chat-template control strings: in a prompt, a tokenizer turns them into real special tokens, so
+# a row holding them could end the user's turn and write the assistant's. Known families:
+# ChatML / Llama 3 / Phi / Qwen (<|im_end|>, <|eot_id|>, <|start_header_id|>, <|endoftext|>),
+# DeepSeek's full-width bars (<｜end▁of▁sentence｜>, <｜Assistant｜>), Llama 2 / Mistral (</s>,
+# [INST], [/INST], <<SYS>>, [SYSTEM_PROMPT], [TOOL_CALLS]...), Gemma (<start_of_turn>). A bare
+# "<|x|>" (one or two characters between the bars) is left alone: that is mathematics.
+_CHAT_TOKEN = re.compile(
+    r"<\|[A-Za-z_][A-Za-z0-9_]{2,63}\|>"
+    r"|<\uff5c[^\uff5c<>\n]{1,64}\uff5c>"
+    r"|</s>|\[/?INST\]|<</?SYS>>|\[/?(?:SYSTEM_PROMPT|TOOL_CALLS|TOOL_RESULTS|AVAILABLE_TOOLS)\]"
+    r"|<(?:start|end)_of_turn>")
+_BIG_FLOAT = 2.0**53  # beyond this, an integer-valued float's digits are rounding, not data
 
 
-@dataclass
+def chat_token(text: str) -> str | None:
+    """The first chat special-token string in `text`, or None."""
+    m = _CHAT_TOKEN.search(text)
+    return m.group() if m else None
+
+
+def number_text(v: float, name: str) -> str:
+    """A float field as text: 27.0 -> "27", 2.5 -> "2.5"; an integer-valued float beyond 2**53
+    keeps the text it was written with ("1e300", from the JSON reader's `literal`; else Python's
+    "1e+300"), never a 301-digit expansion. ValueError for inf and nan."""
+    if not math.isfinite(v):
+        raise ValueError(f"field {name!r} is {v}, not a finite number")
+    if not v.is_integer():
+        return repr(v)
+    if abs(v) < _BIG_FLOAT:
+        return str(int(v))
+    return getattr(v, "literal", None) or repr(v)
+
+
+def _utf8_size(s: str, name: str) -> int:
+    if s.isascii():
+        return len(s)
+    try:
+        return len(s.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise ValueError(f"field {name!r} holds a lone surrogate (U+{ord(s[e.start]):04X}), which is not "
+                         "valid Unicode text") from None
+
+
+def _as_text(b, name: str) -> str:
+    try:
+        return bytes(b).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"field {name!r} holds binary data that is not UTF-8 text (byte 0x{bytes(b)[e.start]:02x} "
+                         f"at offset {e.start})") from None
+
+
+def _nested_size(value, name: str) -> tuple[int, bool]:
+    """UTF-8 size of the strings (and keys) inside a list or dict, checked for surrogates; and
+    whether it holds bytes. Iterative: JSON may nest as deep as its parser allows."""
+    size, has_bytes, stack = 0, False, [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            size += _utf8_size(v, name)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if isinstance(k, str):
+                    size += _utf8_size(k, name)
+                stack.append(x)
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+        elif isinstance(v, (bytes, bytearray, memoryview)):
+            size += len(_as_text(v, name))
+            has_bytes = True
+    return size, has_bytes
+
+
+def _decoded(value, name: str):
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _as_text(value, name)
+    if isinstance(value, dict):
+        return {k: _decoded(v, name) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_decoded(v, name) for v in value]
+    return value
+
+
+def check_row(row: dict, max_field_bytes: int = MAX_FIELD_BYTES) -> dict:
+    """The row with every field usable as text: binary (Parquet) decoded as UTF-8, no lone
+    surrogate in any key or string (SQLite cannot store one), no field over `max_field_bytes`
+    (UTF-8 bytes; a list or object counts the strings inside). Returns the row (a copy when
+    bytes were decoded); ValueError naming the field otherwise."""
+    out = row
+    for key, value in row.items():
+        name = key if isinstance(key, str) else str(key)
+        if isinstance(key, str) and not key.isascii():
+            _utf8_size(key, name)
+        if isinstance(value, str):
+            size = _utf8_size(value, name)
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            value = _as_text(value, name)
+            size = _utf8_size(value, name)
+            out = dict(out) if out is row else out
+            out[key] = value
+        elif isinstance(value, (list, tuple, dict)):
+            size, has_bytes = _nested_size(value, name)
+            if has_bytes:
+                out = dict(out) if out is row else out
+                out[key] = _decoded(value, name)
+        else:
+            continue
+        if size > max_field_bytes:
+            raise ValueError(f"field {name!r} is {size:,} bytes, over the {max_field_bytes:,}-byte limit for one "
+                             "field (GCPO_MAX_FIELD_BYTES)")
+    return out
+
+
+def _extract(text: str) -> str | None:
+    """answers.extract_answer, in linear time, with the same result (see _HASH_BLANKS)."""
+    if "####" in text:
+        runs = [m.span(1) for m in _HASH_BLANKS.finditer(text) if _BLANKS_TO_EOL.match(text, m.end())]
+        if runs and last_boxed(text) is None:
+            parts, at = [], 0
+            for start, end in runs:
+                parts.append(text[at:start])
+                at = end
+            text = "".join(parts) + text[at:]
+    return extract_answer(text)
+
+
+def _letter(text: str | None) -> str | None:
+    """answers.option_letter, in linear time: its pattern reads any run of whitespace as one, and
+    backtracks quadratically over a long one ("b" + 20,000 spaces + "x": seconds)."""
+    return option_letter(" ".join(text.split())) if text else None
+
+
+@dataclass(slots=True)
 class Record:
     id: str
     text: str
@@ -250,23 +406,32 @@ class Record:
     final: str | None = None  # the solution's own final answer, checked against `answer`
 
 
-def build_records(rows: list[dict], where: list[str], m: Mapping
+def used_fields(m: Mapping) -> set[str]:
+    """The fields a mapping reads; the others become metadata."""
+    return set(fields_of(m.problem)) | {f for f in (m.answer, m.solution, m.id, m.options) if f}
+
+
+def build_records(rows: list[dict], where: list[str], m: Mapping, max_field_bytes: int = MAX_FIELD_BYTES
                   ) -> tuple[list[Record], list[tuple[str, str]]]:
     """Apply a mapping to every row; invalid rows come back as (where, reason)."""
     records, rejects = [], []
-    used = set(fields_of(m.problem)) | {f for f in (m.answer, m.solution, m.id, m.options) if f}
+    used = used_fields(m)
     for row, w in zip(rows, where):
         try:
-            records.append(_record(row, w, m, used))
+            records.append(build_record(row, w, m, used, max_field_bytes))
         except ValueError as e:
             rejects.append((w, str(e)))
     return records, rejects
 
 
-def _record(row: dict, where: str, m: Mapping, used: set[str]) -> Record:
+def build_record(row: dict, where: str, m: Mapping, used: set[str], max_field_bytes: int = MAX_FIELD_BYTES
+                 ) -> Record:
+    """One row as a Record (`used`: used_fields(m)); ValueError naming the field when it is invalid."""
+    row = check_row(row, max_field_bytes)
     text = problem_text(m.problem, row)
     if m.options and row.get(m.options) not in (None, "", []):
         text = f"{text}\n\nOptions: {_format_options(row[m.options])}"
+    _no_chat_token(text, row, lambda: [*fields_of(m.problem), m.options])
     option_mode = m.answer_kind == "option"
     solution = final = None
     if m.solution:
@@ -275,6 +440,7 @@ def _record(row: dict, where: str, m: Mapping, used: set[str]) -> Record:
             solution = solution.strip()
             if len(solution) > 1 and solution[0] == solution[-1] == '"':
                 solution = solution[1:-1].strip()  # MathQA keeps each rationale in quotes
+            _no_chat_token(solution, row, lambda: [m.solution])
             final = _final_answer(solution, option_mode)
         else:
             solution = None
@@ -285,10 +451,36 @@ def _record(row: dict, where: str, m: Mapping, used: set[str]) -> Record:
             "no \\boxed{}, '####' or 'the answer is'"
         raise ValueError(f"field {m.solution!r} states no final answer ({why}); pass --answer FIELD")
     else:
-        answer = final
+        answer = _checked_answer(final, m.solution)
     sid = row.get(m.id) if m.id else None
     return Record(problem_id(text), text, answer, where, None if sid is None else str(sid),
                   _metadata(row, used, text), solution, final)
+
+
+def _no_chat_token(text: str, row: dict, names) -> None:
+    """ValueError naming the field (`names()`: the fields `text` was built from) that holds a chat
+    special token, or "the problem text" when a template joined two harmless halves into one."""
+    token = chat_token(text)
+    if token is None:
+        return
+    field_names = [n for n in names() if n and isinstance(row.get(n), str) and token in row[n]]
+    what = f"field {field_names[0]!r}" if field_names else "the problem text"
+    raise ValueError(f"{what} holds the chat special token {token!r}, which would reach the model as a real "
+                     "special token (data must not write chat turns); remove it")
+
+
+def _checked_answer(ans: str, name: str) -> str:
+    """An answer as stored: finite, gradable in length, no chat special token."""
+    if _NOT_FINITE.fullmatch(ans):
+        raise ValueError(f"field {name!r} gives the answer {ans!r}, not a finite number (write an infinite "
+                         "answer as \\infty)")
+    if len(ans) > MAX_ANSWER_CHARS:
+        raise ValueError(f"field {name!r} gives an answer of {len(ans):,} characters; the grader reads at most "
+                         f"{MAX_ANSWER_CHARS:,}")
+    token = chat_token(ans)
+    if token is not None:
+        raise ValueError(f"field {name!r} gives an answer holding the chat special token {token!r}; remove it")
+    return ans
 
 
 def _answer(row: dict, m: Mapping) -> str:
@@ -299,22 +491,27 @@ def _answer(row: dict, m: Mapping) -> str:
         raise ValueError(f"field {m.answer!r} is null")
     if isinstance(raw, dict):
         raise ValueError(f"field {m.answer!r} holds an object, not an answer")
+    if isinstance(raw, float):
+        raw = number_text(raw, m.answer)
+    elif isinstance(raw, (list, tuple)):
+        raw = [number_text(v, m.answer) if isinstance(v, float) else v for v in raw]
     if m.answer_kind == "hashes" and isinstance(raw, str):
         if "####" not in raw:
             raise ValueError(f"field {m.answer!r} has no '#### answer' line")
         got = raw.rsplit("####", 1)[1].strip()
         if not got:
             raise ValueError(f"field {m.answer!r} is empty after '####'")
-        return _strip_thousands(got)
+        return _checked_answer(_strip_thousands(got), m.answer)
     if m.answer_kind == "boxed" and isinstance(raw, str):
-        got = extract_answer(raw)
+        got = _extract(raw)
         if not got:
             raise ValueError(f"field {m.answer!r} states no final answer (no \\boxed{{}})")
-        return got
+        return _checked_answer(got, m.answer)
     ans = normalize_answer_field(raw)
     if ans is None:
         raise ValueError(f"field {m.answer!r} is empty")
-    return (option_letter(ans) or ans) if m.answer_kind == "option" else ans
+    ans = _checked_answer(ans, m.answer)
+    return (_letter(ans) or ans) if m.answer_kind == "option" else ans
 
 
 def _strip_thousands(ans: str) -> str:
@@ -323,11 +520,11 @@ def _strip_thousands(ans: str) -> str:
 
 
 def _final_answer(solution: str, option_mode: bool) -> str | None:
-    final = extract_answer(solution)
+    final = _extract(solution)
     if final and _EMPTY_BOX.fullmatch(final.strip("$ ")):
         final = None  # "the answer is $\boxed{}$" states nothing
     if option_mode:
-        letter = option_letter(final) if final else None
+        letter = _letter(final) if final else None
         if letter is None:
             stated = list(_STATED_OPTION.finditer(solution))
             trailing = _TRAILING_OPTION.search(solution[-60:])

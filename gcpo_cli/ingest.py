@@ -1,9 +1,44 @@
 """Ingest problem sets: read a source, map its fields (fields.py), write in one transaction.
 
-Readers: JSONL and JSON arrays are parsed with `json` here, because datasets' JSON reader coerces
-mixed-type columns ("007" and 2.5 in one column become numbers, a null beside strings can fail)
-and cannot say which line was bad. CSV, Parquet, `save_to_disk` folders and `hf:ORG/NAME` go
-through `datasets`. `synthetic:arithmetic` comes from synthetic.py.
+Readers: JSONL (and JSON lines in a .json file) is streamed. It is read line by line twice: once
+to hash it (the no-op fingerprint), learn every field name and keep a sample of rows for
+detection; once to turn each line into a record as it is read. What is kept is what the write
+needs (each new problem once, golden answers, conflicting answers), never the file, its text or
+its parsed rows; the file is checked to be unchanged between the two reads. JSON arrays and CSV
+are read whole and parsed here (`json`, and `csv` in strict mode, so that any error names its
+line); datasets' JSON reader coerces mixed-type columns ("007" and 2.5 in one column become
+numbers) and pandas' CSV reader merges rows after a stray quote, shifts columns and reads "NA" as
+missing. Parquet, `save_to_disk` folders and `hf:ORG/NAME` go through `datasets`.
+`synthetic:arithmetic` comes from synthetic.py. However read, the write is one transaction:
+an invalid row writes nothing unless --skip-invalid, and every message names the line (or row).
+
+Limits (env var, or the `max_field_bytes` / `max_input_bytes` arguments): one field at most
+GCPO_MAX_FIELD_BYTES of UTF-8 (default 1 MiB; a longer one rejects its row); one JSONL line at
+most ROW_FIELDS (16) times that (a longer one is rejected unread: no 1 GB line in memory); a file
+or folder at most GCPO_MAX_INPUT_BYTES (default 2 GiB). Sizes are bytes, or take K/M/G (binary).
+
+Refused, naming the line (rows: skipped and reported with --skip-invalid):
+- CSV: a quote that is never closed or is followed by text (strict reader: the error names the
+  line its record starts on), a column name twice in the header (file error), a row whose field
+  count is not the header's. Only an empty cell is missing; "NA", "null", "007" stay text.
+- JSON: a trailing comma in an array (file error), numbers Python cannot hold (over 4,300
+  digits), nesting deeper than the parser's recursion limit.
+- Any field: a lone surrogate (SQLite cannot store it), binary data that is not UTF-8 (binary
+  that is UTF-8, as Parquet often stores text, is decoded), more than the field limit.
+- Answers: inf and nan (as numbers or as text; an infinite answer is written \\infty), longer than
+  the grader reads (answers.MAX_ANSWER_CHARS). An integer-valued number beyond 2**53 keeps the
+  text it was written with: `1e300` is stored as "1e300" (a Parquet float as Python writes it,
+  "1e+300"), never as 301 digits that are not the data's; 27.0 is still "27".
+- Chat special tokens (`<|im_end|>`, `<|eot_id|>`, `<|start_header_id|>`, DeepSeek's
+  `<｜end▁of▁sentence｜>`, `</s>`, `[INST]`, `<<SYS>>`, `<start_of_turn>`...; fields.chat_token)
+  in the problem text, the solution or the answer. A tokenizer turns these strings into real
+  special-token ids, so a row holding them could close the user's turn in a prompt and write the
+  assistant's (or a golden answer could end its own turn early). The choice is to refuse such
+  rows here rather than tokenise around them: the database is shared by every model, each with
+  its own special tokens, so only a check on the data keeps every prompt safe for every model,
+  and the data's author sees the row to fix. No real problem in ../shared/data holds one; a bare
+  `<|x|>` (absolute values) is not matched. The tokenising side (special-token strings kept as
+  text) is the other layer, for models whose tokens are not in the list.
 
 Identity (content hashes, as simonw/llm does): a problem's id is the sha256 of its
 whitespace-normalised text, so the same problem in two sets is stored once; a golden answer's id
@@ -17,26 +52,69 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 import tempfile
 import time
+from collections.abc import Mapping as MappingABC
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Callable, Iterator
 
 from . import store, synthetic
 from .answers import Grader, _local_verdict
 from .errors import GcpoError
-from .fields import Mapping, Record, build_records, detect_mapping
+from .fields import MAX_FIELD_BYTES, SAMPLE, Mapping, Record, build_record, detect_mapping, used_fields
 
 SYNTHETIC_KINDS = ("arithmetic",)
+FIELD_ENV, INPUT_ENV = "GCPO_MAX_FIELD_BYTES", "GCPO_MAX_INPUT_BYTES"
+MAX_INPUT_BYTES = 2 * 2**30
+ROW_FIELDS = 16  # a JSONL line may hold this many fields' worth of bytes
+CHUNK = 2000  # records looked up in the database at a time
+SAMPLE_BYTES = 32 * 2**20  # a streamed file's detection sample: fields.SAMPLE rows, fewer once past this size
+_BOM = b"\xef\xbb\xbf"
 
 
 def _sha(*parts: str | bytes) -> str:
     h = hashlib.sha256()
     for p in parts:
-        h.update(p.encode() if isinstance(p, str) else p)
+        # surrogatepass: in-memory rows may hold a lone surrogate (rejected later, with its row);
+        # valid text encodes exactly as before, so fingerprints do not change.
+        h.update(p.encode("utf-8", "surrogatepass") if isinstance(p, str) else p)
         h.update(b"\0")
     return h.hexdigest()
+
+
+_SIZE = re.compile(r"\s*(\d{1,19})\s*(?:([kmgt])(?:i?b)?|b)?\s*", re.I)
+
+
+def _limit(value: int | None, env: str, default: int) -> int:
+    """A size limit: the argument, else the environment variable, else the default."""
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise GcpoError(f"{env.lower().removeprefix('gcpo_').replace('_', '-')} must be a positive number of "
+                            f"bytes, got {value!r}")
+        return value
+    raw = os.environ.get(env)
+    if raw is None or not raw.strip():
+        return default
+    m = _SIZE.fullmatch(raw)
+    n = int(m.group(1)) * 1024 ** ("kmgt".index(m.group(2).lower()) + 1 if m.group(2) else 0) if m else 0
+    if n < 1:
+        raise GcpoError(f"{env}={raw!r} is not a size: give a positive number of bytes, e.g. 1048576 or 1M")
+    return n
+
+
+def limits(max_field_bytes: int | None = None, max_input_bytes: int | None = None) -> tuple[int, int]:
+    """(field limit, input limit) in bytes: the arguments, else GCPO_MAX_FIELD_BYTES and
+    GCPO_MAX_INPUT_BYTES, else 1 MiB and 2 GiB. GcpoError for a value that is not a size."""
+    return (_limit(max_field_bytes, FIELD_ENV, MAX_FIELD_BYTES), _limit(max_input_bytes, INPUT_ENV, MAX_INPUT_BYTES))
+
+
+def _too_big(label: str, size: int, cap: int) -> GcpoError:
+    return GcpoError(f"{label}: the input is {size:,} bytes, over the {cap:,}-byte input limit "
+                     f"({INPUT_ENV}); nothing was written")
 
 
 # ----------------------------------------------------------------------------------------- read
@@ -48,15 +126,44 @@ class Loaded:
 
     source: str  # canonical source, stored with the ingest
     label: str  # how messages name the source (the path as given, the hub id)
-    rows: list[dict]
+    rows: list[dict]  # every row; for a streamed file, its first fields.SAMPLE readable rows
     where: list[str]  # "line 12" (text formats) or "row 3" (tables), one per row
     fingerprint: str  # sha256 of the content
-    bad: list[tuple[str, str]] = field(default_factory=list)  # unparseable rows: (where, why)
+    bad: list[tuple[str, str]] = field(default_factory=list)  # unparseable rows: (where, why); streamed: the first
+    columns: list[str] | None = None  # every field name of every row, in order (None: those of `rows`)
+    count: int | None = None  # rows read, readable or not (None: len(rows) + len(bad))
+    max_field_bytes: int = MAX_FIELD_BYTES
+    stream: Callable[[], Iterator[tuple[str, dict | None, str | None]]] | None = field(default=None, repr=False)
+
+    @property
+    def rows_read(self) -> int:
+        return self.count if self.count is not None else len(self.rows) + len(self.bad)
+
+    def items(self) -> Iterator[tuple[str, dict | None, str | None]]:
+        """(where, row, None) for each readable row and (where, None, why) for each unreadable
+        one, in source order. A streamed file is read again (GcpoError if it has changed)."""
+        if self.stream is not None:
+            yield from self.stream()
+            return
+        merged = [(w, r, None) for r, w in zip(self.rows, self.where)] + [(w, None, why) for w, why in self.bad]
+        if self.bad:
+            merged.sort(key=lambda item: _where_key(item[0]))
+        yield from merged
 
 
 def load_source(source: str, *, split: str | None = None, subset: str | None = None,
-                count: int = 200, seed: int = 0, levels: str | list[int] = "1-5") -> Loaded:
-    """Read SOURCE (a file, a datasets folder, hf:ORG/NAME, synthetic:KIND) into plain rows."""
+                count: int = 200, seed: int = 0, levels: str | list[int] = "1-5",
+                max_field_bytes: int | None = None, max_input_bytes: int | None = None) -> Loaded:
+    """Read SOURCE (a file, a datasets folder, hf:ORG/NAME, synthetic:KIND) into plain rows (a
+    JSONL file: a sample of them, and a way to stream them all). The limits default to
+    GCPO_MAX_FIELD_BYTES / GCPO_MAX_INPUT_BYTES (see the module docstring)."""
+    field_cap, input_cap = limits(max_field_bytes, max_input_bytes)
+    loaded = _load(source, split, subset, count, seed, levels, field_cap, input_cap)
+    loaded.max_field_bytes = field_cap
+    return loaded
+
+
+def _load(source: str, split, subset, count, seed, levels, field_cap: int, input_cap: int) -> Loaded:
     if source.startswith("synthetic:"):
         return _load_synthetic(source, count, seed, levels)
     if source.startswith("hf:"):
@@ -65,38 +172,75 @@ def load_source(source: str, *, split: str | None = None, subset: str | None = N
     if subset:
         raise GcpoError("--subset applies to hub datasets (hf:ORG/NAME) only")
     if path.is_dir():
-        return _load_folder(path, source, split)
+        return _load_folder(path, source, split, input_cap)
     if split:
         raise GcpoError("--split applies to hub datasets and datasets folders, not to a single file")
     if not path.exists():
         raise GcpoError(f"{source}: file not found")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise GcpoError(f"{source}: cannot read the file ({e.strerror})")
     src = str(path.resolve())
     ext = path.suffix.lower()
     if ext not in (".jsonl", ".ndjson", ".json", ".csv", ".parquet"):
         raise GcpoError(f"{source}: unknown format {ext or '(no extension)'!r}; expected .jsonl, .json, "
                          ".csv, .parquet, a folder saved by datasets, hf:ORG/NAME or synthetic:arithmetic")
+    try:
+        if path.is_file() and path.stat().st_size > input_cap:
+            raise _too_big(source, path.stat().st_size, input_cap)
+        if not path.is_file():  # a pipe or a device: it cannot be read twice, so read it once
+            return _load_bytes(_read_capped(path, source, input_cap), path, source, src, ext, field_cap, input_cap)
+        if ext == ".parquet":
+            rows = _bytes_as_text(_read_with_datasets("parquet", path, source))
+            return Loaded(src, source, rows, [f"row {i + 1}" for i in range(len(rows))], _file_sha(path))
+        if ext in (".jsonl", ".ndjson") or (ext == ".json" and _jsonl_shaped(path, field_cap)):
+            return _load_jsonl(partial(open, path, "rb"), source, src, field_cap, input_cap)
+        return _load_bytes(path.read_bytes(), path, source, src, ext, field_cap, input_cap)
+    except OSError as e:
+        raise GcpoError(f"{source}: cannot read the file ({e.strerror or e})")
+
+
+def _load_bytes(data: bytes, path: Path, label: str, src: str, ext: str, field_cap: int, input_cap: int) -> Loaded:
+    """A file already in memory: CSV, a JSON array or object, or JSONL that could not be streamed."""
+    if len(data) > input_cap:
+        raise _too_big(label, len(data), input_cap)
     if ext == ".parquet":
-        rows = _read_with_datasets("parquet", path, source)
-        return Loaded(src, source, rows, [f"row {i + 1}" for i in range(len(rows))], _sha(data))
-    text = _decode(data, source)
+        with tempfile.TemporaryDirectory(prefix="gcpo-ingest-") as d:
+            copy = Path(d) / path.name
+            copy.write_bytes(data)
+            rows = _bytes_as_text(_read_with_datasets("parquet", copy, label))
+        return Loaded(src, label, rows, [f"row {i + 1}" for i in range(len(rows))], _sha(data))
+    text = _decode(data, label)
     if not text.strip():
-        raise GcpoError(f"{source}: the file is empty")
+        raise GcpoError(f"{label}: the file is empty")
     if ext == ".csv":
-        return _load_csv(path, source, src, text, data)
+        return _load_csv(label, src, text, data, field_cap)
     if ext == ".json" and text.lstrip().startswith("["):
-        rows, where = _parse_json_array(text, source)
-        return Loaded(src, source, rows, where, _sha(data))
+        rows, where = _parse_json_array(text, label)
+        return Loaded(src, label, rows, where, _sha(data))
     if ext == ".json" and text.lstrip().startswith("{"):
         try:  # one (maybe pretty-printed) object is one row; otherwise these are JSON lines
-            obj = json.loads(text)
-            return Loaded(src, source, [obj], ["line 1"], _sha(data))
-        except json.JSONDecodeError:
+            obj = _DECODER.decode(text)
+            if isinstance(obj, dict):
+                return Loaded(src, label, [obj], ["line 1"], _sha(data))
+        except (ValueError, RecursionError):
             pass
-    return _parse_jsonl(text, source, src, data)
+    return _load_jsonl(partial(io.BytesIO, data), label, src, field_cap, input_cap)
+
+
+def _read_capped(path: Path, label: str, cap: int) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise _too_big(label, len(data), cap)
+    return data
+
+
+def _file_sha(path: Path) -> str:
+    """_sha(the file's bytes), read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(partial(f.read, 1 << 20), b""):
+            h.update(chunk)
+    h.update(b"\0")
+    return h.hexdigest()
 
 
 def _decode(data: bytes, label: str) -> str:
@@ -109,28 +253,158 @@ def _decode(data: bytes, label: str) -> str:
                          f"{col}); re-save the file as UTF-8")
 
 
-def _parse_jsonl(text: str, label: str, src: str, data: bytes) -> Loaded:
-    rows, where, bad = [], [], []
-    # split("\n"), not splitlines(): U+2028 and friends may sit raw inside JSON strings.
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
+class _JsonFloat(float):
+    """A JSON number that Python reads as a float, with the text it was written as (`1e300`)."""
+
+    __slots__ = ("literal",)
+
+
+def _json_float(text: str) -> float:
+    if "e" not in text and "E" not in text and len(text) < 16:
+        return float(text)  # exact enough as a float; only long or exponent forms keep their text
+    f = _JsonFloat(text)
+    f.literal = text
+    return f
+
+
+_DECODER = json.JSONDecoder(parse_float=_json_float)
+
+
+def _json_error(e: BaseException) -> str:
+    if isinstance(e, json.JSONDecodeError):
+        return f"not valid JSON ({e.msg} at column {e.colno})"
+    if isinstance(e, RecursionError):
+        return "not valid JSON for Python (nested too deeply)"
+    if "digits" in str(e):
+        return "not valid JSON for Python (a number of more than 4,300 digits)"
+    return f"not valid JSON ({_first_line(e)})"
+
+
+def _type_name(obj) -> str:
+    return "float" if isinstance(obj, float) else type(obj).__name__
+
+
+def _parse_line(text: str) -> tuple[dict | None, str | None]:
+    """One JSONL line: (the object, None) or (None, why it is not a row)."""
+    try:
+        obj = _DECODER.decode(text)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, a number too long for Python
+        return None, _json_error(e)
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object, got {_type_name(obj)}"
+    return obj, None
+
+
+class _Lines:
+    """The non-blank lines of a JSONL file, decoded, with their numbers; hashes every byte it reads
+    (`digest`, once exhausted: _sha of the content). A line longer than `row_cap` bytes is not
+    read into memory: it comes back as (number, None, why). Past `input_cap` bytes, or at bytes
+    that are not UTF-8, it stops with a GcpoError that names the line."""
+
+    def __init__(self, opener, label: str, row_cap: int, input_cap: int):
+        self.opener, self.label, self.row_cap, self.input_cap = opener, label, row_cap, input_cap
+        self.digest: str | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, str | None, str | None]]:
+        h, total, n = hashlib.sha256(), 0, 0
+        with self.opener() as f:
+            while True:
+                raw = f.readline(self.row_cap + 1)
+                if not raw:
+                    break
+                n += 1
+                h.update(raw)
+                total += len(raw)
+                long = len(raw) > self.row_cap and not raw.endswith(b"\n")
+                while long:  # the rest of the line, hashed and dropped
+                    chunk = f.readline(1 << 20)
+                    h.update(chunk)
+                    total += len(chunk)
+                    if not chunk or chunk.endswith(b"\n") or total > self.input_cap:
+                        break
+                if total > self.input_cap:
+                    raise GcpoError(f"{self.label}: line {n}: the input passes the {self.input_cap:,}-byte input "
+                                    f"limit ({INPUT_ENV}); nothing was written")
+                if long:
+                    yield n, None, (f"the line is longer than {self.row_cap:,} bytes ({ROW_FIELDS} times the "
+                                    f"field limit, {FIELD_ENV}); not read")
+                    continue
+                skip = 3 if n == 1 and raw.startswith(_BOM) else 0
+                try:
+                    text = raw[skip:].decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise GcpoError(f"{self.label}: line {n}: not UTF-8 text (byte 0x{raw[skip + e.start]:02x} at "
+                                    f"column {skip + e.start + 1}); re-save the file as UTF-8")
+                if text.strip():
+                    yield n, text, None
+        h.update(b"\0")
+        self.digest = h.hexdigest()
+
+
+def _jsonl_shaped(path: Path, field_cap: int) -> bool:
+    """Is this .json file JSON lines (its first non-blank line a whole JSON value), not one
+    array or one pretty-printed object? Only the first line is read."""
+    with open(path, "rb") as f:
+        for raw in iter(partial(f.readline, field_cap * ROW_FIELDS + 1), b""):
+            text = raw.removeprefix(_BOM).decode("utf-8", "replace")
+            if not text.strip():
+                continue
+            if text.lstrip().startswith("["):
+                return False
+            try:
+                _DECODER.decode(text)
+                return True
+            except (ValueError, RecursionError):
+                return False
+    return False
+
+
+def _load_jsonl(opener, label: str, src: str, field_cap: int, input_cap: int) -> Loaded:
+    """First read of a JSONL file: the fingerprint, every field name, the first SAMPLE rows (fewer
+    if they pass SAMPLE_BYTES), the number of lines and the first unreadable one. The rows
+    themselves are streamed later."""
+    lines = _Lines(opener, label, field_cap * ROW_FIELDS, input_cap)
+    sample, where, bad, columns, n_lines, sampled = [], [], [], {}, 0, 0
+    for n, text, why in lines:
+        n_lines += 1
+        row = None
+        if why is None:
+            row, why = _parse_line(text)
+        if why is not None:
+            if not bad:
+                bad.append((f"line {n}", why))
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            bad.append((f"line {n}", f"not valid JSON ({e.msg} at column {e.colno})"))
-            continue
-        if not isinstance(obj, dict):
-            bad.append((f"line {n}", f"expected a JSON object, got {type(obj).__name__}"))
-            continue
-        rows.append(obj)
-        where.append(f"line {n}")
-    return Loaded(src, label, rows, where, _sha(data), bad)
+        for k in row:
+            if k not in columns:
+                columns[k] = None
+        if len(sample) < SAMPLE and sampled < SAMPLE_BYTES:
+            sample.append(row)
+            where.append(f"line {n}")
+            sampled += len(text)
+    if not n_lines:
+        raise GcpoError(f"{label}: the file is empty")
+    stream = partial(_stream_jsonl, opener, label, field_cap * ROW_FIELDS, input_cap, lines.digest)
+    return Loaded(src, label, sample, where, lines.digest, bad, columns=list(columns), count=n_lines,
+                  stream=stream)
+
+
+def _stream_jsonl(opener, label: str, row_cap: int, input_cap: int, digest: str
+                  ) -> Iterator[tuple[str, dict | None, str | None]]:
+    lines = _Lines(opener, label, row_cap, input_cap)
+    try:
+        for n, text, why in lines:
+            row = None
+            if why is None:
+                row, why = _parse_line(text)
+            yield f"line {n}", row, why
+    except OSError as e:
+        raise GcpoError(f"{label}: cannot read the file ({e.strerror or e}); nothing was written")
+    if lines.digest != digest:
+        raise GcpoError(f"{label}: the file changed while it was being read; nothing was written")
 
 
 def _parse_json_array(text: str, label: str) -> tuple[list[dict], list[str]]:
     """Parse a JSON array element by element so that each row knows the line it starts on."""
-    dec = json.JSONDecoder()
     rows, where = [], []
     ws = re.compile(r"\s*")
     pos, line, counted = ws.match(text, 0).end() + 1, 1, 0
@@ -141,56 +415,116 @@ def _parse_json_array(text: str, label: str) -> tuple[list[dict], list[str]]:
         counted = i
         return line
 
+    start = pos
     try:
         pos = ws.match(text, pos).end()
         while pos < len(text) and text[pos] != "]":
             start = pos
-            obj, pos = dec.raw_decode(text, pos)
+            obj, pos = _DECODER.raw_decode(text, pos)
             if not isinstance(obj, dict):
-                raise GcpoError(f"{label}: line {line_at(start)}: expected a JSON object, got "
-                                 f"{type(obj).__name__}")
+                raise GcpoError(f"{label}: line {line_at(start)}: expected a JSON object, got {_type_name(obj)}")
             rows.append(obj)
             where.append(f"line {line_at(start)}")
             pos = ws.match(text, pos).end()
             if pos < len(text) and text[pos] == ",":
-                pos = ws.match(text, pos + 1).end()
+                comma, pos = pos, ws.match(text, pos + 1).end()
+                if pos < len(text) and text[pos] == "]":
+                    raise GcpoError(f"{label}: line {line_at(comma)}: not valid JSON (a trailing comma after the "
+                                    "last element of the array)")
             elif pos >= len(text) or text[pos] != "]":
                 raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
         if pos >= len(text) or text[ws.match(text, pos + 1).end():]:
             raise json.JSONDecodeError("Expecting ']' at the end of the array", text, min(pos, len(text) - 1))
     except json.JSONDecodeError as e:
-        raise GcpoError(f"{label}: line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})")
+        raise GcpoError(f"{label}: line {e.lineno}: {_json_error(e)}")
+    except (ValueError, RecursionError) as e:
+        raise GcpoError(f"{label}: line {line_at(start)}: {_json_error(e)}")
     if not rows:
         raise GcpoError(f"{label}: the JSON array is empty")
     return rows, where
 
 
-def _load_csv(path: Path, label: str, src: str, text: str, data: bytes) -> Loaded:
-    # The line each record starts on, for messages: quoted fields may span lines, so the csv
-    # module counts them (pandas, under datasets, reads the values).
-    header, starts, prev_end = None, [], 0
-    reader = csv.reader(io.StringIO(text))
+def _load_csv(label: str, src: str, text: str, data: bytes, field_cap: int) -> Loaded:
+    """A strict `csv` reader: a quote that is never closed, or text after a closing quote, is an
+    error naming the line its record starts on (pandas would merge the rows that follow); a
+    repeated column name is an error; a row with another field count than the header's is an
+    unreadable row. Every value is text as written; an empty cell is missing (None)."""
+    header, names, rows, where, bad = None, [], [], [], []
+    old_limit = csv.field_size_limit()
+    csv.field_size_limit(max(old_limit, field_cap * ROW_FIELDS))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    prev_end = 0
     try:
-        for rec in reader:
-            if rec and header is None:
-                header = rec
-            elif rec:  # blank lines are skipped, as pandas does
-                starts.append(prev_end + 1)
+        while True:
+            start = prev_end + 1
+            try:
+                rec = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                raise GcpoError(_csv_error(label, e, start, reader.line_num))
             prev_end = reader.line_num
-    except csv.Error as e:
-        raise GcpoError(f"{label}: line {reader.line_num}: not valid CSV ({e})")
-    if not header or not any(h.strip() for h in header):
+            if not any(f.strip() for f in rec):
+                continue  # blank lines are skipped, as pandas does
+            if header is None:
+                header = rec
+                names = _csv_names(rec, label, start)
+                continue
+            if len(rec) != len(names):
+                n = len(rec)
+                bad.append((f"line {start}", f"{n} field{'s' * (n != 1)}, the header has {len(names)}; a comma "
+                                             "inside a value needs the value in quotes"))
+                continue
+            rows.append({h: (v if v != "" else None) for h, v in zip(names, rec)})
+            where.append(f"line {start}")
+    finally:
+        csv.field_size_limit(old_limit)
+    if header is None:
         raise GcpoError(f"{label}: line 1: no header row")
-    if not starts:
+    if not rows and not bad:
         raise GcpoError(f"{label}: no rows after the header")
-    import datasets
+    return Loaded(src, label, rows, where, _sha(data), bad)
 
-    # Every column as text: pandas would read "007" as 7 and an integer column with a gap as floats.
-    features = datasets.Features({h: datasets.Value("string") for h in header})
-    rows = _read_with_datasets("csv", path, label, features=features)
-    where = ([f"line {s}" for s in starts] if len(starts) == len(rows)
-             else [f"row {i + 1}" for i in range(len(rows))])
-    return Loaded(src, label, rows, where, _sha(data))
+
+def _csv_names(header: list[str], label: str, line: int) -> list[str]:
+    if not any(h.strip() for h in header):
+        raise GcpoError(f"{label}: line {line}: no header row")
+    names = [h if h != "" else f"Unnamed: {i}" for i, h in enumerate(header)]  # as pandas names them
+    seen: set[str] = set()
+    for h in names:
+        if h in seen:
+            raise GcpoError(f"{label}: line {line}: column {h!r} appears twice in the header; rename one (a row "
+                            "cannot hold two values under one name)")
+        seen.add(h)
+    return names
+
+
+def _csv_error(label: str, e: csv.Error, start: int, end: int) -> str:
+    why, quotes = str(e), True
+    if "unexpected end of data" in why:
+        why = "a quoted field that starts here is never closed (unexpected end of data)"
+    elif "expected after" in why:
+        why = f"{why}: text after a closing quote"
+    else:
+        quotes = False
+        if "field larger than field limit" in why:
+            why = f"a field is over {csv.field_size_limit():,} characters ({ROW_FIELDS} times {FIELD_ENV})"
+    span = f" (the record runs on to line {end}: a quote left open?)" if end > start and "after" in why else ""
+    hint = "; check its quotes: a value that holds a quote must be quoted, its quotes doubled (\"\")" if quotes else ""
+    return f"{label}: cannot read as CSV: line {start}: {why}{span}{hint}"
+
+
+def _bytes_as_text(rows: list[dict]) -> list[dict]:
+    """Binary columns that hold UTF-8 text become text, so that detection sees them as text;
+    anything else binary stays bytes and its row is rejected by fields.check_row."""
+    for row in rows:
+        for k, v in row.items():
+            if isinstance(v, bytes):
+                try:
+                    row[k] = v.decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
+    return rows
 
 
 def _read_with_datasets(kind: str, path: Path, label: str, **kwargs) -> list[dict]:
@@ -232,18 +566,22 @@ def _pick_split(obj, split: str | None, label: str):
     return obj[split]
 
 
-def _load_folder(path: Path, label: str, split: str | None) -> Loaded:
+def _load_folder(path: Path, label: str, split: str | None, input_cap: int) -> Loaded:
     import datasets
 
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    size = sum(f.stat().st_size for f in files)
+    if size > input_cap:
+        raise _too_big(label, size, input_cap)
     try:
         obj = datasets.load_from_disk(str(path), keep_in_memory=True)
     except Exception as e:
         raise GcpoError(f"{label}: not a folder saved by datasets (save_to_disk): {_first_line(e)}")
     ds = _pick_split(obj, split, label)
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+    for f in files:
         h.update(f.relative_to(path).as_posix().encode() + b"\0" + f.read_bytes())
-    rows = ds.to_list()
+    rows = _bytes_as_text(ds.to_list())
     src = str(path.resolve()) + (f":{split}" if split else "")
     where = [f"row {i + 1}" for i in range(len(rows))]
     return Loaded(src, label, rows, where, _sha(h.hexdigest(), split or ""))
@@ -261,9 +599,9 @@ def _load_hub(name: str, split: str | None, subset: str | None) -> Loaded:
     except Exception as e:  # offline, unknown id, unknown subset/split: all end the same way
         raise GcpoError(f"{label}: cannot load from the hub: {_first_line(e)}")
     ds = _pick_split(obj, split, label)
-    rows = ds.to_list()
+    rows = _bytes_as_text(ds.to_list())
     src = f"hf:{name}" + (f"/{subset}" if subset else "") + (f":{split}" if split else "")
-    fp = _sha(src, getattr(ds, "_fingerprint", "") or dumps(rows))
+    fp = _sha(src, getattr(ds, "_fingerprint", "") or store.dumps(rows))
     return Loaded(src, label, rows, [f"row {i + 1}" for i in range(len(rows))], fp)
 
 
@@ -317,19 +655,20 @@ def detect(loaded: Loaded, *, problem: str | None = None, solution: str | None =
             raise GcpoError(f"{loaded.label}: {w}: {why}; no readable rows")
         raise GcpoError(f"{loaded.label}: no rows")
     return detect_mapping(loaded.rows, problem=problem, solution=solution, answer=answer, id=id,
-                          label=loaded.label)
+                          label=loaded.label, columns=loaded.columns)
 
 
 def ingest_rows(db, rows: list[dict], set_name: str, *, source: str = "rows",
                 problem: str | None = None, solution: str | None = None, answer: str | None = None,
                 id: str | None = None, skip_invalid: bool = False,
-                grader: Grader | None = None) -> IngestReport:
+                grader: Grader | None = None, max_field_bytes: int | None = None) -> IngestReport:
     """Ingest in-memory rows (dicts) into SET_NAME; the trainer's entry point for its own data.
 
     Fields are detected as for files unless the overrides name them. The same rows into the same
     set again are a no-op. Raises GcpoError (nothing written) on invalid rows unless `skip_invalid`."""
     rows = list(rows)
-    loaded = Loaded(source, source, rows, [f"row {i + 1}" for i in range(len(rows))], _sha(store.dumps(rows)))
+    loaded = Loaded(source, source, rows, [f"row {i + 1}" for i in range(len(rows))], _sha(store.dumps(rows)),
+                    max_field_bytes=_limit(max_field_bytes, FIELD_ENV, MAX_FIELD_BYTES))
     return ingest_loaded(db, loaded, set_name, problem=problem, solution=solution, answer=answer,
                          id=id, skip_invalid=skip_invalid, grader=grader)
 
@@ -345,8 +684,7 @@ def ingest_loaded(db, loaded: Loaded, set_name: str, *, mapping: Mapping | None 
     mapping = mapping or detect(loaded, problem=problem, solution=solution, answer=answer, id=id)
     overrides = store.dumps({"problem": problem, "solution": solution, "answer": answer, "id": id})
     fingerprint = _sha(loaded.fingerprint, overrides)
-    report = IngestReport(set_name, loaded.source, mapping.describe(),
-                          rows_read=len(loaded.rows) + len(loaded.bad))
+    report = IngestReport(set_name, loaded.source, mapping.describe(), rows_read=loaded.rows_read)
     prior = store.prior_ingest(db, set_name, fingerprint)
     if prior:
         report.noop, report.rejected = True, prior["rejected"]
@@ -354,19 +692,41 @@ def ingest_loaded(db, loaded: Loaded, set_name: str, *, mapping: Mapping | None 
         report.seconds = time.perf_counter() - t0
         return report
 
-    records, rejects = build_records(loaded.rows, loaded.where, mapping)
-    rejects = sorted(loaded.bad + rejects, key=lambda r: _where_key(r[0]))
-    if rejects and not skip_invalid:
+    kept: _Kept | None = _Kept(db)
+    rejects: list[tuple[str, str]] = []
+    n_rejects = 0
+    used, pending = used_fields(mapping), []
+    for where, row, why in loaded.items():
+        if why is None:
+            try:
+                record = build_record(row, where, mapping, used, loaded.max_field_bytes)
+            except ValueError as e:
+                why = str(e)
+        if why is not None:
+            n_rejects += 1
+            if skip_invalid or n_rejects == 1:
+                rejects.append((where, why))
+            if not skip_invalid:
+                kept, pending = None, []  # this ingest will fail: keep nothing, count what else is wrong
+            continue
+        if kept is None:
+            continue
+        pending.append(record)
+        if len(pending) >= CHUNK:
+            kept.add(pending)
+            pending = []
+    if n_rejects and not skip_invalid:
         w, why = rejects[0]
-        n = len(rejects) - 1
+        n = n_rejects - 1
         more = f" (and {n} more invalid row{'s' * (n > 1)})" if n else ""
         raise GcpoError(f"{loaded.label}: {w}: {why}{more}; fix the file or pass --skip-invalid to skip "
                          "invalid rows; nothing was written")
-    report.rejected = len(rejects)
+    kept.add(pending)
+    report.rejected = n_rejects
     report.rejects = [{"where": w, "reason": why} for w, why in rejects]
-    if not records:
+    if not kept.records:
         raise GcpoError(f"{loaded.label}: every row is invalid; nothing was written")
-    _write(db, set_name, loaded.source, fingerprint, records, report, grader)
+    _write(db, set_name, loaded.source, fingerprint, kept, report, grader)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -375,9 +735,11 @@ def ingest_source(db, source: str, set_name: str, *, split: str | None = None,
                   subset: str | None = None, problem: str | None = None,
                   solution: str | None = None, answer: str | None = None, id: str | None = None,
                   count: int = 200, seed: int = 0, levels: str | list[int] = "1-5",
-                  skip_invalid: bool = False, grader: Grader | None = None) -> IngestReport:
+                  skip_invalid: bool = False, grader: Grader | None = None,
+                  max_field_bytes: int | None = None, max_input_bytes: int | None = None) -> IngestReport:
     """Read SOURCE (file, datasets folder, hf:ORG/NAME, synthetic:arithmetic) into SET_NAME."""
-    loaded = load_source(source, split=split, subset=subset, count=count, seed=seed, levels=levels)
+    loaded = load_source(source, split=split, subset=subset, count=count, seed=seed, levels=levels,
+                         max_field_bytes=max_field_bytes, max_input_bytes=max_input_bytes)
     return ingest_loaded(db, loaded, set_name, problem=problem, solution=solution, answer=answer,
                          id=id, skip_invalid=skip_invalid, grader=grader)
 
@@ -404,39 +766,91 @@ def _where_key(w: str) -> tuple[int, str]:
     return (int(m.group()) if m else 0, w)
 
 
-def _write(db, set_name: str, source: str, fingerprint: str, records: list[Record],
-           report: IngestReport, grader: Grader | None) -> None:
-    stored = store.stored_answers(db, {r.id for r in records})
-    # First occurrence wins, both within the source and against what the database holds; a later
-    # copy with another answer is reported (after math-verify: "0.5" vs "1/2" is no conflict).
-    unique: dict[str, Record] = {}
-    differ: list[tuple[Record, str]] = []
-    for r in records:
-        kept = stored.get(r.id) or (unique[r.id].answer if r.id in unique else None)
-        if kept is not None and _local_verdict(kept, r.answer) is not True:
-            differ.append((r, kept))
-        unique.setdefault(r.id, r)
-    golden = [r for r in unique.values() if r.solution]
-    pairs = [(stored.get(r.id, r.answer), r.final) for r in golden]
+_PROBLEM_KEYS = ("id", "text", "answer", "metadata", "source_id", "known")
+_NO_METADATA: dict = {}  # shared by every problem without metadata; never mutated
+
+
+class _Problem(MappingABC):
+    """One problem as store.write_ingest reads it ({id, text, answer, metadata, source_id, known})
+    in a third of a dict's memory: a file of small rows keeps millions of these until the write."""
+
+    __slots__ = _PROBLEM_KEYS
+
+    def __init__(self, id, text, answer, metadata, source_id, known):
+        self.id, self.text, self.answer, self.metadata = id, text, answer, metadata
+        self.source_id, self.known = source_id, known
+
+    def __getitem__(self, key):
+        if key in _PROBLEM_KEYS:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __iter__(self):
+        return iter(_PROBLEM_KEYS)
+
+    def __len__(self) -> int:
+        return len(_PROBLEM_KEYS)
+
+
+class _Kept:
+    """What the write needs, gathered record by record in source order: each problem's first
+    occurrence (as the row store.write_ingest takes), golden answers, and later copies whose
+    answer differs from the one kept. First occurrence wins, both within the source and against
+    what the database holds (looked up CHUNK records at a time)."""
+
+    def __init__(self, db):
+        self.db = db
+        self.stored: dict[str, str] = {}  # answers the database already holds, for the ids met
+        self.problems: dict[str, _Problem] = {}
+        self.answers: dict[str, str] = {}  # one copy of each answer text ("2" is the answer of many problems)
+        self.golden: list[tuple[str, str, str | None, str]] = []  # (problem id, solution, final, where)
+        self.differ: list[tuple[str, str, str, str]] = []  # (where, problem id, kept answer, other answer)
+        self.records = 0
+
+    def add(self, records: list[Record]) -> None:
+        if not records:
+            return
+        self.stored.update(store.stored_answers(self.db, {r.id for r in records if r.id not in self.problems}))
+        for r in records:
+            self.records += 1
+            first = self.problems.get(r.id)
+            kept = self.stored.get(r.id) or (first.answer if first is not None else None)
+            # Identical text is always the same answer; anything else is math-verify's call below
+            # ("0.5" vs "1/2" is no conflict).
+            if kept is not None and kept != r.answer and _local_verdict(kept, r.answer) is not True:
+                self.differ.append((r.where, r.id, kept, r.answer))
+            if first is None:
+                answer = self.answers.setdefault(r.answer, r.answer) if len(r.answer) < 16 else r.answer
+                self.problems[r.id] = _Problem(r.id, r.text, answer, r.metadata or _NO_METADATA, r.source_id,
+                                               r.id in self.stored)
+                if r.solution:
+                    self.golden.append((r.id, r.solution, r.final, r.where))
+
+
+def _write(db, set_name: str, source: str, fingerprint: str, kept: _Kept, report: IngestReport,
+           grader: Grader | None) -> None:
+    golden = kept.golden
+    pairs = [(kept.stored.get(pid, kept.problems[pid].answer), final) for pid, _, final, _ in golden]
     # Grade before the transaction opens: math-verify may take seconds, the write lock must not.
     own = grader is None
     grader = grader or Grader()
     try:
-        verdicts = grader.grade(pairs + [(kept, r.answer) for r, kept in differ])
+        verdicts = grader.grade(pairs + [(k, other) for _, _, k, other in kept.differ])
     finally:
         if own:
             grader.close()
     verdicts, same = verdicts[: len(pairs)], verdicts[len(pairs):]
-    report.conflicts = [{"where": r.where, "id": r.id, "kept": kept, "ignored": r.answer}
-                        for (r, kept), ok in zip(differ, same) if not ok]
+    report.conflicts = [{"where": w, "id": pid, "kept": k, "ignored": other}
+                        for (w, pid, k, other), ok in zip(kept.differ, same) if not ok]
     report.golden_total, report.golden_verified = len(golden), sum(verdicts)
-    report.mismatches = [{"where": r.where, "id": r.id, "answer": a, "golden": r.final}
-                         for r, (a, _), ok in zip(golden, pairs, verdicts) if not ok]
-    problems = [dict(id=r.id, text=r.text, answer=r.answer, metadata=r.metadata, source_id=r.source_id,
-                     known=r.id in stored) for r in unique.values()]
-    golden_rows = [dict(id=_sha(r.id, r.solution)[:16], problem_id=r.id, text=r.solution, final_answer=r.final,
-                        source=f"dataset:{source}", verified=int(ok)) for r, ok in zip(golden, verdicts)]
-    counts = dict(records=len(records), rows_read=report.rows_read, rejected=report.rejected,
+    report.mismatches = [{"where": w, "id": pid, "answer": a, "golden": final}
+                         for (pid, _, final, w), (a, _), ok in zip(golden, pairs, verdicts) if not ok]
+    del pairs
+    golden_rows = [dict(id=_sha(pid, solution)[:16], problem_id=pid, text=solution, final_answer=final,
+                        source=f"dataset:{source}", verified=int(ok))
+                   for (pid, solution, final, _), ok in zip(golden, verdicts)]
+    kept.golden = golden = []
+    counts = dict(records=kept.records, rows_read=report.rows_read, rejected=report.rejected,
                   golden_verified=report.golden_verified, golden_total=report.golden_total)
-    written = store.write_ingest(db, set_name, source, fingerprint, problems, golden_rows, counts)
+    written = store.write_ingest(db, set_name, source, fingerprint, list(kept.problems.values()), golden_rows, counts)
     report.added, report.present, report.new_problems = written["added"], written["present"], written["new_problems"]
