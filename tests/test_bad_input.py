@@ -93,3 +93,12 @@ def test_json_never_holds_nan(home, runner):
     assert r.exit_code == 0
     assert "NaN" not in r.stdout and "Infinity" not in r.stdout
     json.loads(r.stdout)  # strict JSON
+
+
+@pytest.mark.parametrize("args", [["sets"], ["ingest", "synthetic:arithmetic", "--set", "t"]])
+def test_gcpo_home_that_is_a_file_is_one_line(args, runner, tmp_path):
+    home = tmp_path / "home-file"
+    home.write_text("x")
+    r = runner.invoke(app, args, env={"GCPO_HOME": str(home)})
+    assert r.exit_code == 1 and r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1
+    assert home.read_text() == "x"
