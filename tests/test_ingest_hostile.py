@@ -31,25 +31,9 @@ from gcpo_cli.errors import GcpoError
 from gcpo_cli.fields import build_records, detect_mapping
 from gcpo_cli.ingest import ingest_rows, ingest_source, load_source
 from gcpo_cli.store import open_db
+from test_ingest import _fails, _json  # the same checks as the ingest tests
 
 MB = 1_000_000
-
-
-def _fails(result, *needles: str) -> str:
-    """A user error: exit 1, one clean message (no traceback) that names every needle."""
-    out = result.output
-    assert result.exit_code == 1, out
-    assert isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in out and out.startswith("error:"), out
-    flat = " ".join(out.split())
-    for n in needles:
-        assert n in flat, (n, out)
-    return flat
-
-
-def _json(result) -> dict:
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def _counts(db_path: Path) -> dict:
