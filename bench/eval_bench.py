@@ -165,7 +165,7 @@ def main() -> None:
             print("|---|---|---|---|---|---|---|---|---|")
             for m in res:
                 print(f"| {m['set_name']} | {m['n_problems']} | {m['mean_at_k']:.1%} ± {m['stderr'] or 0:.1%} | "
-                      f"{m['pass_at_k']:.1%} | {m['maj_at_k']:.1%} | {m['mean_tokens']:.0f} | "
+                      f"{m['pass_at_k']:.1%} | {m['maj_at_k']:.1%} | {m['completion_tokens_mean']:.0f} | "
                       f"{m['truncation_rate']:.0%} | {m['unextracted_rate']:.0%} | {m['problems_per_s']:.3f} |")
             db.close()
 

@@ -51,7 +51,7 @@ class Timer(training.NullDisplay):
     def step(self, step, m):
         now = time.perf_counter()
         self.steps.append(dict(step=step, s=now - self.t, gen_s=m["gen_s"], update_s=m["update_s"],
-                               score_s=m["score_s"], tokens=round(m["completion_len_mean"] * 32),
+                               score_s=m["score_s"], tokens=round(m["completion_tokens_mean"] * 32),
                                reward=m["reward_mean"], sequences_in_loss=m["sequences_in_loss"]))
         self.t = now
 
