@@ -105,6 +105,7 @@ def _listing(title: str, columns: list[tuple[str, int]], rows: list[tuple]) -> N
         console.print(f"… and {len(rows) - LIST_MAX} more (--json lists them all)")
 
 
+# Long only in its signature: most of its lines declare Typer options.
 @app.command("ingest")
 def ingest_cmd(
     source: Annotated[str, typer.Argument(

@@ -317,46 +317,56 @@ def update(model, tok, optimizer, rollouts: list[Rollout], recipe: Recipe, stop:
     bounds = [n * i // recipe.mini_batches for i in range(recipe.mini_batches + 1)]
     mini_batches = [rollouts[bounds[i]:bounds[i + 1]] for i in range(recipe.mini_batches)]
     params = [p for p in model.parameters() if p.requires_grad]
-    losses, norms, ratios, clipped, units, golden = [], [], [], 0.0, 0.0, [0.0, 0]
+    acc = dict(losses=[], norms=[], ratios=[], clipped=0.0, units=0.0, golden_logp=0.0, golden_tokens=0)
     for _ in range(recipe.ppo_epochs):
         for batch in mini_batches:
             active = sorted((x for x in batch if x.advantage), key=lambda x: len(x.prompt_ids) + len(x.completion_ids))
             if not active:
                 continue
-            first = not norms
-            denom = sum(len(x.completion_ids) for x in batch) if recipe.loss_agg == "token_sum" else len(batch)
+            first = not acc["norms"]
             optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for chunk in (active[i:i + recipe.micro_batch] for i in range(0, len(active), recipe.micro_batch)):
-                if first:
-                    stop.check()
-                logp, mask = logprobs(chunk)
-                old_logp = logp.detach() if on_policy else stack_padded([old[id(x)] for x in chunk], logp)
-                parts = policy_loss(logp, old_logp, mask, torch.tensor([x.advantage for x in chunk], device=logp.device,
-                                                                       dtype=logp.dtype),
-                                    ratio_level=recipe.ratio_level, loss_agg=recipe.loss_agg, eps_low=recipe.eps_low,
-                                    eps_high=recipe.eps_high, denom=denom,
-                                    golden=torch.tensor([x.is_golden for x in chunk], device=logp.device),
-                                    golden_weighting=recipe.golden_weighting)
-                parts.loss.backward()
-                total += float(parts.loss.detach())
-                clipped, units = clipped + parts.clipped, units + parts.clip_units
-                for i, (x, ratio) in enumerate(zip(chunk, parts.seq_ratio.tolist())):
-                    x.seq_ratio = ratio
-                    ratios.append(ratio)
-                    if first and x.is_golden:  # pi_old's log-prob of the golden answer
-                        golden[0] += float(old_logp[i].sum())
-                        golden[1] += len(x.completion_ids)
+            denom = sum(len(x.completion_ids) for x in batch) if recipe.loss_agg == "token_sum" else len(batch)
+            acc["losses"].append(sum(backward(logprobs, chunk, None if on_policy else old, denom, recipe, acc,
+                                              stop if first else None)
+                                     for chunk in (active[i:i + recipe.micro_batch]
+                                                   for i in range(0, len(active), recipe.micro_batch))))
             if first:
                 stop.check()
-            norms.append(float(torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)))
+            acc["norms"].append(float(torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)))
             optimizer.step()
-            losses.append(total)
-    return dict(loss=sum(losses) / len(losses), grad_norm=sum(norms) / len(norms),
-                clip_frac=clipped / units if units else 0.0,
-                golden_logp_mean=golden[0] / golden[1] if golden[1] else None,
+    ratios = acc["ratios"]
+    return dict(loss=sum(acc["losses"]) / len(acc["losses"]), grad_norm=sum(acc["norms"]) / len(acc["norms"]),
+                clip_frac=acc["clipped"] / acc["units"] if acc["units"] else 0.0,
+                golden_logp_mean=acc["golden_logp"] / acc["golden_tokens"] if acc["golden_tokens"] else None,
                 ratio_mean=sum(ratios) / len(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
-                optimizer_updates=len(norms))
+                optimizer_updates=len(acc["norms"]))
+
+
+def backward(logprobs, chunk: list[Rollout], old: dict | None, denom: float, recipe: Recipe, acc: dict,
+             stop: "StopFlag | None") -> float:
+    """One micro-batch's share of a mini-batch's loss, backpropagated; returns its value and adds
+    its clip counts, ratios and (with `stop`, i.e. in the first update) pi_old's golden log-probs
+    to `acc`. `old`: pi_old per rollout, or None on-policy (then pi_old is logp, detached)."""
+    if stop is not None:
+        stop.check()
+    logp, mask = logprobs(chunk)
+    old_logp = logp.detach() if old is None else stack_padded([old[id(x)] for x in chunk], logp)
+    parts = policy_loss(logp, old_logp, mask,
+                        torch.tensor([x.advantage for x in chunk], device=logp.device, dtype=logp.dtype),
+                        ratio_level=recipe.ratio_level, loss_agg=recipe.loss_agg, eps_low=recipe.eps_low,
+                        eps_high=recipe.eps_high, denom=denom,
+                        golden=torch.tensor([x.is_golden for x in chunk], device=logp.device),
+                        golden_weighting=recipe.golden_weighting)
+    parts.loss.backward()
+    acc["clipped"] += parts.clipped
+    acc["units"] += parts.clip_units
+    for i, (x, ratio) in enumerate(zip(chunk, parts.seq_ratio.tolist())):
+        x.seq_ratio = ratio
+        acc["ratios"].append(ratio)
+        if stop is not None and x.is_golden:  # pi_old's log-prob of the golden answer
+            acc["golden_logp"] += float(old_logp[i].sum())
+            acc["golden_tokens"] += len(x.completion_ids)
+    return float(parts.loss.detach())
 
 
 def old_logprobs(logprobs, rollouts: list[Rollout], micro_batch: int) -> dict:
