@@ -137,13 +137,15 @@ def run_steps(ctx: Context, display) -> dict:
                              error=f"{type(e).__name__}: {e}")
             raise
         display.stop()
-    if status == "interrupted" and step > (store.get_run(db, ctx.run_id)["checkpoint_step"] or 0):
+    checkpoint = store.get_run(db, ctx.run_id)["checkpoint_step"] or 0
+    if status == "interrupted" and step > checkpoint:
         save_checkpoint(ctx, step)
+        checkpoint = step
     if status == "completed" and ctx.holdout:
         display.message(f"evaluating {len(ctx.holdout)} held-out problems after training")
         summary["after"] = evaluate_holdout(ctx, step)
     store.set_status(db, ctx.run_id, status)
-    summary.update(status=status, last_step=step, checkpoint_step=store.get_run(db, ctx.run_id)["checkpoint_step"],
+    summary.update(status=status, last_step=step, checkpoint_step=checkpoint,
                    reward_mean_per_step=store.rewards(db, ctx.run_id), out_dir=ctx.out_dir)
     return summary
 

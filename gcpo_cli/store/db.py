@@ -3,6 +3,7 @@ transactions and chunked `IN (...)` lookups."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import secrets
@@ -40,14 +41,19 @@ def open_db(path: str | Path | None = None) -> Database:
         raise GcpoError(f"cannot use {path} as the gcpo database: {why}") from None
 
 
+@functools.cache
+def _known_migrations() -> frozenset[str]:
+    """This code's migration names (all of them are pending on an empty database); once a process."""
+    return frozenset(m.name for m in migrations.pending(Database(memory=True)))
+
+
 def _open(path: Path) -> Database:
     db = Database(path)
     db.conn.execute("PRAGMA busy_timeout = 30000")
     db.enable_wal()
     db.conn.execute("PRAGMA foreign_keys = ON")
     db.conn.execute("PRAGMA synchronous = NORMAL")
-    known = {m.name for m in migrations.pending(Database(memory=True))}
-    unknown = [m.name for m in migrations.applied(db) if m.name not in known]
+    unknown = [m.name for m in migrations.applied(db) if m.name not in _known_migrations()]
     if unknown:
         raise GcpoError(f"{path} was written by a newer gcpo (schema {unknown[-1]}); upgrade gcpo to use it")
     if migrations.pending(db):
