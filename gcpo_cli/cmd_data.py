@@ -77,8 +77,12 @@ def _print_report(r: ing.IngestReport) -> None:
     t.add_row("rows read", str(r.rows_read), "")
     t.add_row("added", str(r.added), f"{r.new_problems} new to the database")
     t.add_row("already present", str(r.present), "already in the set, or a repeat")
+    if r.variants:
+        t.add_row("same text, other answer", str(len(r.variants)), "each a problem of its own")
     t.add_row("golden answers verified", f"{r.golden_verified}/{r.golden_total}",
               f"{r.golden_verified / r.golden_total:.0%}" if r.golden_total else "no worked solutions")
+    if r.solution_lists:
+        t.add_row("solutions from lists", str(r.solution_lists), "first non-empty item of each list")
     t.add_row("rows rejected", str(r.rejected), "skipped (--skip-invalid)" if r.rejected else "")
     console.print(t)
     _listing("Golden answers that did not verify (kept, marked unverified)",
@@ -86,9 +90,9 @@ def _print_report(r: ing.IngestReport) -> None:
              [(m["where"], m["answer"], m["golden"]) for m in r.mismatches])
     _listing("Rejected rows", [("where", 12), ("reason", 64)],
              [(x["where"], x["reason"]) for x in r.rejects])
-    _listing("Problems already stored with another answer (first answer kept)",
-             [("where", 10), ("kept", 31), ("ignored", 33)],
-             [(c["where"], c["kept"], c["ignored"]) for c in r.conflicts])
+    _listing("Same text as another problem, another answer (each its own problem)",
+             [("where", 10), ("answer", 31), ("other problem's answer", 33)],
+             [(v["where"], v["answer"], v["other_answer"]) for v in r.variants])
 
 
 def _listing(title: str, columns: list[tuple[str, int]], rows: list[tuple]) -> None:
@@ -118,7 +122,8 @@ def ingest_cmd(
     problem: Annotated[Optional[str], typer.Option(
         help='Problem field, or a template of fields: "{Body} {Question}".')] = None,
     solution: Annotated[Optional[str], typer.Option(
-        help="Worked-solution field (becomes the golden answer); 'none' for none.")] = None,
+        help="Worked-solution field (becomes the golden answer; a list: its first non-empty item); "
+             "'none' for none.")] = None,
     answer: Annotated[Optional[str], typer.Option(
         help="Final-answer field (default: detected; else the solution's last \\boxed{}).")] = None,
     id_: Annotated[Optional[str], typer.Option(
@@ -142,7 +147,7 @@ def ingest_cmd(
 ) -> None:
     """Add problems to a set from a file, a datasets folder, the hub or a generator.
 
-    Finds the problem, worked solution and final answer on its own (flags override; on a terminal it asks when unsure), checks each worked solution's final answer against the answer with math-verify, and writes everything in one transaction. Re-ingesting the same source is a no-op; a problem in two sets is stored once.
+    Finds the problem, worked solution and final answer on its own (flags override; on a terminal it asks when unsure), checks each worked solution's final answer against the answer with math-verify, and writes everything in one transaction. Every distinct row is a problem: rows with the same text and another answer are kept apart, exact repeats once. A solution given as a list gives its first non-empty item as the golden answer. Re-ingesting the same source is a no-op; a problem in two sets is stored once.
 
     Example: gcpo ingest data/gsm8k/test.jsonl --set gsm8k-test
     """

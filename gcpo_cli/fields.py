@@ -49,6 +49,23 @@ def problem_id(text: str) -> str:
     return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:16]
 
 
+def variant_id(text: str, answer: str) -> str:
+    """The id of a problem whose text another problem already has, with another answer (issue 13:
+    exercise sets repeat a question whose figure or context differs, and each row is a problem).
+
+    Why a second id instead of hashing (text, answer) for every problem: the first problem with a
+    given text keeps `problem_id(text)`, so every database made before keeps its ids and the runs,
+    rollouts and evaluations that point at them; and a problem two data sets share (MATH train and
+    its rllm copy spell some answers differently) is still stored once. Only a row whose answer
+    differs (ingest.py decides, with math-verify) gets this id; it hashes the answer's exact text
+    (whitespace-normalised), so an exact repeat of such a row is the same problem.
+
+    The hashed string starts with a newline, which a whitespace-normalised text never does, so a
+    variant id can never be a `problem_id` of some other text."""
+    key = "\n" + " ".join(text.split()) + "\n" + " ".join(answer.split())
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 @dataclass
 class Mapping:
     """How rows become problems. `problem` is a field name or a template like "{Body} {Question}";
@@ -404,6 +421,7 @@ class Record:
     metadata: dict
     solution: str | None = None
     final: str | None = None  # the solution's own final answer, checked against `answer`
+    listed: bool = False  # the solution was the first non-empty item of a list (OlympiadBench)
 
 
 def used_fields(m: Mapping) -> set[str]:
@@ -434,8 +452,15 @@ def build_record(row: dict, where: str, m: Mapping, used: set[str], max_field_by
     _no_chat_token(text, row, lambda: [*fields_of(m.problem), m.options])
     option_mode = m.answer_kind == "option"
     solution = final = None
+    listed = False
     if m.solution:
         solution = row.get(m.solution)
+        if isinstance(solution, (list, tuple)):
+            # OlympiadBench keeps its worked solutions as a list of strings (most hold one). The
+            # first non-empty one is the golden answer; the others are left out (a problem keeps
+            # one golden answer per source row, and the first is the dataset's main solution).
+            solution = next((s for s in solution if isinstance(s, str) and s.strip()), None)
+            listed = solution is not None
         if isinstance(solution, str) and solution.strip():
             solution = solution.strip()
             if len(solution) > 1 and solution[0] == solution[-1] == '"':
@@ -454,7 +479,7 @@ def build_record(row: dict, where: str, m: Mapping, used: set[str], max_field_by
         answer = _checked_answer(final, m.solution)
     sid = row.get(m.id) if m.id else None
     return Record(problem_id(text), text, answer, where, None if sid is None else str(sid),
-                  _metadata(row, used, text), solution, final)
+                  _metadata(row, used, text), solution, final, listed and solution is not None)
 
 
 def _no_chat_token(text: str, row: dict, names) -> None:
@@ -494,7 +519,7 @@ def _answer(row: dict, m: Mapping) -> str:
     if isinstance(raw, float):
         raw = number_text(raw, m.answer)
     elif isinstance(raw, (list, tuple)):
-        raw = [number_text(v, m.answer) if isinstance(v, float) else v for v in raw]
+        raw = _listed_answer(raw, m.answer)
     if m.answer_kind == "hashes" and isinstance(raw, str):
         if "####" not in raw:
             raise ValueError(f"field {m.answer!r} has no '#### answer' line")
@@ -512,6 +537,28 @@ def _answer(row: dict, m: Mapping) -> str:
         raise ValueError(f"field {m.answer!r} is empty")
     ans = _checked_answer(ans, m.answer)
     return (_letter(ans) or ans) if m.answer_kind == "option" else ans
+
+
+def _listed_answer(items, name: str) -> str | None:
+    """A list-valued answer as one answer (OlympiadBench: `final_answer: ["$3$"]`).
+
+    Each item loses one `$...$` around the whole of it: OlympiadBench writes every item as inline
+    LaTeX for display, and "3" is the answer "$3$" means. One item is the answer. Several items
+    (OlympiadBench's `is_multiple_answer` rows) are joined with ", " rather than refused: that is
+    how such an answer is written in a completion ("\\boxed{1, 2}"), and math-verify reads a
+    comma-separated gold as the set of its values, in any order, so a completion must state all
+    of them; refusing the row would drop a problem the benchmark counts. None when no item holds
+    anything (the caller says the field is empty)."""
+    out = []
+    for v in items:
+        if isinstance(v, (list, tuple, dict)):
+            raise ValueError(f"field {name!r} holds a list with a {type(v).__name__} in it, not answers")
+        text = normalize_answer_field(number_text(v, name) if isinstance(v, float) else v)
+        if text and len(text) > 2 and text[0] == text[-1] == "$" and text.count("$") == 2:
+            text = text[1:-1].strip()
+        if text:
+            out.append(text)
+    return ", ".join(out) or None
 
 
 def _strip_thousands(ans: str) -> str:

@@ -42,8 +42,18 @@ Refused, naming the line (rows: skipped and reported with --skip-invalid):
 
 Identity (content hashes, as simonw/llm does): a problem's id is the sha256 of its
 whitespace-normalised text, so the same problem in two sets is stored once; a golden answer's id
-hashes (problem, text); an ingest's fingerprint (source content + field overrides) turns
-re-ingesting the same source into the same set into a no-op.
+hashes (problem, text); an ingest's fingerprint (source content + field overrides + IDENTITY)
+turns re-ingesting the same source into the same set into a no-op.
+
+Every source row is a problem (issue 13): a row whose text another problem already has (in the
+database, or earlier in the source) is that problem only when its answer is the same (the same
+text, or equal by math-verify: "0.5" and "1/2"); with another answer (an exercise set whose
+figure or context differs) it is a problem of its own, with `fields.variant_id(text, answer)`,
+listed under `variants` in the report. An exact repeat (same text, same answer) is one problem,
+so a set holds as many problems as the source has distinct rows. Old ids never change.
+
+Worked solutions held as a list of strings (OlympiadBench) give their first non-empty item as
+the golden answer (counted in `solution_lists`); a list answer is fields._listed_answer's.
 """
 
 from __future__ import annotations
@@ -65,7 +75,8 @@ from typing import Callable, Iterator
 from . import store, synthetic
 from .answers import Grader, _local_verdict
 from .errors import GcpoError
-from .fields import MAX_FIELD_BYTES, SAMPLE, Mapping, Record, build_record, detect_mapping, used_fields
+from .fields import (MAX_FIELD_BYTES, SAMPLE, Mapping, Record, build_record, detect_mapping, used_fields,
+                     variant_id)
 
 SYNTHETIC_KINDS = ("arithmetic",)
 FIELD_ENV, INPUT_ENV = "GCPO_MAX_FIELD_BYTES", "GCPO_MAX_INPUT_BYTES"
@@ -74,6 +85,11 @@ ROW_FIELDS = 16  # a JSONL line may hold this many fields' worth of bytes
 CHUNK = 2000  # records looked up in the database at a time
 SAMPLE_BYTES = 32 * 2**20  # a streamed file's detection sample: fields.SAMPLE rows, fewer once past this size
 _BOM = b"\xef\xbb\xbf"
+# Part of every ingest's fingerprint: the rules that turn rows into problems. When they change, a
+# source ingested under the old ones is read once more (adding what they lost, e.g. rows merged
+# into another problem of the same text, golden answers from list-valued solutions) and is then a
+# no-op again; what was stored keeps its ids.
+IDENTITY = "rows-are-problems/2"
 
 
 def _sha(*parts: str | bytes) -> str:
@@ -640,7 +656,10 @@ class IngestReport:
     seconds: float = 0.0
     mismatches: list[dict] = field(default_factory=list)  # golden final answer != answer
     rejects: list[dict] = field(default_factory=list)  # {where, reason}
-    conflicts: list[dict] = field(default_factory=list)  # same problem, another answer: kept first
+    # rows whose text another problem has, with another answer: each a problem of its own
+    # {where, id, same_text_as, answer, other_answer}
+    variants: list[dict] = field(default_factory=list)
+    solution_lists: int = 0  # golden answers taken from the first item of a list-valued solution
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -683,7 +702,7 @@ def ingest_loaded(db, loaded: Loaded, set_name: str, *, mapping: Mapping | None 
     store.require_set_name(set_name)
     mapping = mapping or detect(loaded, problem=problem, solution=solution, answer=answer, id=id)
     overrides = store.dumps({"problem": problem, "solution": solution, "answer": answer, "id": id})
-    fingerprint = _sha(loaded.fingerprint, overrides)
+    fingerprint = _sha(loaded.fingerprint, overrides, IDENTITY)
     report = IngestReport(set_name, loaded.source, mapping.describe(), rows_read=loaded.rows_read)
     prior = store.prior_ingest(db, set_name, fingerprint)
     if prior:
@@ -692,7 +711,20 @@ def ingest_loaded(db, loaded: Loaded, set_name: str, *, mapping: Mapping | None 
         report.seconds = time.perf_counter() - t0
         return report
 
-    kept: _Kept | None = _Kept(db)
+    own = grader is None
+    grader = grader or Grader()  # starts its worker only when math-verify is needed
+    try:
+        _ingest_rows(db, loaded, set_name, mapping, fingerprint, skip_invalid, grader, report)
+    finally:
+        if own:
+            grader.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _ingest_rows(db, loaded: Loaded, set_name: str, mapping: Mapping, fingerprint: str, skip_invalid: bool,
+                 grader: Grader, report: IngestReport) -> None:
+    kept: _Kept | None = _Kept(db, grader)
     rejects: list[tuple[str, str]] = []
     n_rejects = 0
     used, pending = used_fields(mapping), []
@@ -727,8 +759,6 @@ def ingest_loaded(db, loaded: Loaded, set_name: str, *, mapping: Mapping | None 
     if not kept.records:
         raise GcpoError(f"{loaded.label}: every row is invalid; nothing was written")
     _write(db, set_name, loaded.source, fingerprint, kept, report, grader)
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def ingest_source(db, source: str, set_name: str, *, split: str | None = None,
@@ -794,54 +824,72 @@ class _Problem(MappingABC):
 
 class _Kept:
     """What the write needs, gathered record by record in source order: each problem's first
-    occurrence (as the row store.write_ingest takes), golden answers, and later copies whose
-    answer differs from the one kept. First occurrence wins, both within the source and against
-    what the database holds (looked up CHUNK records at a time)."""
+    occurrence (as the row store.write_ingest takes), golden answers, and the rows that became
+    problems of their own because their text was already another problem's with another answer.
 
-    def __init__(self, db):
-        self.db = db
+    Which problem a record is (looked up CHUNK records at a time): its text's id when that text is
+    new, or is held (in the database, or earlier in the source) with the same answer; otherwise
+    `variant_id(text, answer)`. "The same answer" is identical text, else math-verify's verdict
+    (`grader`, before the write opens its transaction), so "0.5" after "1/2" is a repeat, and a
+    problem two data sets spell differently is still stored once."""
+
+    def __init__(self, db, grader: Grader):
+        self.db, self.grader = db, grader
         self.stored: dict[str, str] = {}  # answers the database already holds, for the ids met
         self.problems: dict[str, _Problem] = {}
         self.answers: dict[str, str] = {}  # one copy of each answer text ("2" is the answer of many problems)
         self.golden: list[tuple[str, str, str | None, str]] = []  # (problem id, solution, final, where)
-        self.differ: list[tuple[str, str, str, str]] = []  # (where, problem id, kept answer, other answer)
+        self.variants: list[tuple[str, str, str, str, str]] = []  # (where, id, text's id, its answer, answer)
+        self.listed = 0  # golden answers taken from a list of solutions
         self.records = 0
 
     def add(self, records: list[Record]) -> None:
         if not records:
             return
         self.stored.update(store.stored_answers(self.db, {r.id for r in records if r.id not in self.problems}))
+        # The answer each record's text already has. It is the database's, else that of the text's
+        # first record in the source, which is always that text's problem: so it is known before
+        # any verdict, and verdicts can be asked for the whole chunk at once.
+        held: list[str | None] = []
+        firsts: dict[str, str] = {}
         for r in records:
-            self.records += 1
             first = self.problems.get(r.id)
-            kept = self.stored.get(r.id) or (first.answer if first is not None else None)
-            # Identical text is always the same answer; anything else is math-verify's call below
-            # ("0.5" vs "1/2" is no conflict).
-            if kept is not None and kept != r.answer and _local_verdict(kept, r.answer) is not True:
-                self.differ.append((r.where, r.id, kept, r.answer))
-            if first is None:
-                answer = self.answers.setdefault(r.answer, r.answer) if len(r.answer) < 16 else r.answer
-                self.problems[r.id] = _Problem(r.id, r.text, answer, r.metadata or _NO_METADATA, r.source_id,
-                                               r.id in self.stored)
-                if r.solution:
-                    self.golden.append((r.id, r.solution, r.final, r.where))
+            answer = self.stored.get(r.id) or (first.answer if first is not None else firsts.get(r.id))
+            if answer is None:
+                firsts[r.id] = r.answer
+            held.append(answer)
+        same: list[bool | None] = [None if h is None else h == r.answer or _local_verdict(h, r.answer)
+                                   for h, r in zip(held, records)]
+        ask = [i for i, v in enumerate(same) if v is None and held[i] is not None]
+        for i, ok in zip(ask, self.grader.grade([(held[i], records[i].answer) for i in ask])):
+            same[i] = ok
+        ids = [r.id if h is None or ok else variant_id(r.text, r.answer) for r, h, ok in zip(records, held, same)]
+        other = {pid for pid, r in zip(ids, records) if pid != r.id and pid not in self.problems}
+        if other:
+            self.stored.update(store.stored_answers(self.db, other))
+        for r, pid, h in zip(records, ids, held):
+            self.records += 1
+            if pid in self.problems:
+                continue  # a repeat: the same text with the same answer
+            answer = self.answers.setdefault(r.answer, r.answer) if len(r.answer) < 16 else r.answer
+            self.problems[pid] = _Problem(pid, r.text, answer, r.metadata or _NO_METADATA, r.source_id,
+                                          pid in self.stored)
+            if pid != r.id:
+                self.variants.append((r.where, pid, r.id, h, r.answer))
+            if r.solution:
+                self.golden.append((pid, r.solution, r.final, r.where))
+                self.listed += r.listed
 
 
 def _write(db, set_name: str, source: str, fingerprint: str, kept: _Kept, report: IngestReport,
-           grader: Grader | None) -> None:
+           grader: Grader) -> None:
     golden = kept.golden
     pairs = [(kept.stored.get(pid, kept.problems[pid].answer), final) for pid, _, final, _ in golden]
     # Grade before the transaction opens: math-verify may take seconds, the write lock must not.
-    own = grader is None
-    grader = grader or Grader()
-    try:
-        verdicts = grader.grade(pairs + [(k, other) for _, _, k, other in kept.differ])
-    finally:
-        if own:
-            grader.close()
-    verdicts, same = verdicts[: len(pairs)], verdicts[len(pairs):]
-    report.conflicts = [{"where": w, "id": pid, "kept": k, "ignored": other}
-                        for (w, pid, k, other), ok in zip(kept.differ, same) if not ok]
+    verdicts = grader.grade(pairs)
+    report.variants = [{"where": w, "id": pid, "same_text_as": base, "answer": a, "other_answer": h}
+                       for w, pid, base, h, a in kept.variants]
+    report.solution_lists = kept.listed
     report.golden_total, report.golden_verified = len(golden), sum(verdicts)
     report.mismatches = [{"where": w, "id": pid, "answer": a, "golden": final}
                          for (pid, _, final, w), (a, _), ok in zip(golden, pairs, verdicts) if not ok]

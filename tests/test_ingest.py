@@ -59,7 +59,7 @@ SHARED = {
     "gsm8k/train.jsonl": (7473, 7473, 0, 7473, 7473, "72"),
     "math500/test.jsonl": (500, 500, 0, 500, 495, r"\left( 3, \frac{\pi}{2} \right)"),
     "mathqa/test.jsonl": (1000, 1000, 0, 1000, 950, "a"),
-    "mawps/test.jsonl": (2065, 1978, 87, 0, 0, "43"),
+    "mawps/test.jsonl": (2065, 1979, 86, 0, 0, "43"),
     "minerva_math/test.jsonl": (272, 272, 0, 272, 272, "1.6"),
     "svamp/test.jsonl": (1000, 1000, 0, 0, 0, "145"),
 }
@@ -130,9 +130,9 @@ def test_shared_files_field_details(shared):
     deep = _first_problem(db_path, "deepmath_5k-train")
     # `messages` repeats the prompt; the empty code fields carry nothing: neither is kept.
     assert deep["metadata"] == {"difficulty": 4.5, "source": "deepmath_103k", "tag": "deepmath_103k"}
-    # mawps repeats one problem with another answer: stored once, first answer kept, reported.
-    conflicts = json.loads(results["mawps/test.jsonl"].stdout)["conflicts"]
-    assert [(c["kept"], c["ignored"]) for c in conflicts] == [("6", "30")]
+    # mawps repeats one problem text with another answer: each row is a problem (issue 13), reported.
+    variants = json.loads(results["mawps/test.jsonl"].stdout)["variants"]
+    assert [(v["where"], v["other_answer"], v["answer"]) for v in variants] == [("line 1006", "6", "30")]
     aime = _first_problem(db_path, "aime24-test")
     assert "question" not in aime["metadata"] and aime["source_id"] == "60"
     db = open_db(db_path)
