@@ -19,6 +19,9 @@ share). The grader must not be gameable by a policy under RL, which learns to he
   "x = 4 = 3" are not. (A gold answer that is itself an equation is compared as math-verify does.)
 - A gold answer is trusted: it is read by math-verify with all its normalisations (its units,
   \\text{}, percent), so golds with units, letters, intervals, tuples and sets keep working.
+  A unit after a gold answer's value goes as it does after a predicted one, so the two compare by
+  value: "9 (apples)" (ASDiv's layout), "5 (dollars)", "18 dollars" are 9, 5, 18 (issue 13;
+  `gold_value`). Parentheses that are mathematics stay: "(1, 2)", "f(x)", "(a) 3", "3 (mod 5)".
 - MathQA-style option golds (a single letter a-e) compare option letters; `grading_target` maps
   an option's stated value or "60 = c" to its letter first.
 All regular expressions here are linear in the answer's length.
@@ -41,6 +44,9 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from .errors import GcpoError
 
 # A longer stated answer is graded wrong without parsing: sympy on a 50k-character string is the
 # classic hang, and cutting it short instead could leave the first half of a hedge.
@@ -281,6 +287,22 @@ def strip_unit(answer: str) -> str | None:
     return "".join(tok for _, tok in tokens[:cut]) or None
 
 
+# What a gold answer's value ends in once its unit is gone: a digit, a brace (\\frac{1}{2}) or %.
+# "f(abc)" and "\\sin(abc)" would leave a bare function name: their parentheses stay.
+_VALUE_END = re.compile(r"[\d}%]\s*$")
+
+
+def gold_value(gold: str) -> str:
+    """A gold answer without the unit after its value ("9 (apples)", "5 (dollars)", "18 dollars",
+    "2.5 (cm)" -> "9", "5", "18", "2.5"); the gold as it is when nothing after it reads as a unit
+    (`strip_unit`: "(1, 2)", "f(x)", "(a) 3", "3 (mod 5)", "3 (x)") or what is left does not end
+    like a value ("\\sin(abc)")."""
+    bare = strip_unit(gold)
+    if bare and _VALUE_END.search(bare):
+        return bare.strip()
+    return gold
+
+
 def _unbox(answer: str) -> str:
     """"\\boxed{\\boxed{3}}" -> "3": a box around the whole answer is only a box. Linear: the
     braces are matched once."""
@@ -386,6 +408,7 @@ def verify_answer(gold: str, predicted: str | None, timeouts: bool = True, timeo
     local = _local_verdict(gold, predicted)
     if local is not None:
         return local
+    gold = gold_value(gold)
     predicted = _unbox(predicted)  # at most MAX_ANSWER_CHARS long, with no box left inside
     if _nesting(predicted) > MAX_NESTING:
         return False
@@ -420,8 +443,8 @@ def _several_options(text: str) -> bool:
 
 def _local_verdict(gold: str | None, predicted: str | None) -> bool | None:
     """Verdicts that need no sympy (no answer, an overlong one, option letters, identical text,
-    two plain numbers, after dropping a unit from the predicted one, that are clearly equal or
-    clearly not); else None."""
+    two plain numbers, after dropping a unit from either, that are clearly equal or clearly not);
+    else None."""
     if gold is None or predicted is None:
         return False
     gold, predicted = str(gold).strip(), str(predicted).strip()
@@ -432,6 +455,9 @@ def _local_verdict(gold: str | None, predicted: str | None) -> bool | None:
         return False
     if _is_option_gold(gold):
         return option_letter(predicted) == gold.lower() and not _several_options(predicted)
+    if _clean_str(gold) == _clean_str(predicted):
+        return True
+    gold = gold_value(gold)
     if _clean_str(gold) == _clean_str(predicted):
         return True
     g = _as_number(gold)
@@ -486,8 +512,10 @@ def grading_target(problem: str, gold: str, extracted: str | None) -> str | None
 # ------------------------------------------------------------------------------------ the grader
 
 
-def _worker_main(conn, timeout_s: int, memory_mb: int) -> None:
-    """The grading process: verdicts for (gold, predicted) batches, one message per item."""
+def _worker_main(conn, timeout_s: int, memory_mb: int, reward: str | None = None) -> None:
+    """The grading process: one message per item of each batch, ("verify", [(gold, predicted)])
+    -> verdicts, ("reward", [(problem, completion, gold)]) -> (reward, correct, error) of the
+    recipe's custom reward function."""
     try:
         import resource
 
@@ -500,6 +528,15 @@ def _worker_main(conn, timeout_s: int, memory_mb: int) -> None:
     logging.disable(logging.WARNING)  # math-verify logs every time-out it hits
     import math_verify  # noqa: F401  (the import is most of the start-up time)
 
+    from .rewards import RewardLoadError, call_reward, load_reward
+
+    fn = None
+    if reward:
+        try:
+            fn = load_reward(reward)
+        except RewardLoadError as e:
+            conn.send(("error", str(e)))
+            return
     conn.send("ready")
     while True:
         try:
@@ -508,20 +545,35 @@ def _worker_main(conn, timeout_s: int, memory_mb: int) -> None:
             return
         if batch is None:
             return
-        for gold, predicted in batch:
-            conn.send(verify_answer(gold, predicted, timeouts=True, timeout_s=timeout_s))
+        kind, items = batch
+        for item in items:
+            if kind == "reward":
+                conn.send(call_reward(fn, *item, timeout_s=timeout_s))
+            else:
+                conn.send(verify_answer(*item, timeouts=True, timeout_s=timeout_s))
+
+
+class Score(NamedTuple):
+    """A completion's reward, whether it is correct (what going gold and the pass rates count)
+    and whether a custom reward function failed on it (raised, hung, returned no reward)."""
+
+    reward: float
+    correct: bool
+    failed: bool = False
 
 
 @dataclass
 class Grader:
-    """Grades (gold, predicted) pairs in a worker process with a deadline per item.
+    """Grades (gold, predicted) pairs in a worker process with a deadline per item; with
+    `reward` ("module:function", a recipe's custom reward), `scores` calls that function there.
 
     Safe to call from any thread (calls are serialised). Use as a context manager or close()."""
 
     seconds_per_item: float = 15.0  # outer deadline for one item: covers hangs no alarm stops
-    timeout_s: int = 5  # math-verify's own parse/verify alarms inside the worker
+    timeout_s: int = 5  # math-verify's own parse/verify alarms (and a reward call's) inside the worker
     memory_mb: int = 4096  # address-space cap of the worker
     start_timeout: float = 120.0  # spawn + importing sympy, on a busy machine
+    reward: str | None = None  # a custom reward function (rewards.py); None: math-verify grades
     _proc: object = field(default=None, init=False, repr=False)
     _conn: object = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -540,6 +592,29 @@ class Grader:
         return self.grade([(gold, None if truncated else grading_target(problem or "", gold, extracted))
                            for problem, gold, extracted, truncated in items])
 
+    def scores(self, items: Iterable[tuple[dict, str, str | None, bool]]) -> list[Score]:
+        """The training reward of each completion: `items` are (problem, completion, extracted
+        answer, truncated), the problem a dict with at least "text" and "answer" (the gold).
+
+        Without a custom reward: 1 if `verdicts` says correct, else 0. With one: what
+        fn(problem, completion, gold) returns (rewards.py), correct by its flag or reward == 1;
+        a call that raises, overruns the time limits or returns no reward in [0, 1] scores 0 and
+        is marked failed. A truncated completion scores 0 uncalled, as it does without one."""
+        items = list(items)
+        if not self.reward:
+            verdicts = self.verdicts([(p.get("text"), p.get("answer"), extracted, truncated)
+                                      for p, _, extracted, truncated in items])
+            return [Score(1.0 if ok else 0.0, ok) for ok in verdicts]
+        out = [Score(0.0, False)] * len(items)
+        todo = [i for i, (_, _, _, truncated) in enumerate(items) if not truncated]
+        if todo:
+            calls = [(dict(items[i][0]), items[i][1], items[i][0].get("answer")) for i in todo]
+            with self._lock:
+                results = self._remote("reward", calls, (0.0, False, "overran its deadline"))
+            for i, (reward, correct, error) in zip(todo, results):
+                out[i] = Score(reward, correct, error is not None)
+        return out
+
     def grade(self, pairs: list[tuple[str, str | None]]) -> list[bool]:
         """Verdicts of `verify_answer` for (gold, predicted) pairs, in order."""
         pairs = list(pairs)
@@ -549,7 +624,7 @@ class Grader:
         if todo:
             remote = [(str(pairs[i][0]).strip(), str(pairs[i][1]).strip()[:MAX_ANSWER_CHARS]) for i in todo]
             with self._lock:
-                results = self._grade_remote(remote)
+                results = self._remote("verify", remote, False)
             for i, r in zip(todo, results):
                 verdicts[i] = r
         return [bool(v) for v in verdicts]
@@ -561,48 +636,55 @@ class Grader:
         # spawn: forking a process that holds torch's thread pools is unsafe.
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_worker_main, args=(child, self.timeout_s, self.memory_mb),
+        proc = ctx.Process(target=_worker_main, args=(child, self.timeout_s, self.memory_mb, self.reward),
                            daemon=True, name="gcpo-grader")
         proc.start()
         child.close()
         self._proc, self._conn = proc, parent
+        message = None
         try:
-            if parent.poll(self.start_timeout) and parent.recv() == "ready":
-                return parent
+            if parent.poll(self.start_timeout):
+                message = parent.recv()
         except (EOFError, OSError):
             pass
+        if message == "ready":
+            return parent
         self._kill()
+        if isinstance(message, tuple) and message[0] == "error":  # the reward did not load there
+            raise GcpoError(f"recipe key 'reward': {message[1]}")
         raise RuntimeError("the grading worker process did not start")
 
-    def _grade_remote(self, pairs: list[tuple[str, str]]) -> list[bool]:
-        out: list[bool] = []
+    def _remote(self, kind: str, items: list[tuple], overrun):
+        """One worker reply per item, in order; `overrun` for an item whose worker overran its
+        deadline or died on it (the worker is replaced and the rest go to the fresh one)."""
+        out: list = []
         failed_starts = 0
-        while len(out) < len(pairs):
+        while len(out) < len(items):
             try:
                 conn = self._start()
-                rest = pairs[len(out):]
-                conn.send(rest)
+                rest = items[len(out):]
+                conn.send((kind, rest))
             except (RuntimeError, OSError):
                 failed_starts += 1
                 if failed_starts >= 2:
                     raise
                 continue
             for _ in rest:
-                verdict = self._receive(conn)
-                if verdict is None:
-                    # Overran its deadline, or the worker died on it: that item is wrong, the
-                    # rest go to a fresh worker.
+                reply = self._receive(conn)
+                if reply is None:
                     self._kill()
                     self.restarts += 1
-                    out.append(False)
+                    out.append(overrun)
                     break
-                out.append(verdict)
+                out.append(reply)
         return out
 
-    def _receive(self, conn) -> bool | None:
+    def _receive(self, conn):
+        """The worker's next reply (a verdict, or a reward's (reward, correct, error)); None if
+        none came within the deadline."""
         try:
             if conn.poll(self.seconds_per_item):
-                return bool(conn.recv())
+                return conn.recv()
         except (EOFError, OSError):
             pass
         return None

@@ -56,6 +56,9 @@ class RichDisplay:
                 f"step {step:>3}  reward {m['reward_mean']:.2f}  all-wrong {m['all_wrong_frac']:>4.0%}  "
                 f"gold {m['golden_injections']}  |g| {m['grad_norm']:.2f}  len {m['completion_tokens_mean']:.0f}  "
                 f"{m['tokens_per_s']:.0f} tok/s  {m['gen_s'] + m['update_s']:.0f}s", highlight=False)
+            if m.get("reward_failures"):  # a custom reward raised, hung or returned no reward: scored 0
+                self.progress.console.print(f"  {m['reward_failures']} reward call(s) failed and scored 0",
+                                            highlight=False)
 
     def stop(self) -> None:
         self.progress.stop()
@@ -177,33 +180,102 @@ def runs_cmd(
 @app.command("export")
 def export_cmd(
     run: Annotated[Optional[str], typer.Option("--run", "-r", help=RUN_HELP, show_default=False)] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder to write.")] = Path("gcpo-export"),
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Folder to write (new or empty). Default: ./gcpo-export; with --push-to-hub, a folder "
+        "inside the run's own, rebuilt by each push.", show_default=False)] = None,
     step: Annotated[Optional[int], typer.Option("--step", help="Checkpoint step (default: the latest).",
                                                 show_default=False)] = None,
     merge: Annotated[bool, typer.Option("--merge", help="Write base + adapter merged into a plain transformers model.")] = False,
+    push_to_hub: Annotated[Optional[str], typer.Option(
+        "--push-to-hub", metavar="ORG/NAME", show_default=False,
+        help="Upload the export with its model card to this Hugging Face Hub model repo (created if new). "
+             "Token: HF_TOKEN or `hf auth login`; endpoint: HF_ENDPOINT.")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the hub repo private (an existing repo keeps "
+                                                            "its visibility).")] = False,
+    revision: Annotated[Optional[str], typer.Option("--revision", "--branch", show_default=False,
+                                                    help="Push to this branch of the repo (created if new; "
+                                                         "default: main).")] = None,
+    license_id: Annotated[Optional[str], typer.Option(
+        "--license", show_default=False,
+        help="License id for the card's metadata, e.g. apache-2.0 (default: the base model's when gcpo "
+             "knows it).")] = None,
     db: DbOpt = None,
+    as_json: JsonOpt = False,
     old_run: Annotated[Optional[str], typer.Argument(hidden=True, show_default=False, metavar="RUN")] = None,
 ) -> None:
-    """Export a run's LoRA adapter, or with --merge a merged model folder.
+    """Export a run's LoRA adapter (or with --merge a merged model) with a model card.
+
+    The card (README.md) comes from the database: the resolved recipe, the
+    training curve (reward first/last/best, golden answers injected),
+    held-out accuracy before and after, every finished evaluation of the run
+    (gcpo eval --run RUN), and how to load the model.
+
+    With --push-to-hub the folder is uploaded to the Hugging Face Hub. If the
+    push fails (token refused, no network), the folder stays on disk and its
+    path is printed: retry, or upload it with `hf upload ORG/NAME FOLDER`.
 
     Examples:
       gcpo export --run 01m8dz --out my-adapter
       gcpo export --run 01m8dz --merge --out my-model
+      gcpo export --run 01m8dz --push-to-hub my-org/smollm2-gcpo --private
     """
+    from . import publish
+
     ref = one_of(run, old_run, "--run")
     if ref is None:
         raise GcpoError("name the run to export: --run RUN (see gcpo runs)")
-    row = store.resolve_run(open_for_reading(db), ref)
+    if (private or revision) and not push_to_hub:
+        raise GcpoError("--private and --revision apply to --push-to-hub ORG/NAME")
+    database = open_for_reading(db)
+    row = store.resolve_run(database, ref)
     step = checkpoints.pick(row, step)
     src = checkpoints.adapter(row["out_dir"], step)
+    if push_to_hub:
+        publish.check_push(push_to_hub)  # before an export that may take minutes
+    if out is None and push_to_hub:
+        out = publish.default_folder(row, step, merge)
+        publish.clear(out)  # gcpo's own folder from an earlier push: rebuilt from the checkpoint
+    out = out if out is not None else Path("gcpo-export")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GcpoError(f"{out} exists and is not an empty folder")
+    data = publish.card_data(database, row, step, merge)
+    card = publish.render_card(data, title=push_to_hub or out.resolve().name, load_from=push_to_hub or str(out),
+                               license_id=license_id)
+    existed = out.exists()
     try:
         _export(row, step, src, out, merge)
-    except OSError as e:  # a folder that cannot be written, a full disk
-        raise GcpoError(f"cannot write {out}: {e.strerror or e}") from None
-    console.print(f"{'merged model' if merge else 'adapter'} of run {row['id']} step {step} written to {out}",
-                  highlight=False)
+        publish.write_card(out, card, data["base"] if push_to_hub else None)
+    except BaseException as e:  # nothing half-written stays (a full disk, a bad adapter, Ctrl-C)
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(e, OSError):  # a folder that cannot be written, a full disk
+            raise GcpoError(f"cannot write {out}: {e.strerror or e}") from None
+        raise
+    kind = "merged model" if merge else "adapter"
+    report = dict(run_id=row["id"], step=step, merged=merge, out=str(out.resolve()),
+                  card=str((out / "README.md").resolve()), repo_id=push_to_hub, url=None, commit_url=None,
+                  revision=None, private=private if push_to_hub else None)
+    if not as_json:
+        console.print(f"{kind} of run {row['id']} step {step} written to {out} (model card: README.md)",
+                      highlight=False)
+    if push_to_hub:
+        report.update(_push(out, push_to_hub, private, revision, f"gcpo: run {row['id']} step {step} ({kind})"))
+        if not as_json:
+            console.print(f"pushed to {report['url']} ({report['revision']})", highlight=False)
+    if as_json:
+        print_json(report)
+
+
+def _push(out: Path, repo_id: str, private: bool, revision: str | None, message: str) -> dict:
+    """Upload the export; a failure is one line that says where the export stays."""
+    from . import publish
+
+    try:
+        return publish.push(out, repo_id, private=private, revision=revision, message=message)
+    except publish.PushError as e:
+        again = f"hf upload {repo_id} {out.resolve()}" + (f" --revision {revision}" if revision else "")
+        raise GcpoError(f"push to {repo_id} failed: {e}. The export is kept in {out.resolve()} "
+                        f"(upload it later with: {again})") from None
 
 
 def _export(row: dict, step: int, src: Path, out: Path, merge: bool) -> None:

@@ -2,11 +2,13 @@
 
 - Metrics are pure functions over per-problem samples (tested against hand computations):
   mean@k with its standard error over problems, unbiased pass@k (Chen et al. 2021, "Evaluating
-  Large Language Models Trained on Code", eq. 1), maj@k, mean completion length, truncation rate
-  and the share of samples that stated no final answer.
+  Large Language Models Trained on Code", eq. 1), maj@k counted two ways (answers grouped by
+  math-verify equivalence, and by exact normalised string as Qwen2.5-Math's evaluation groups
+  them), mean completion length, truncation rate and the share of samples that stated no answer.
 - `evaluate_problems` is shared by `gcpo eval` and the trainer's held-out evaluation. It writes
   one transaction per generation batch, so an interrupted evaluation keeps what it finished and
   the same call (same model label, set and parameters) resumes it without redoing those problems.
+  Every sample is stored with its rendered prompt (the preset is in prompts.py).
 - `BENCHMARKS` names the known benchmarks, their hub ids and fields.
 - `compare` puts several evaluations side by side with their differences from the first.
 """
@@ -24,10 +26,18 @@ from dataclasses import dataclass
 from . import store
 from .answers import Grader, _clean_str, extract_answer
 from .errors import GcpoError
-from .rollout import DEFAULT_TEMPLATE
+from .prompts import PRESETS, Prompt
+from .prompts import from_recipe as prompt_from_recipe
+from .prompts import resolve as resolve_prompt
 
-METRICS = ("mean_at_k", "stderr", "pass_at_k", "maj_at_k", "completion_tokens_mean", "truncation_rate",
-           "unextracted_rate")
+METRICS = ("mean_at_k", "stderr", "pass_at_k", "maj_at_k", "maj_at_k_exact", "completion_tokens_mean",
+           "truncation_rate", "unextracted_rate")
+# What each majority vote groups by; printed under the table and given in --json.
+MAJ_LABELS = {
+    "maj_at_k": "majority vote, answers grouped by math-verify equivalence (1/2 and 0.5 vote together)",
+    "maj_at_k_exact": "majority vote, answers grouped by exact normalised string, as Qwen2.5-Math's "
+                      "evaluation counts maj@k (1/2 and 0.5 are different answers)",
+}
 GOLDEN = "golden"  # the "model" that answers with each problem's own golden answers
 
 
@@ -73,6 +83,28 @@ def maj_at_k(answers: list[str | None], verdicts: list[bool]) -> bool:
     return votes.most_common(1)[0][0] is True  # most_common keeps first-seen order on ties
 
 
+def maj_at_k_exact(answers: list[str | None], verdicts: list[bool]) -> bool:
+    """maj@k as Qwen2.5-Math's evaluation counts it (evaluation/rm_maj_eval.py, `group_pred`
+    without `use_symbol`): answers vote by their text after a light normalisation (\\text{}
+    unwrapped; \\!, \\, and $ dropped; whitespace removed; a trailing period cut; lower case),
+    so 1/2 and 0.5 are two answers. The majority is correct if its answer was graded correct
+    (a truncated sample is graded wrong). Unlike Qwen's script, where an empty prediction is a
+    group of its own, samples without an answer do not vote (as in `maj_at_k`, so the two differ
+    in the grouping only). Ties go to the answer stated first."""
+    votes: Counter = Counter()
+    correct: set[str] = set()
+    for ans, ok in zip(answers, verdicts):
+        if ans is None or not ans.strip():
+            continue
+        key = _clean_str(ans)
+        votes[key] += 1
+        if ok:
+            correct.add(key)
+    if not votes:
+        return False
+    return votes.most_common(1)[0][0] in correct
+
+
 @dataclass
 class Sample:
     extracted_answer: str | None
@@ -97,6 +129,8 @@ def summarize(samples: list[list[Sample]], k: int) -> dict:
         stderr=se,
         pass_at_k=sum(pass_at_k(len(s), sum(x.correct for x in s), min(k, len(s))) for s in samples) / len(samples),
         maj_at_k=sum(maj_at_k([x.extracted_answer for x in s], [x.correct for x in s]) for s in samples) / len(samples),
+        maj_at_k_exact=sum(maj_at_k_exact([x.extracted_answer for x in s], [x.correct for x in s])
+                           for s in samples) / len(samples),
         completion_tokens_mean=sum(tokens) / len(tokens) if tokens else None,
         truncation_rate=sum(x.truncated for x in flat) / len(flat),
         unextracted_rate=sum(x.extracted_answer is None for x in flat) / len(flat),
@@ -184,43 +218,51 @@ def _grader(stack: ExitStack, grader: Grader | None) -> Grader:
     return stack.enter_context(Grader())
 
 
-def _store(db, evaluation_id: str, grader: Grader, items: list[tuple]) -> None:
-    """Grade samples (problem, sample_index, completion, extracted, tokens, truncated) and write
-    them in one transaction: a problem's samples are stored all together or not at all. Graded
-    by `Grader.verdicts`, as training rewards are: a truncated sample is incorrect."""
-    verdicts = grader.verdicts([(p["text"], p["answer"], ext, bool(trunc)) for p, _, _, ext, _, trunc in items])
+def _store(db, evaluation_id: str, grader: Grader, items: list[tuple], prompts: dict | None = None) -> None:
+    """Grade samples (problem, sample_index, completion, extracted, tokens, truncated[, prompt])
+    and write them, each with its rendered prompt (its own, else `prompts[problem id]`), in one
+    transaction: a problem's samples are stored all together or not at all. Graded by
+    `Grader.verdicts`, as training rewards are: a truncated sample is incorrect."""
+    prompts = prompts or {}
+    verdicts = grader.verdicts([(it[0]["text"], it[0]["answer"], it[3], bool(it[5])) for it in items])
     store.write_results(db, evaluation_id, [
         dict(problem_id=p["id"], sample_index=j, completion=text, extracted_answer=ext, correct=int(ok),
-             completion_tokens=tokens, truncated=int(trunc))
-        for (p, j, text, ext, tokens, trunc), ok in zip(items, verdicts)])
+             completion_tokens=tokens, truncated=int(trunc), prompt=own[0] if own else prompts.get(p["id"]))
+        for (p, j, text, ext, tokens, trunc, *own), ok in zip(items, verdicts)])
 
 
 def evaluate_problems(db, model, tok, problems: list[dict], *, label: str, set_name: str, k: int = 1,
                       temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 512,
-                      seed: int = 0, template: str = DEFAULT_TEMPLATE, run_id: str | None = None,
-                      run_step: int | None = None, batch_size: int = 32, progress: bool = True,
-                      grader: Grader | None = None) -> dict:
+                      seed: int = 0, prompt: Prompt | None = None, template: str | None = None,
+                      run_id: str | None = None, run_step: int | None = None, batch_size: int = 32,
+                      progress: bool = True, grader: Grader | None = None) -> dict:
     """Sample k completions for each problem ({id, text, answer}), grade and store them, and
     return the evaluation's metrics with "evaluation_id", "model", "set_name" and timing.
+    `prompt` is the preset (default boxed); `template` alone is boxed with that user turn.
 
     Resumes the unfinished evaluation with the same label, set, run and parameters. The global torch RNG is seeded with `seed` inside a fork, so the caller's
     RNG stream (the trainer's) is untouched. A resumed evaluation samples its remaining problems
     from a fresh seed: equivalent, not bit-identical to an uninterrupted one (greedy is)."""
     import torch
 
-    from .rollout import generate, render_prompt
+    from .rollout import generate
 
     if k < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError("k, max_new_tokens and batch_size must be at least 1")
+    if prompt is not None and template is not None:
+        raise ValueError("give prompt or template, not both")
+    prompt = prompt or resolve_prompt(template=template)
+    # Rendered before the evaluation is opened: a prompt the tokenizer cannot render (a chat
+    # preset without a chat template) leaves nothing behind.
+    prompts = {p["id"]: prompt.render(tok, p["text"]) for p in problems}
     params = _params(problems, k=k, temperature=temperature, top_p=top_p,
-                     max_new_tokens=max_new_tokens, seed=seed, template=template)
+                     max_new_tokens=max_new_tokens, seed=seed, **prompt.params())
     ev_id, done = store.open_evaluation(db, model=label, set_name=set_name, params=params, run_id=run_id,
                                         run_step=run_step)
     todo = [p for p in problems if p["id"] not in done]
-    prompts = {p["id"]: render_prompt(tok, p["text"], template) for p in todo}
     # Length bucketing across the whole set, one generation batch per chunk: padding stays
     # small and each chunk's results are written (and survive an interruption) together.
-    lengths = {pid: len(tok(text, add_special_tokens=False).input_ids) for pid, text in prompts.items()}
+    lengths = {p["id"]: len(tok(prompts[p["id"]], add_special_tokens=False).input_ids) for p in todo}
     todo.sort(key=lambda p: lengths[p["id"]])
     per_batch = max(1, batch_size // k)
     t0, tokens = time.perf_counter(), 0
@@ -240,7 +282,7 @@ def evaluate_problems(db, model, tok, problems: list[dict], *, label: str, set_n
                 items = [(p, j, c.text, extract_answer(c.text), c.tokens, c.truncated)
                          for p, cs in zip(chunk, comps) for j, c in enumerate(cs)]
                 tokens += sum(it[4] for it in items)
-                _store(db, ev_id, grader, items)
+                _store(db, ev_id, grader, items, prompts)
                 _advance(prog, len(chunk))
     except BaseException:
         store.mark_evaluation_interrupted(db, ev_id)
@@ -248,7 +290,7 @@ def evaluate_problems(db, model, tok, problems: list[dict], *, label: str, set_n
     seconds = time.perf_counter() - t0
     metrics = _finish(db, ev_id, problems, k, {})
     return dict(evaluation_id=ev_id, model=label, set_name=set_name, run_id=run_id, run_step=run_step,
-                **metrics, resumed=len(done), seconds=round(seconds, 3),
+                prompt=prompt.name, **metrics, resumed=len(done), seconds=round(seconds, 3),
                 problems_per_s=len(todo) / seconds if todo and seconds else None,
                 tokens_per_s=tokens / seconds if tokens and seconds else None)
 
@@ -383,13 +425,13 @@ class Target:
     adapter: str | None = None
     run_id: str | None = None
     run_step: int | None = None
-    template: str | None = None  # the run's own prompt template
+    prompt: Prompt | None = None  # the run's own prompt (its recipe's preset); None: the default
     quant: str = "none"  # the base the run trained on: "nf4" is evaluated as nf4 + adapter
     dtype: str = "float32"  # its compute dtype
 
 
 def run_target(db, ref: str, step: int | None) -> Target:
-    """A run's checkpoint (the newest unless `step`), with the run's own prompt template."""
+    """A run's checkpoint (the newest unless `step`), with the run's own prompt."""
     from . import checkpoints
 
     run = store.resolve_run(db, ref)
@@ -397,9 +439,12 @@ def run_target(db, ref: str, step: int | None) -> Target:
     recipe = store.loads(run["recipe_json"])
     recipe = recipe if isinstance(recipe, dict) else {}
     model = recipe.get("model") or {}
+    try:
+        prompt = prompt_from_recipe(recipe)
+    except GcpoError as e:
+        raise GcpoError(f"run {run['id']}: its recipe's prompt: {e}") from None
     return Target(f"run:{run['id']}@{step}", run["model"], str(checkpoints.adapter(checkpoints.run_folder(run), step)),
-                  run["id"], step, recipe.get("prompt_template"), model.get("quant", "none"),
-                  model.get("dtype", "float32"))
+                  run["id"], step, prompt, model.get("quant", "none"), model.get("dtype", "float32"))
 
 
 def parse_target(db, spec: str, is_model_name) -> Target:
@@ -414,10 +459,10 @@ def parse_target(db, spec: str, is_model_name) -> Target:
     return run_target(db, run["id"], int(step) if step else None)
 
 
-def evaluate_target(db, t: Target, sets: dict[str, list[dict]], grader: Grader, template: str | None, p: dict,
+def evaluate_target(db, t: Target, sets: dict[str, list[dict]], grader: Grader, prompt: Prompt | None, p: dict,
                     progress: bool) -> list[dict]:
     """Every set's metrics for one target; `p` holds k, temperature, top_p, max_new_tokens,
-    seed and batch_size."""
+    seed and batch_size. `prompt` (from the command line) wins over the target's own."""
     import gc
 
     from .model import load_for_inference
@@ -434,7 +479,7 @@ def evaluate_target(db, t: Target, sets: dict[str, list[dict]], grader: Grader, 
     try:
         return [evaluate_problems(db, model, tok, problems, label=t.label, set_name=name, k=p["k"],
                                   temperature=p["temperature"], top_p=p["top_p"], max_new_tokens=p["max_new_tokens"],
-                                  seed=p["seed"], template=template or t.template or DEFAULT_TEMPLATE,
+                                  seed=p["seed"], prompt=prompt or t.prompt or PRESETS["boxed"],
                                   run_id=t.run_id, run_step=t.run_step, batch_size=p["batch_size"],
                                   progress=progress, grader=grader)
                 for name, problems in sets.items()]
@@ -450,7 +495,7 @@ def result(t: Target, per_set: list[dict]) -> dict:
 
 def compare(results: list[dict]) -> list[dict]:
     """Adds to every result after the first its difference from the first ("delta")."""
-    keys = ("mean_at_k", "pass_at_k", "maj_at_k")
+    keys = ("mean_at_k", "pass_at_k", "maj_at_k", "maj_at_k_exact")
 
     def delta(a: dict, b: dict) -> dict:
         return {key: None if a.get(key) is None or b.get(key) is None else a[key] - b[key] for key in keys}

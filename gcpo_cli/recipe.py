@@ -82,7 +82,12 @@ class Recipe:
     # (weighted like a half-solved one) until this many injections brought no correct sample;
     # then, like an all-wrong problem without one, it is "hopeless" (floor weight)
     frontier_hopeless_after: int = 4
-    prompt_template: str = "{problem} Put the final answer in \\boxed{{}}."
+    # How a problem is put to the model, in rollouts, the held-out evaluation and `eval --run`:
+    # a preset from prompts.py (each cites its source): boxed (gcpo's own), qwen25-math-cot,
+    # r1-distill, raw (no chat template, for base models)
+    prompt: str = "boxed"
+    prompt_template: Optional[str] = None  # the preset's user turn replaced: a template with {problem}
+    system_prompt: Optional[str] = None  # the preset's system turn replaced (a chat preset only)
 
     # rollout
     problems_per_step: int = 4  # B
@@ -90,6 +95,12 @@ class Recipe:
     max_new_tokens: int = 48
     temperature: float = 1.0
     top_p: float = 1.0
+    # the reward: None = math-verify on the final answer (answers.py). "module:function" or
+    # "path/to/file.py:function": fn(problem, completion, gold) returning a number in [0, 1], a
+    # (reward, correct) pair or {"reward": r, "correct": c}, run in the grader's worker under its
+    # time limits; a failure scores 0 and is counted (reward_failures). Going gold follows
+    # "correct", or reward == 1 without the flag (rewards.py, issue 13)
+    reward: Optional[str] = None
 
     # GCPO: go gold (algorithm doc, "choices the paper leaves open")
     golden: Optional[Literal["on", "off"]] = None  # gcpo: on; grpo/dapo: off
@@ -264,12 +275,15 @@ def _validate(r: "Recipe") -> None:
         r.golden_template.format(solution="x", answer="1")
     except (KeyError, IndexError, ValueError) as e:
         raise RecipeError(f"recipe key 'golden_template': {e!s} (write literal braces as {{{{ }}}})") from None
-    if "{problem}" not in r.prompt_template:
-        raise RecipeError("recipe key 'prompt_template': must contain {problem}")
-    try:
-        r.prompt_template.format(problem="x")
-    except (KeyError, IndexError, ValueError) as e:
-        raise RecipeError(f"recipe key 'prompt_template': {e!s} (write literal braces as {{{{ }}}})") from None
+    from .prompts import PRESETS, template_error
+
+    if r.prompt not in PRESETS:
+        raise RecipeError(f"recipe key 'prompt': {r.prompt!r} is not one of {', '.join(PRESETS)}")
+    why = template_error(r.prompt_template) if r.prompt_template is not None else None
+    if why:
+        raise RecipeError(f"recipe key 'prompt_template': {why}")
+    if r.system_prompt is not None and not PRESETS[r.prompt].chat:
+        raise RecipeError(f"recipe key 'system_prompt': the '{r.prompt}' prompt has no chat template, so no system turn")
     from .synthetic import parse_levels
 
     try:
@@ -284,9 +298,23 @@ def resolve(r: "Recipe") -> "Recipe":
     if preset.get("overlong_buffer") == -1:
         preset["overlong_buffer"] = max(1, r.max_new_tokens // 4)
     updates = {k: v for k, v in preset.items() if getattr(r, k) is None}
+    if r.reward is not None:
+        updates["reward"] = _reward_spec(r.reward)
     r = replace(r, **updates)
     _validate(r)
     return r
+
+
+def _reward_spec(spec: str) -> str:
+    """The `reward` key checked by importing what it names (a bad one fails at load, not at the
+    first step); a file path made absolute, so that a resumed run finds it from any folder."""
+    from .rewards import RewardLoadError, absolute_spec, load_reward
+
+    try:
+        load_reward(spec)
+        return absolute_spec(spec)
+    except RewardLoadError as e:
+        raise RecipeError(f"recipe key 'reward': {e}") from None
 
 
 # Recipe keys renamed by issue 8 (one name per concept); still read for one release.

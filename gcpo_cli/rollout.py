@@ -1,4 +1,5 @@
-"""Prompts and batched sampling of n completions per prompt (training rollouts and evaluation).
+"""Prompt rendering (the presets live in prompts.py) and batched sampling of n completions per
+prompt, for training rollouts and evaluation alike.
 
 Prompts are length-bucketed (sorted by token length, then batched) so that padding stays small;
 results come back in the caller's order.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_TEMPLATE = "{problem} Put the final answer in \\boxed{{}}."
+from .prompts import BOXED_TEMPLATE as DEFAULT_TEMPLATE  # noqa: F401  (its old home; bench scripts)
+from .prompts import Prompt, resolve
 
 
 @dataclass
@@ -22,12 +24,12 @@ class Completion:
         return len(self.token_ids)
 
 
-def render_prompt(tokenizer, problem: str, template: str = DEFAULT_TEMPLATE) -> str:
-    """The chat-formatted prompt text, exactly as training and evaluation feed it."""
-    user = template.format(problem=problem)
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
-    )
+def render_prompt(tokenizer, problem: str, prompt: Prompt | str = DEFAULT_TEMPLATE) -> str:
+    """The prompt text, exactly as training and evaluation feed it: a preset (prompts.py), or a
+    user-turn template with {problem} (the boxed preset with that user turn)."""
+    if isinstance(prompt, str):
+        prompt = resolve(template=prompt)
+    return prompt.render(tokenizer, problem)
 
 
 def response_ids(tokenizer, text: str) -> list[int]:

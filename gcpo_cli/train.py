@@ -2,7 +2,8 @@
 
   1. pick B problems (curriculum) and render their prompts;
   2. roll out G completions per problem from the current policy (pi_old) and grade each with
-     math-verify: reward 1 if its final answer verifies and it was not truncated;
+     math-verify: reward 1 if its final answer verifies and it was not truncated (or with the
+     recipe's custom `reward` function, in the grader's worker; a failed call scores 0, counted);
   3. DAPO only: drop zero-variance groups and refill the batch from unused problems;
   4. go gold: in an all-wrong group, the last wrong rollout gives way to the golden answer
      (reward 1); the displaced rollout is still recorded, out of the loss;
@@ -37,6 +38,7 @@ from .ingest import ensure_synthetic_set
 from .loss import golden_slot, group_advantages, overlong_shaping, policy_loss
 from .model import (MergedSampler, add_lora, autocast_context, autocast_enabled, completion_logprobs,
                     load_adapter, load_base, prepare_base, prepare_for_update)
+from .prompts import from_recipe as prompt_from_recipe
 from .recipe import Recipe, from_dict, to_dict
 from .rollout import Completion, generate, render_prompt, response_ids
 from .synthetic import parse_levels
@@ -115,7 +117,7 @@ def run_steps(ctx: Context, display) -> dict:
         display.message(f"evaluating {len(ctx.holdout)} held-out problems before training")
         summary["before"] = evaluate_holdout(ctx, 0)
     status, step = "completed", ctx.start_step
-    with StopFlag() as stop, Grader() as grader:
+    with StopFlag() as stop, Grader(reward=r.reward) as grader:
         display.start(ctx, r.steps, ctx.start_step)
         try:
             for step in range(ctx.start_step + 1, r.steps + 1):
@@ -191,7 +193,7 @@ def pick_problems(ctx: Context, step: int) -> list[str]:
 
 def roll_out(ctx: Context, problem_ids: list[str], grader: Grader, stop: "StopFlag") -> tuple[list[list[Rollout]], dict]:
     """G completions per problem from the current policy, graded. Returns the groups and
-    {gen_s, score_s, tokens}."""
+    {gen_s, score_s, tokens, reward_failures}."""
     r = ctx.recipe
     t0 = time.perf_counter()
     # A quantised policy samples itself: under the update's bf16 autocast, so activations and the
@@ -208,20 +210,21 @@ def roll_out(ctx: Context, problem_ids: list[str], grader: Grader, stop: "StopFl
                        completion=c.text, extracted_answer=extract_answer(c.text), truncated=c.truncated)
                for j, c in enumerate(cs)] for pid, cs in zip(problem_ids, completions)]
     flat = [x for g in groups for x in g]
-    score(flat, [ctx.by_id[x.problem_id] for x in flat], grader)
+    failures = score(flat, [ctx.by_id[x.problem_id] for x in flat], grader)
     return groups, dict(gen_s=t1 - t0, score_s=time.perf_counter() - t1,
-                        tokens=sum(len(x.completion_ids) for x in flat))
+                        tokens=sum(len(x.completion_ids) for x in flat), reward_failures=failures or 0)
 
 
-def score(rollouts: list[Rollout], problems: list[dict], grader: Grader) -> None:
+def score(rollouts: list[Rollout], problems: list[dict], grader: Grader) -> int:
     """Reward 1 where the rollout is correct by the one grading path training and evaluation
     share (Grader.verdicts: a truncated completion is wrong; option letters and values map as
-    in evaluation), else 0."""
-    verdicts = grader.verdicts([(p["text"], p["answer"], x.extracted_answer, x.truncated)
-                                for p, x in zip(problems, rollouts)])
-    for x, ok in zip(rollouts, verdicts):
-        x.correct = bool(ok)
-        x.reward = 1.0 if x.correct else 0.0
+    in evaluation), else 0; or, with a custom reward (the grader's), what it returns, correct by
+    its flag or reward == 1 (going gold counts that). Returns how many reward calls failed."""
+    scores = grader.scores([(p, x.completion, x.extracted_answer, x.truncated) for p, x in zip(problems, rollouts)])
+    for x, s in zip(rollouts, scores):
+        x.correct = bool(s.correct)
+        x.reward = float(s.reward)
+    return sum(s.failed for s in scores)
 
 
 def refill(ctx: Context, groups: list[list[Rollout]], timing: dict, rng: random.Random, grader: Grader,
@@ -412,7 +415,7 @@ def step_metrics(r: Recipe, groups: list[list[Rollout]], kept: list[list[Rollout
         grad_norm=stats["grad_norm"], loss=stats["loss"], lr=lr, gen_s=timing["gen_s"],
         score_s=timing["score_s"], update_s=timing["update_s"],
         tokens_per_s=timing["tokens"] / timing["gen_s"] if timing["gen_s"] else 0.0,
-        groups=len(groups), groups_in_loss=len(kept),
+        groups=len(groups), groups_in_loss=len(kept), reward_failures=timing.get("reward_failures", 0),
         sequences_in_loss=sum(1 for g in kept for x in g if x.advantage != 0.0),
     )
 
@@ -426,9 +429,10 @@ def save_checkpoint(ctx: Context, step: int) -> None:
 
 
 def prompt(ctx: Context, problem_id: str) -> tuple[str, list[int]]:
-    """A problem's chat-formatted prompt and its tokens, exactly as generate() tokenises it."""
+    """A problem's prompt (the recipe's preset, prompts.py) and its tokens, exactly as generate()
+    tokenises it."""
     if problem_id not in ctx.prompts:
-        text = render_prompt(ctx.tok, ctx.by_id[problem_id]["text"], ctx.recipe.prompt_template)
+        text = render_prompt(ctx.tok, ctx.by_id[problem_id]["text"], prompt_from_recipe(ctx.recipe))
         ctx.prompts[problem_id] = (text, ctx.tok(text, add_special_tokens=False).input_ids)
     return ctx.prompts[problem_id]
 
@@ -472,6 +476,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
                         f"{recipe.eval.holdout}: nothing left to train on")
     torch.manual_seed(recipe.seed)
     model, tok, _ = load_base(recipe.model)
+    prompt_from_recipe(recipe).render(tok, pool[0]["text"])  # a chat preset without a chat template: fail now
     sampler = MergedSampler(model, recipe.model.sampler_dtype) if recipe.model.quant == "none" else None
     prepare_for_update(model, recipe.model, autocast_enabled(model, recipe.model.autocast))
     model = prepare_base(model, recipe.model)
@@ -525,7 +530,7 @@ def evaluate_holdout(ctx: Context, step: int) -> dict | None:
     return evaluate_problems(
         ctx.db, generation_model(ctx), ctx.tok, ctx.holdout, label=f"run:{ctx.run_id}@{step}",
         set_name=ctx.set_name, k=e.k, temperature=e.temperature, max_new_tokens=e.max_new_tokens or r.max_new_tokens,
-        seed=r.seed, template=r.prompt_template, run_id=ctx.run_id, run_step=step,
+        seed=r.seed, prompt=prompt_from_recipe(r), run_id=ctx.run_id, run_step=step,
         batch_size=max(32, r.problems_per_step * r.samples_per_problem), progress=False)
 
 

@@ -11,7 +11,7 @@ from gcpo_cli.store import open_db
 PACKAGE = Path(__file__).resolve().parents[1] / "gcpo_cli"
 V0_1 = Path(__file__).resolve().parent / "data" / "v0.1"  # made by gcpo 0.1 (see its make.sh)
 
-# What migrations m001-m004 produce: every table's columns, in order, with their types.
+# What migrations m001-m005 produce: every table's columns, in order, with their types.
 SCHEMA = {
     "problems": "id TEXT, text TEXT, answer TEXT, metadata_json TEXT, created_at TEXT",
     "problem_sets": "id INTEGER, name TEXT, description TEXT, created_at TEXT",
@@ -35,7 +35,8 @@ SCHEMA = {
                    "metrics_json TEXT, status TEXT, created_at TEXT, updated_at TEXT",
     "eval_results": "id INTEGER, evaluation_id TEXT, problem_id TEXT, sample_index INTEGER, completion TEXT, "
                     "extracted_answer TEXT, correct INTEGER, completion_tokens INTEGER, truncated INTEGER, "
-                    "created_at TEXT",
+                    "created_at TEXT, prompt_id TEXT",
+    "prompts": "id TEXT, text TEXT, created_at TEXT",
 }
 INDEXES = {
     "problem_sets": [("name",)],
@@ -89,7 +90,8 @@ def test_an_old_database_upgrades_in_place_and_keeps_everything(tmp_path):
     import sqlite3
 
     old = sqlite3.connect(home / "gcpo.db")
-    counts = {t: old.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in SCHEMA}
+    old_tables = {r[0] for r in old.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    counts = {t: old.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] if t in old_tables else 0 for t in SCHEMA}
     old_tokens = old.execute("SELECT SUM(tokens) FROM rollouts").fetchone()[0]
     assert old.execute("SELECT COUNT(*) FROM evaluations WHERE status = 'done'").fetchone()[0] == 2
     old.close()

@@ -12,8 +12,8 @@ import pytest
 
 from gcpo_cli.answers import Grader, extract_answer, grading_target, verify_answer
 from gcpo_cli.cli import app
-from gcpo_cli.evaluation import (Sample, average, evaluate_problems, maj_at_k, mean_and_stderr, pass_at_k,
-                                 summarize)
+from gcpo_cli.evaluation import (Sample, average, evaluate_problems, maj_at_k, maj_at_k_exact, mean_and_stderr,
+                                 pass_at_k, summarize)
 
 # ------------------------------------------------------------------------------------ metrics
 
@@ -57,6 +57,27 @@ def test_maj_at_k(answers, verdicts, expected):
     assert maj_at_k(answers, verdicts) is expected
 
 
+@pytest.mark.parametrize("answers,verdicts,expected", [
+    (["1/2", "0.5", "3", "3"], [True, True, False, False], False),  # 1/2 and 0.5 are two answers: 3 wins
+    (["3", "1/2", "0.5"], [False, True, True], False),  # three answers, one vote each: the first stated
+    (["1/2", "1/2", "0.5", "3"], [True, True, True, False], True),
+    (["\\text{4}", " 4 ", "$4$.", "5", "5"], [True, True, True, False, False], True),  # normalised alike
+    (["X", "x", "y", "y"], [True, True, False, False], True),  # lower case: x and X together, a tie, X first
+    ([None, "", "2"], [False, False, True], True),  # no answer, no vote
+    (["5", "5", "6"], [False, True, False], True),  # the majority answer graded correct (a truncated 5 is not)
+    (["7", "7", "8"], [False, False, False], False),
+    ([None, None], [False, False], False),
+])
+def test_maj_at_k_exact_groups_by_normalised_string(answers, verdicts, expected):
+    assert maj_at_k_exact(answers, verdicts) is expected
+
+
+def test_the_two_majorities_differ_only_in_grouping():
+    p = [Sample("1/2", True), Sample("0.5", True), Sample("3", False), Sample("3", False)]
+    m = summarize([p], k=4)
+    assert m["maj_at_k"] == 1.0 and m["maj_at_k_exact"] == 0.0  # 2 equivalent votes tie 3's two, stated first
+
+
 def test_summarize_by_hand():
     p1 = [Sample("1", True, 10), Sample("2", False, 20, True), Sample("2", False, 30), Sample("1", True, 40)]
     p2 = [Sample("7", False, 5), Sample(None, False, 5, True), Sample("7", False, 5), Sample("8", False, 5)]
@@ -66,6 +87,7 @@ def test_summarize_by_hand():
     assert m["stderr"] == pytest.approx(0.25)  # std([0.5, 0]) = 0.3536, / sqrt(2)
     assert m["pass_at_k"] == pytest.approx((1 - 1 / 6) / 2)  # p1: 1 - C(2,2)/C(4,2); p2: 0
     assert m["maj_at_k"] == pytest.approx(0.5)  # p1: a 2-2 tie led by the correct "1"; p2: all wrong
+    assert m["maj_at_k_exact"] == pytest.approx(0.5)  # the same here: no two spellings of one answer
     assert m["completion_tokens_mean"] == pytest.approx(120 / 8)
     assert m["truncation_rate"] == pytest.approx(2 / 8)
     assert m["unextracted_rate"] == pytest.approx(1 / 8)
@@ -381,3 +403,195 @@ def test_bad_invocations_end_in_one_line(runner, db):
     assert r.exit_code == 1 and "exactly one of --model" in r.output
     r = runner.invoke(app, ["eval", "--model", "tiny", "--set", "nope"])
     assert r.exit_code == 1 and "unknown set 'nope'" in r.output
+
+
+# ------------------------------------------------------------ prompts, both majorities, sample files
+
+EXPORT_KEYS = {"evaluation_id", "model", "set", "problem_id", "source_id", "problem", "sample_index", "prompt",
+               "completion", "extracted_answer", "gold", "correct", "completion_tokens", "finish_reason"}
+QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@pytest.fixture
+def sums(db):
+    from gcpo_cli.ingest import ingest_rows
+
+    ingest_rows(db, [dict(r, id=f"q{i}") for i, r in enumerate(_rows(3))], "sums", problem="problem",
+                solution="solution", answer="answer", id="id")
+    return {r["source_id"]: r["problem_id"] for r in db["set_problems"].rows}  # file id -> gcpo id
+
+
+def _lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_eval_records_the_preset_and_every_rendered_prompt(runner, db, sums):
+    out = _json(runner.invoke(app, ["eval", "-m", "tiny", "-s", "sums", "--prompt", "qwen25-math-cot", "--k", "2",
+                                    "--temperature", "1", "--max-new-tokens", "3", "--json"]))
+    assert out["results"][0]["sets"][0]["prompt"] == "qwen25-math-cot"
+    (ev,) = db["evaluations"].rows
+    params = json.loads(ev["params_json"])
+    assert (params["prompt"], params["template"], params["system_prompt"]) == ("qwen25-math-cot", "{problem}",
+                                                                                QWEN_SYSTEM)
+    texts = {p["id"]: p["text"] for p in db["prompts"].rows}
+    problems = {p["id"]: p["text"] for p in db["problems"].rows}
+    rows = list(db["eval_results"].rows)
+    assert len(rows) == 6 and len(texts) == 3  # one stored text per problem, shared by its k samples
+    for r in rows:
+        assert texts[r["prompt_id"]] == (f"<|im_start|>system\n{QWEN_SYSTEM}<|im_end|>\n<|im_start|>user\n"
+                                         f"{problems[r['problem_id']]}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_table_and_json_say_which_majority_is_which(runner, db, sums):
+    r = runner.invoke(app, ["eval", "-m", "tiny", "-s", "sums", "--k", "2", "--temperature", "1",
+                            "--max-new-tokens", "3"])
+    assert r.exit_code == 0, r.output
+    head = [line for line in r.stdout.splitlines() if "maj@2" in line]
+    assert head and "maj@2" in head[0] and head[0].count("maj@2") == 2  # two columns: eq and str
+    text = " ".join(r.stdout.split())
+    assert "maj@2 eq: majority answer, spellings grouped by math-verify equivalence" in text
+    assert "maj@2 str: grouped by exact normalised string (Qwen2.5-Math's maj@k)" in text
+    assert "prompt boxed" in text
+    out = _json(runner.invoke(app, ["eval", "-m", "tiny", "-s", "sums", "--max-new-tokens", "3", "--json"]))
+    assert set(out["metrics"]) == {"maj_at_k", "maj_at_k_exact"}
+    assert "math-verify equivalence" in out["metrics"]["maj_at_k"]
+    assert "exact normalised string" in out["metrics"]["maj_at_k_exact"]
+    s = out["results"][0]["sets"][0]
+    assert s["maj_at_k"] is not None and s["maj_at_k_exact"] is not None
+
+
+def test_export_writes_one_line_per_sample_with_what_a_regrader_needs(runner, db, sums, tmp_path):
+    path = tmp_path / "samples.jsonl"
+    out = _json(runner.invoke(app, ["eval", "-m", "tiny", "-s", "sums", "--k", "2", "--temperature", "1",
+                                    "--max-new-tokens", "4", "--export", str(path), "--json"]))
+    lines = _lines(path)
+    assert out["params"]["export"] == {"path": str(path), "samples": 6} and len(lines) == 6
+    assert all(set(x) == EXPORT_KEYS for x in lines)
+    assert [(x["source_id"], x["sample_index"]) for x in lines] == [("q0", 0), ("q0", 1), ("q1", 0), ("q1", 1),
+                                                                     ("q2", 0), ("q2", 1)]
+    stored = {(r["problem_id"], r["sample_index"]): r for r in db["eval_results"].rows}
+    for x in lines:
+        r = stored[(x["problem_id"], x["sample_index"])]
+        i = int(x["source_id"][1:])
+        assert x["problem_id"] == sums[x["source_id"]] and x["set"] == "sums" and x["model"] == "tiny"
+        assert x["problem"] == f"What is {i} + {i}?" and x["gold"] == str(2 * i)
+        assert x["prompt"] == f"<|im_start|>user\nWhat is {i} + {i}? Put the final answer in \\boxed{{}}.<|im_end|>\n" \
+                              "<|im_start|>assistant\n"
+        assert x["completion"] == r["completion"] and x["extracted_answer"] == r["extracted_answer"]
+        assert x["correct"] is bool(r["correct"]) and x["completion_tokens"] == r["completion_tokens"]
+        assert x["finish_reason"] == ("length" if r["truncated"] else "stop")
+    assert {x["finish_reason"] for x in lines} == {"length"}  # a random model never stops in 4 tokens
+
+
+def test_a_stored_evaluation_exports_interrupted_then_resumed(runner, db, sums, tmp_path, monkeypatch):
+    from gcpo_cli import rollout
+    from gcpo_cli.model import load_for_inference
+
+    model, tok = load_for_inference("tiny")
+    problems = [dict(p, id=sums[f"q{i}"]) for i, p in
+                enumerate({"text": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(3))]
+    real, calls = rollout.generate, []
+
+    def flaky(*a, **kw):  # Ctrl-C during the second batch
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **kw)
+
+    kw = dict(label="tiny", set_name="sums", k=1, max_new_tokens=3, batch_size=1, progress=False)
+    monkeypatch.setattr(rollout, "generate", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_problems(db, model, tok, problems, **kw)
+    (ev,) = db["evaluations"].rows
+    path = tmp_path / "partial.jsonl"
+    r = runner.invoke(app, ["eval", "--evaluation", ev["id"][:10], "--export", str(path)])
+    assert r.exit_code == 0, r.output
+    assert f"evaluation {ev['id']} is interrupted: its 1 finished problems are shown" in " ".join(r.stdout.split())
+    assert len(_lines(path)) == 1 and _lines(path)[0]["evaluation_id"] == ev["id"]
+    monkeypatch.setattr(rollout, "generate", real)
+    evaluate_problems(db, model, tok, problems, **kw)  # resumed: the same evaluation
+    out = _json(runner.invoke(app, ["eval", "--evaluation", ev["id"], "--export", str(path), "--json"]))
+    assert out["results"][0]["sets"][0]["status"] == "completed" and out["results"][0]["sets"][0]["n_problems"] == 3
+    assert [x["source_id"] for x in _lines(path)] == ["q0", "q1", "q2"]
+    assert {x["evaluation_id"] for x in _lines(path)} == {ev["id"]}
+
+
+def test_import_of_an_export_agrees_with_itself(runner, db, sums, tmp_path):
+    path = tmp_path / "mine.jsonl"
+    first = _json(runner.invoke(app, ["eval", "-m", "tiny", "-s", "sums", "--k", "2", "--temperature", "1",
+                                      "--max-new-tokens", "4", "--export", str(path), "--json"]))
+    again = _json(runner.invoke(app, ["eval", "--import", str(path), "--set", "sums", "--json"]))
+    a, b = first["results"][0]["sets"][0], again["results"][0]["sets"][0]
+    assert b["model"] == "import:mine.jsonl" and b["k"] == 2
+    for key in ("n_problems", "n_samples", "mean_at_k", "pass_at_k", "maj_at_k", "maj_at_k_exact", "truncation_rate",
+                "unextracted_rate", "completion_tokens_mean"):
+        assert a[key] == b[key], key
+    assert b["file_verdicts"] == {"samples": 6, "agree": 6, "mean_at_k": a["mean_at_k"]}
+    # The golden answers, written as completions, round-trip as all correct.
+    gold = tmp_path / "gold.jsonl"
+    _json(runner.invoke(app, ["eval", "-m", "golden", "-s", "sums", "--export", str(gold), "--json"]))
+    assert [(x["correct"], x["finish_reason"], x["prompt"]) for x in _lines(gold)] == [(True, "stop", None)] * 3
+    back = _json(runner.invoke(app, ["eval", "--import", str(gold), "--set", "sums", "--json"]))
+    s = back["results"][0]["sets"][0]
+    assert s["mean_at_k"] == 1.0 and s["file_verdicts"] == {"samples": 3, "agree": 3, "mean_at_k": 1.0}
+
+
+def test_import_grades_another_systems_samples_with_gcpos_grader(runner, db, sums, tmp_path):
+    path = tmp_path / "other.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in [
+        {"problem_id": "q1", "completion": "1 + 1 = 2, so \\boxed{2}.", "correct": True},  # the file's own id
+        {"problem_id": sums["q1"], "completion": "The answer is 2.0", "correct": False},  # gcpo's id; 2.0 = 2
+        {"problem": "What is 2 + 2?", "completion": "\\boxed{4}", "finish_reason": "length", "correct": True},
+        {"problem": "  What is 2 +   2? ", "completion": "so \\boxed{5}", "completion_tokens": 7},
+    ]) + "\n\n", encoding="utf-8")
+    r = runner.invoke(app, ["eval", "--import", str(path), "--set", "sums"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.stdout.split())
+    assert "samples imported from other.jsonl, graded by gcpo" in text
+    assert "gcpo's grader agrees with the file's verdicts on 1 of 3 samples" in text
+    (ev,) = db["evaluations"].rows
+    assert ev["model"] == "import:other.jsonl" and ev["status"] == "completed"
+    m = json.loads(ev["metrics_json"])
+    # q1: both right (2.0 verifies as 2); q2: a cut-off sample is wrong whatever it states, 5 is wrong
+    assert (m["n_problems"], m["n_samples"], m["mean_at_k"], m["pass_at_k"]) == (2, 4, 0.5, 0.5)
+    assert m["truncation_rate"] == 0.25 and m["completion_tokens_mean"] == 7
+    source = {pid: src for src, pid in sums.items()}
+    rows = sorted(db["eval_results"].rows, key=lambda x: (source[x["problem_id"]], x["sample_index"]))
+    assert [(r["extracted_answer"], r["correct"]) for r in rows] == [("2", 1), ("2.0", 1), ("4", 0), ("5", 0)]
+    assert db["prompts"].count == 0  # the file gave none
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"problem_id": "q9", "completion": "x"}\n', "bad.jsonl line 1: problem id 'q9' is not in set 'sums'"),
+    ('{"problem_id": "q0", "completion": "x"}\n{"problem": "What is 7 + 7?", "completion": "y"}\n'
+     '{"problem": "nope", "completion": "z"}\n',
+     "bad.jsonl line 2: the problem text is not in set 'sums' (and 1 more lines)"),
+    ('{"problem_id": "q0"}\n', "bad.jsonl line 1: no 'completion' text"),
+    ('{"completion": "x"}\n', "bad.jsonl line 1: no problem_id or problem field"),
+    ('{"problem_id": "q0", "completion": "x", "completion_tokens": "many"}\n',
+     "bad.jsonl line 1: 'completion_tokens' must be a whole number"),
+    ('["q0", "x"]\n', "bad.jsonl line 1: not a JSON object"),
+    ("\n\n", "no samples"),
+])
+def test_a_bad_import_file_is_one_line_and_stores_nothing(runner, db, sums, tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content, encoding="utf-8")
+    r = runner.invoke(app, ["eval", "--import", str(path), "--set", "sums"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert db["evaluations"].count == 0 and db["eval_results"].count == 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--import", "x.jsonl"], "--import grades against one set: give --set NAME once"),
+    (["--import", "x.jsonl", "-s", "sums", "--prompt", "raw"], "--import and --evaluation generate nothing"),
+    (["--import", "x.jsonl", "-s", "sums", "--compare", "tiny"], "does not combine with --import or --evaluation"),
+    (["--evaluation", "01", "-s", "sums"], "--evaluation names stored evaluations; drop --set and --benchmark"),
+    (["--evaluation", "zz"], "unknown evaluation 'zz': no evaluations recorded yet"),
+    (["-m", "tiny", "--import", "x.jsonl", "-s", "sums"], "name exactly one of --model M, --run RUN, --import FILE"),
+    (["-m", "tiny", "-s", "sums", "--prompt", "qwen"], "unknown prompt 'qwen'; presets: boxed, qwen25-math-cot"),
+    (["-m", "tiny", "-s", "sums", "--template", "Q:"], "prompt template 'Q:': must contain {problem}"),
+])
+def test_bad_sample_file_and_prompt_invocations(runner, db, sums, args, message):
+    r = runner.invoke(app, ["eval", *args])
+    assert r.exit_code == 1 and message in " ".join(r.output.split()), r.output

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from gcpo_cli.answers import MAX_ANSWER_CHARS, Grader, strip_unit, verify_answer
+from gcpo_cli.answers import MAX_ANSWER_CHARS, Grader, extract_answer, gold_value, strip_unit, verify_answer
 
 # (gold, predicted): the predicted final answer is correct.
 ACCEPT = [
@@ -32,6 +32,13 @@ ACCEPT = [
     ("3", "3."), ("3", "3.0"), ("-1", "-1"),
     # option letters; a box around the whole answer
     ("c", "(c)"), ("c", "C"), ("3", "\\boxed{3}"), ("\\frac12", "\\boxed{\\frac{1}{2}}"),
+    # gold answers with a unit after their value grade by the value (ASDiv's layout, issue 13)
+    ("9 (apples)", "9"), ("5 (dollars)", "5"), ("9 (apples)", "\\boxed{9}"), ("2.5 (cm)", "2.5"),
+    ("\\frac{1}{2} (cup)", "1/2"), ("18 dollars", "18"), ("9 (apples)", "9 apples"), ("9 (apples)", "9 (apples)"),
+    ("1,080 (people)", "1080"),
+    # ... and parentheses that are mathematics are not a unit: the gold stays as written
+    ("(1, 2)", "(1,2)"), ("f(x)", "f(x)"), ("(a) 3", "(a) 3"), ("3 (mod 5)", "3 (mod 5)"), ("3 (x)", "3 (x)"),
+    ("2 hours 30 minutes", "2 hours 30 minutes"),
 ]
 
 # (gold, predicted): the predicted final answer is wrong, however close it reads.
@@ -56,6 +63,10 @@ REJECT = [
     # plain wrong answers, with and without units
     ("18", "19 dollars"), ("18", "\\$19"), ("5", "5 m^2 + 1"), ("(1,2)", "(2, 1)"), ("(1,2)", "[1, 2]"),
     ("\\frac{\\pi}{2}", "\\pi"), ("5", None), ("5", ""), ("5", "   "),
+    # a gold answer's unit goes, its value stays; mathematical parentheses are not a unit
+    ("9 (apples)", "8"), ("9 (apples)", "90"), ("5 (dollars)", "5x"), ("9 (apples)", "apples"), ("(1, 2)", "1"),
+    ("(1, 2)", "2"), ("f(x)", "f"), ("f(x)", "x"), ("(a) 3", "(b) 3"), ("(a) 3", "(a) 4"), ("3 (x)", "3"),
+    ("\\sin(abc)", "\\sin"), ("f(abc)", "f"),
     # a hedge hidden past the length limit is not cut back into an answer
     ("3", "3" + " " * MAX_ANSWER_CHARS + "or 4"),
 ]
@@ -98,6 +109,28 @@ def test_rejects(gold, predicted, graded):
 ])
 def test_strip_unit(answer, bare):
     assert strip_unit(answer) == bare
+
+
+@pytest.mark.parametrize("gold,value", [
+    ("9 (apples)", "9"), ("5 (dollars)", "5"), ("18 dollars", "18"), ("2.5 (cm)", "2.5"), ("9(apples)", "9"),
+    ("\\frac{1}{2} (cup)", "\\frac{1}{2}"), ("13 (miles per hour)", "13"), ("5\\text{ cm}", "5"),
+    # nothing to strip: mathematical parentheses, option styles, variables, a bare function name
+    ("(1, 2)", "(1, 2)"), ("f(x)", "f(x)"), ("(a) 3", "(a) 3"), ("3 (a)", "3 (a)"), ("3 (mod 5)", "3 (mod 5)"),
+    ("3 (x)", "3 (x)"), ("\\sin(abc)", "\\sin(abc)"), ("f(abc)", "f(abc)"), ("(apples)", "(apples)"),
+    ("10\\%", "10\\%"), ("y = 2x + 3", "y = 2x + 3"), ("\\text{Evelyn}", "\\text{Evelyn}"), ("3 (or 4)", "3 (or 4)"),
+])
+def test_gold_value(gold, value):
+    assert gold_value(gold) == value
+
+
+def test_a_perfect_model_scores_full_marks_on_unit_bearing_golds():
+    # ASDiv stores "9 (apples)"; a completion boxes the number. All three used to score 0.
+    rows = [("Tom has 4 apples and buys 5 more. How many apples?", "9 (apples)", "4 + 5 = 9. \\boxed{9}"),
+            ("A pen costs 2 dollars. What do 2.5 pens cost?", "5 (dollars)", "2 x 2.5 = 5, so \\boxed{5}"),
+            ("Half of 3 cups?", "1.5 (cups)", "Half is \\boxed{1.5}")]
+    with Grader() as g:
+        assert g.verdicts([(q, gold, extract_answer(c), False) for q, gold, c in rows]) == [True] * 3
+        assert g.verdicts([(q, gold, "7", False) for q, gold, _ in rows]) == [False] * 3
 
 
 # Degenerate strings for every alternative of the tokeniser and the other regular expressions.

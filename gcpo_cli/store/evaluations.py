@@ -1,11 +1,16 @@
 """Evaluations and their per-sample results: one transaction per batch, so an interrupted
-evaluation keeps what it finished and resumes where it stopped."""
+evaluation keeps what it finished and resumes where it stopped. Each sample references its
+rendered prompt, stored once per distinct text."""
 
 from __future__ import annotations
 
+import hashlib
+
 from sqlite_utils import Database
 
-from .db import dumps, new_id, utcnow, write
+from ..errors import GcpoError
+from .db import dumps, loads, new_id, utcnow, write
+from .resolve import MAX_CANDIDATES, clip, fit, glob_prefix
 
 
 def open_evaluation(db: Database, *, model: str, set_name: str, params: dict, run_id: str | None,
@@ -31,16 +36,25 @@ def open_evaluation(db: Database, *, model: str, set_name: str, params: dict, ru
     return evaluation_id, done
 
 
+def prompt_id(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def write_results(db: Database, evaluation_id: str, rows: list[dict]) -> None:
     """rows: {problem_id, sample_index, completion, extracted_answer, correct, completion_tokens,
-    truncated}; a batch is stored whole or not at all."""
+    truncated, and optionally prompt (its text)}; a batch is stored whole or not at all."""
     now = utcnow()
+    texts = {r["prompt"] for r in rows if r.get("prompt") is not None}
     with write(db):
+        db.conn.executemany("INSERT OR IGNORE INTO prompts (id, text, created_at) VALUES (?, ?, ?)",
+                            [(prompt_id(t), t, now) for t in texts])
         db.conn.executemany(
             "INSERT INTO eval_results (evaluation_id, problem_id, sample_index, completion, extracted_answer,"
-            " correct, completion_tokens, truncated, created_at) VALUES (:evaluation_id, :problem_id,"
-            " :sample_index, :completion, :extracted_answer, :correct, :completion_tokens, :truncated, :created_at)",
-            [dict(r, evaluation_id=evaluation_id, created_at=now) for r in rows])
+            " correct, completion_tokens, truncated, prompt_id, created_at) VALUES (:evaluation_id, :problem_id,"
+            " :sample_index, :completion, :extracted_answer, :correct, :completion_tokens, :truncated, :prompt_id,"
+            " :created_at)",
+            [{**{k: v for k, v in r.items() if k != "prompt"}, "evaluation_id": evaluation_id, "created_at": now,
+              "prompt_id": prompt_id(r["prompt"]) if r.get("prompt") is not None else None} for r in rows])
         db.conn.execute("UPDATE evaluations SET updated_at = ? WHERE id = ?", [now, evaluation_id])
 
 
@@ -63,3 +77,54 @@ def mark_interrupted(db: Database, evaluation_id: str) -> None:
             db["evaluations"].update(evaluation_id, dict(status="interrupted", updated_at=utcnow()))
     except Exception:  # the database may be what failed; the original error matters more
         pass
+
+
+def for_run(db: Database, run_id: str) -> list[dict]:
+    """A run's evaluations (its held-out checks and each `gcpo eval --run`), by step then age,
+    with their parameters and metrics decoded."""
+    rows = list(db.query("SELECT id, model, set_name, run_step, status, params_json, metrics_json, created_at"
+                         " FROM evaluations WHERE run_id = ? ORDER BY run_step, created_at, id", [run_id]))
+    for r in rows:
+        r["params"], r["metrics"] = loads(r.pop("params_json")) or {}, loads(r.pop("metrics_json")) or {}
+    return rows
+
+
+def resolve(db: Database, ref: str) -> dict:
+    """An evaluation's row (params and metrics decoded), by exact id or unique prefix."""
+    ref = ref.strip()
+    ids = [r[0] for r in db.execute("SELECT id FROM evaluations WHERE id = ?", [ref])] if ref else []
+    if not ids and ref:
+        ids = [r[0] for r in db.execute("SELECT id FROM evaluations WHERE id GLOB ? ORDER BY created_at DESC"
+                                        " LIMIT ?", [glob_prefix(ref), MAX_CANDIDATES + 1])]
+    if len(ids) > 1:
+        raise GcpoError(fit(f"ambiguous evaluation {clip(ref)}: {len(ids)} match: ", ids[:MAX_CANDIDATES]))
+    if not ids:
+        recent = [r[0] for r in db.execute("SELECT id FROM evaluations ORDER BY created_at DESC LIMIT 6")]
+        if not recent:
+            raise GcpoError(f"unknown evaluation {clip(ref)}: no evaluations recorded yet (gcpo eval ...)")
+        raise GcpoError(fit(f"unknown evaluation {clip(ref)}; recent: ", recent))
+    row = db["evaluations"].get(ids[0])
+    return dict(row, params=loads(row["params_json"]) or {}, metrics=loads(row["metrics_json"]))
+
+
+def samples(db: Database, evaluation_id: str) -> list[dict]:
+    """Every stored sample of an evaluation with what an export needs: the problem (its id, the
+    source file's own id, text and gold answer), the rendered prompt and the grade."""
+    return list(db.query(
+        "SELECT e.id AS evaluation_id, e.model, e.set_name, er.problem_id, sp.source_id, p.text AS problem,"
+        " p.answer AS gold, er.sample_index, pr.text AS prompt, er.completion, er.extracted_answer, er.correct,"
+        " er.completion_tokens, er.truncated"
+        " FROM eval_results er JOIN evaluations e ON e.id = er.evaluation_id"
+        " JOIN problems p ON p.id = er.problem_id"
+        " LEFT JOIN prompts pr ON pr.id = er.prompt_id"
+        " LEFT JOIN problem_sets ps ON ps.name = e.set_name"
+        " LEFT JOIN set_problems sp ON sp.set_id = ps.id AND sp.problem_id = er.problem_id"
+        " WHERE er.evaluation_id = ? ORDER BY sp.position, er.problem_id, er.sample_index", [evaluation_id]))
+
+
+def set_problems_with_sources(db: Database, set_id: int) -> list[dict]:
+    """A set's problems {id, source_id, text, answer} in ingest order: what an imported sample's
+    problem id or text is matched against."""
+    return list(db.query("SELECT p.id, sp.source_id, p.text, p.answer FROM set_problems sp"
+                         " JOIN problems p ON p.id = sp.problem_id WHERE sp.set_id = ? ORDER BY sp.position",
+                         [set_id]))

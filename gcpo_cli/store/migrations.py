@@ -238,3 +238,13 @@ def m004_ratio_and_updates(db: Database) -> None:
     # optimiser updates ran.
     for column in ("ratio_mean", "ratio_min", "ratio_max", "optimizer_updates"):
         db.execute(f"ALTER TABLE steps ADD COLUMN [{column}] REAL")
+
+
+@migrations()
+def m005_eval_prompts(db: Database) -> None:
+    # The rendered prompt of every evaluation sample (issue 13), so that a score can be traced
+    # to the exact text the model saw and exported for another harness to re-grade. Stored once
+    # per distinct text (id: sha256 of the text, as problems are), referenced from each sample.
+    db["prompts"].create({"id": str, "text": str, "created_at": str}, pk="id")
+    db.execute("ALTER TABLE eval_results ADD COLUMN [prompt_id] TEXT REFERENCES prompts(id)")
+

@@ -106,3 +106,9 @@ def pass_rates(db: Database, run_id: str, window: int) -> dict[str, tuple[int, i
     injected = dict(db.execute("SELECT problem_id, COUNT(*) FROM rollouts WHERE run_id = ? AND is_golden = 1"
                                " GROUP BY problem_id", [run_id]).fetchall())
     return {pid: (int(c), int(n), int(injected.get(pid, 0))) for pid, c, n in rows}
+
+
+def step_curve(db: Database, run_id: str) -> list[dict]:
+    """The run's training curve, step by step: the figures a model card summarises."""
+    return list(db.query("SELECT step, reward_mean, golden_injections, all_wrong_frac FROM steps"
+                         " WHERE run_id = ? ORDER BY step", [run_id]))

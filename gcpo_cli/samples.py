@@ -1,0 +1,246 @@
+"""Evaluation samples as JSON lines, and stored evaluations shown again.
+
+`gcpo eval --export FILE` writes every graded sample for another harness (lm-evaluation-harness,
+lighteval, a script) to re-grade; `gcpo eval --import FILE --set NAME` grades another system's
+samples with gcpo's grader and stores them as an evaluation, so two graders can be compared on
+the same completions. One line per sample; export writes every field, import needs only a
+completion and its problem (`problem_id`, gcpo's id or the source file's own, else `problem`,
+its text):
+
+    {"evaluation_id": "01jq...", "model": "tiny", "set": "gsm8k", "problem_id": "3f2a9c...",
+     "source_id": "17", "problem": "...", "sample_index": 0, "prompt": "<|im_start|>user\\n...",
+     "completion": "... \\\\boxed{18}", "extracted_answer": "18", "gold": "18", "correct": true,
+     "completion_tokens": 57, "finish_reason": "stop"}
+
+`finish_reason` is "stop" when the model ended its answer and "length" when it hit the token
+limit (the OpenAI and vLLM names); gcpo grades a "length" sample wrong whatever it states. An
+imported line's own `correct` is not used for grading: it is compared with gcpo's verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import store
+from .answers import Grader, extract_answer
+from .errors import GcpoError
+from .evaluation import _advance, _finish, _grader, _params, _progress, _store, average, stored_samples, summarize
+
+IMPORT_CHUNK = 64  # problems graded and stored per transaction
+
+
+def _line(r: dict) -> dict:
+    return {"evaluation_id": r["evaluation_id"], "model": r["model"], "set": r["set_name"],
+            "problem_id": r["problem_id"], "source_id": r["source_id"], "problem": r["problem"],
+            "sample_index": r["sample_index"], "prompt": r["prompt"], "completion": r["completion"],
+            "extracted_answer": r["extracted_answer"], "gold": r["gold"], "correct": bool(r["correct"]),
+            "completion_tokens": r["completion_tokens"], "finish_reason": "length" if r["truncated"] else "stop"}
+
+
+def export(db, evaluation_ids: list[str], path: str | Path) -> int:
+    """Writes the stored samples of the evaluations to `path` as JSON lines and returns how many.
+    The file is written beside its target and renamed into place: never half-written."""
+    path = Path(path)
+    if path.is_dir():
+        raise GcpoError(f"--export {path}: is a folder; give a file name such as samples.jsonl")
+    tmp = path.with_name(f".{path.name}.partial")
+    n = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for ev in evaluation_ids:
+                for r in store.evaluation_samples(db, ev):
+                    f.write(json.dumps(_line(r), ensure_ascii=False) + "\n")
+                    n += 1
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise GcpoError(f"cannot write {path}: {e.strerror or e}") from None
+    return n
+
+
+def stored_result(db, ref: str) -> dict:
+    """A stored evaluation (id or prefix), shaped as `evaluation.result` shapes a fresh one. Its
+    metrics are recomputed from the samples it kept, so an interrupted one shows what it has and
+    one recorded before a metric existed (maj_at_k_exact) gains it."""
+    row = store.resolve_evaluation(db, ref)
+    params = row["params"] if isinstance(row["params"], dict) else {}
+    recorded = row["metrics"] if isinstance(row["metrics"], dict) else {}
+    stored = stored_samples(db, row["id"])
+    metrics = recorded | summarize(stored, params.get("k") or max(map(len, stored), default=1))
+    s = dict(evaluation_id=row["id"], model=row["model"], set_name=row["set_name"], run_id=row["run_id"],
+             run_step=row["run_step"], status=row["status"], params=params, **metrics)
+    return dict(label=row["model"], model=row["model"], run_id=row["run_id"], run_step=row["run_step"],
+                adapter=None, sets=[s], average=average([s]))
+
+
+# ------------------------------------------------------------------------------------- import
+
+
+@dataclass
+class Imported:
+    problem: dict  # {id, source_id, text, answer}
+    completion: str
+    prompt: str | None
+    completion_tokens: int | None
+    truncated: bool
+    correct: bool | None  # the file's own verdict, if it has one
+    line: int
+
+
+def _norm(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _Matcher:
+    """A line's problem: gcpo's id, else the source file's own id, else the exact text (then the
+    text with whitespace normalised). Several problems with one text need an id."""
+
+    def __init__(self, problems: list[dict], set_name: str):
+        self.set_name = set_name
+        self.by_id = {p["id"]: p for p in problems}
+        self.by_source: dict[str, list[dict]] = {}
+        self.by_text: dict[str, list[dict]] = {}
+        for p in problems:
+            if p["source_id"] is not None:
+                self.by_source.setdefault(str(p["source_id"]), []).append(p)
+            self.by_text.setdefault(p["text"], []).append(p)
+            if _norm(p["text"]) != p["text"]:
+                self.by_text.setdefault(_norm(p["text"]), []).append(p)
+
+    def __call__(self, obj: dict) -> tuple[dict | None, str]:
+        pid, text = obj.get("problem_id"), obj.get("problem")
+        if pid is not None and not isinstance(pid, bool) and isinstance(pid, (str, int)):
+            pid = str(pid)
+            if pid in self.by_id:
+                return self.by_id[pid], ""
+            found = self.by_source.get(pid, [])
+            if len(found) == 1:
+                return found[0], ""
+            if len(found) > 1:
+                return None, f"problem id {pid!r} names {len(found)} problems of set '{self.set_name}'"
+        if isinstance(text, str) and text.strip():
+            found = self.by_text.get(text) or self.by_text.get(_norm(text), [])
+            if len(found) == 1:
+                return found[0], ""
+            if len(found) > 1:
+                return None, (f"the problem text matches {len(found)} problems of set '{self.set_name}'; "
+                              "give its problem_id")
+        if pid is None and not isinstance(text, str):
+            return None, "no problem_id or problem field"
+        what = f"problem id {pid!r}" if pid is not None else "the problem text"
+        return None, f"{what} is not in set '{self.set_name}'"
+
+
+def _field(obj: dict, key: str, kinds: tuple, what: str, where: str):
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise GcpoError(f"{where}: '{key}' must be {what}, got {json.dumps(value)[:40]}")
+    return value
+
+
+def read_samples(path: Path, raw: bytes, problems: list[dict], set_name: str) -> list[Imported]:
+    """Every line of an import file, matched to its problem; the first bad line is an error that
+    names it (nothing is stored until the whole file reads)."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise GcpoError(f"{path}: not UTF-8 text; --import reads JSON lines") from None
+    match, out, unmatched = _Matcher(problems, set_name), [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path.name} line {n}"
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise GcpoError(f"{where}: not a JSON object (--import reads JSON lines, one sample a line)") from None
+        if not isinstance(obj, dict):
+            raise GcpoError(f"{where}: not a JSON object (--import reads JSON lines, one sample a line)")
+        completion = obj.get("completion")
+        if not isinstance(completion, str):
+            raise GcpoError(f"{where}: no 'completion' text")
+        problem, why = match(obj)
+        if problem is None:
+            unmatched.append((where, why))
+            continue
+        tokens = _field(obj, "completion_tokens", (int,), "a whole number", where)
+        finish = _field(obj, "finish_reason", (str,), '"stop" or "length"', where)
+        correct = _field(obj, "correct", (bool, int), "true or false", where)
+        prompt = _field(obj, "prompt", (str,), "text", where)
+        out.append(Imported(problem, completion, prompt, tokens, finish == "length",
+                            None if correct is None else bool(correct), n))
+    if unmatched:
+        more = f" (and {len(unmatched) - 1} more lines)" if len(unmatched) > 1 else ""
+        raise GcpoError(f"{unmatched[0][0]}: {unmatched[0][1]}{more}")
+    if not out:
+        raise GcpoError(f"{path}: no samples (one JSON object a line, each with a completion and its problem)")
+    return out
+
+
+def import_samples(db, path: str | Path, set_ref: str, *, grader: Grader | None = None,
+                   progress: bool = True) -> dict:
+    """Grades the samples of a JSON-lines file with gcpo's grader and stores them as the
+    evaluation "import:FILE NAME" of the set; returns its metrics as `evaluate_problems` does,
+    with "file_verdicts" (how often gcpo agrees with the file's own `correct`, where it has one).
+    Importing the same file again after an interruption resumes it."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise GcpoError(f"cannot read {path}: {e.strerror or e}") from None
+    s = store.resolve_set(db, set_ref)
+    problems = store.set_problems_with_sources(db, s["id"])
+    if not problems:
+        raise GcpoError(f"set '{s['name']}' has no problems")
+    imported = read_samples(path, raw, problems, s["name"])
+    by: dict[str, list[Imported]] = {}
+    for x in imported:
+        by.setdefault(x.problem["id"], []).append(x)
+    order = [p for p in problems if p["id"] in by]  # the set's order
+    k = max(len(v) for v in by.values())
+    label = f"import:{path.name}"
+    params = _params(order, imported=path.name, sha256=hashlib.sha256(raw).hexdigest()[:16], k=k)
+    ev_id, done = store.open_evaluation(db, model=label, set_name=s["name"], params=params, run_id=None,
+                                        run_step=None)
+    todo = [p for p in order if p["id"] not in done]
+    t0 = time.perf_counter()
+    try:
+        with ExitStack() as stack:
+            grader = _grader(stack, grader)
+            prog = stack.enter_context(_progress(progress, f"{label} · {s['name']}", len(order), len(done)))
+            for start in range(0, len(todo), IMPORT_CHUNK):
+                chunk = todo[start:start + IMPORT_CHUNK]
+                _store(db, ev_id, grader, [(p, j, x.completion, extract_answer(x.completion), x.completion_tokens,
+                                            x.truncated, x.prompt)
+                                           for p in chunk for j, x in enumerate(by[p["id"]])])
+                _advance(prog, len(chunk))
+    except BaseException:
+        store.mark_evaluation_interrupted(db, ev_id)
+        raise
+    seconds = time.perf_counter() - t0
+    metrics = _finish(db, ev_id, order, k, {})
+    return dict(evaluation_id=ev_id, model=label, set_name=s["name"], run_id=None, run_step=None, **metrics,
+                resumed=len(done), seconds=round(seconds, 3),
+                problems_per_s=len(todo) / seconds if todo and seconds else None, tokens_per_s=None,
+                file_verdicts=_agreement(db, ev_id, by, order))
+
+
+def _agreement(db, evaluation_id: str, by: dict[str, list[Imported]], order: list[dict]) -> dict | None:
+    """The file's own verdicts against gcpo's: {samples, agree, mean_at_k}; the file's mean@k
+    only when every sample has a verdict. None when the file has none."""
+    ours = {(r["problem_id"], r["sample_index"]): bool(r["correct"]) for r in store.evaluation_samples(db, evaluation_id)}
+    pairs = [(x.correct, ours.get((pid, j))) for pid, xs in by.items() for j, x in enumerate(xs) if x.correct is not None]
+    if not pairs:
+        return None
+    complete = all(x.correct is not None for xs in by.values() for x in xs)
+    mean = (sum(sum(x.correct for x in by[p["id"]]) / len(by[p["id"]]) for p in order) / len(order)
+            if complete else None)
+    return {"samples": len(pairs), "agree": sum(a == b for a, b in pairs), "mean_at_k": mean}
