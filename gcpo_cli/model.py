@@ -165,13 +165,11 @@ def load_tokenizer(source: str):
 
 
 def fast_bf16(device: str) -> bool:
-    """Whether bf16 matrix multiplies are fast here: CUDA with bf16, or a CPU with AMX tiles
-    (where they run several times faster than fp32; elsewhere they are slower)."""
-    import torch
+    """Whether bf16 is the fast precision here (CUDA with bf16, CPUs with AMX, CPUs with
+    AVX512-BF16 where measured faster): see precision.py."""
+    from .precision import detect
 
-    if device == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return detect(device).bf16
 
 
 def _dtype(name: str):
@@ -359,10 +357,37 @@ def load_for_inference(name: str, adapter_dir: Path | None = None, quant: str = 
     return model, tok
 
 
+def environment(model, model_cfg, sampler: "MergedSampler | None") -> dict:
+    """What a run runs on, as stored with it: the machine, the library versions and what the
+    recipe's "auto" precisions resolved to, with the reason (precision.py)."""
+    import peft
+    import torch
+    import transformers
+
+    from .precision import cpu_name, detect
+
+    device = next(model.parameters()).device.type
+    decided = detect(device)
+    update = "bfloat16" if autocast_enabled(model, model_cfg.autocast) else model_cfg.dtype
+    sampling = str(next((sampler.model if sampler else model).parameters()).dtype).removeprefix("torch.")
+    return dict(device=device, cpu=cpu_name(), gpu=torch.cuda.get_device_name() if device == "cuda" else None,
+                threads=torch.get_num_threads(), torch=torch.__version__, transformers=transformers.__version__,
+                peft=peft.__version__, update_precision=update, sampler_dtype=sampling,
+                quant=model_cfg.quant, bf16_reason=decided.reason)
+
+
+def describe_environment(env: dict) -> str:
+    """One line for the start of a run."""
+    short = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}
+    where = env["gpu"] or f"{env['cpu']}, {env['threads']} threads"
+    return (f"precision: update {short.get(env['update_precision'], env['update_precision'])}, "
+            f"sampling {short.get(env['sampler_dtype'], env['sampler_dtype'])} on {where} ({env['bf16_reason']})")
+
+
 # ------------------------------------------------------------------ the policy's log-probs
 def autocast_enabled(model, setting: str) -> bool:
-    """bf16 autocast for the update pass: "auto" uses it where matrix units make bf16 several
-    times faster (CUDA with bf16, CPUs with AMX)."""
+    """bf16 autocast for the update pass: "auto" uses it where bf16 is the fast precision
+    (precision.py)."""
     if setting == "auto":
         return fast_bf16(next(model.parameters()).device.type)
     return setting == "bfloat16"

@@ -36,10 +36,11 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # compute / LoRA dtype
     gradient_checkpointing: bool = False
     # bf16 autocast for the forward/backward of the update (sampling stays in `dtype`).
-    # auto: on where it is fast (CUDA bf16, CPUs with AMX), off elsewhere.
+    # auto: on where bf16 is the fast precision (CUDA bf16, CPUs with AMX, CPUs with AVX512-BF16
+    # where a one-off micro-benchmark says so: gcpo_cli/precision.py), off elsewhere.
     autocast: Literal["auto", "none", "bfloat16"] = "auto"
-    # dtype of the merged sampling copy (unquantised bases only); auto: bfloat16 where the
-    # hardware has bf16 matrix units (CUDA, CPUs with AMX), else the model's dtype.
+    # dtype of the merged sampling copy (unquantised bases only); auto: bfloat16 where bf16 is
+    # the fast precision (as for autocast), else the model's dtype.
     sampler_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # attention kernel for the update pass; auto: eager on CPU (its backward beats the CPU sdpa
     # kernel on short sequences, bench/RESULTS.md), sdpa on CUDA (long sequences, less memory).

@@ -37,6 +37,7 @@ from .evaluation import evaluate_problems
 from .ingest import ensure_synthetic_set
 from .loss import golden_slot, group_advantages, overlong_shaping, policy_loss
 from .model import (MergedSampler, add_lora, autocast_context, autocast_enabled, completion_logprobs,
+                    describe_environment, environment,
                     load_adapter, load_base, prepare_base, prepare_for_update)
 from .prompts import from_recipe as prompt_from_recipe
 from .recipe import Recipe, from_dict, to_dict
@@ -505,6 +506,9 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
         out_dir = str(paths.run_dir(run_id))
         run_lock = checkpoints.lock(out_dir, run_id)
         store.create_run(db, recipe=to_dict(recipe), set_name=set_name, out_dir=out_dir, run_id=run_id)
+    env = environment(model, recipe.model, sampler)
+    store.set_environment(db, run_id, env)
+    display.message(describe_environment(env))
     return Context(db=db, run_id=run_id, set_name=set_name, out_dir=out_dir, recipe=recipe, model=model, tok=tok,
                    optimizer=optimizer, scheduler=scheduler, pool=pool, holdout=holdout, start_step=start,
                    sampler=sampler, by_id={p["id"]: p for p in problems}, lock=run_lock)

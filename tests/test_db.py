@@ -11,7 +11,7 @@ from gcpo_cli.store import open_db
 PACKAGE = Path(__file__).resolve().parents[1] / "gcpo_cli"
 V0_1 = Path(__file__).resolve().parent / "data" / "v0.1"  # made by gcpo 0.1 (see its make.sh)
 
-# What migrations m001-m005 produce: every table's columns, in order, with their types.
+# What migrations m001-m006 produce: every table's columns, in order, with their types.
 SCHEMA = {
     "problems": "id TEXT, text TEXT, answer TEXT, metadata_json TEXT, created_at TEXT",
     "problem_sets": "id INTEGER, name TEXT, description TEXT, created_at TEXT",
@@ -22,7 +22,7 @@ SCHEMA = {
                       "created_at TEXT",
     "runs": "id TEXT, recipe TEXT, recipe_json TEXT, model TEXT, algorithm TEXT, set_name TEXT, seed INTEGER, "
             "status TEXT, steps_planned INTEGER, last_step INTEGER, checkpoint_step INTEGER, out_dir TEXT, "
-            "error TEXT, created_at TEXT, updated_at TEXT",
+            "error TEXT, created_at TEXT, updated_at TEXT, environment_json TEXT",
     "steps": "id INTEGER, run_id TEXT, step INTEGER, reward_mean REAL, all_wrong_frac REAL, all_correct_frac REAL, "
              "mixed_frac REAL, golden_injections REAL, golden_too_long REAL, golden_logp_mean REAL, clip_frac REAL, "
              "completion_tokens_mean REAL, truncation_rate REAL, grad_norm REAL, loss REAL, lr REAL, gen_s REAL, "

@@ -25,4 +25,4 @@ from .problems import (golden_answers, has_problems, list_problems, list_sets, p
                        write_ingest)
 from .resolve import resolve_problem, resolve_run, resolve_set  # noqa: F401
 from .runs import (create_run, get_run, list_runs, pass_rates, record_step, restart_run, rewards,  # noqa: F401
-                   set_checkpoint, set_status)
+                   set_checkpoint, set_environment, set_status)

@@ -248,3 +248,9 @@ def m005_eval_prompts(db: Database) -> None:
     db["prompts"].create({"id": str, "text": str, "created_at": str}, pk="id")
     db.execute("ALTER TABLE eval_results ADD COLUMN [prompt_id] TEXT REFERENCES prompts(id)")
 
+
+@migrations()
+def m006_run_environment(db: Database) -> None:
+    # Where a run ran and at which precision "auto" resolved to (issue 16): CPU kind, torch
+    # version, threads, bf16 or fp32 and why. A figure is only honest next to its machine.
+    db.execute("ALTER TABLE runs ADD COLUMN [environment_json] TEXT")

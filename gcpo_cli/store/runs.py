@@ -63,6 +63,12 @@ def set_checkpoint(db: Database, run_id: str, step: int) -> None:
         db["runs"].update(run_id, dict(checkpoint_step=step, updated_at=utcnow()))
 
 
+def set_environment(db: Database, run_id: str, environment: dict) -> None:
+    """Where the run (re)started: machine, versions, resolved precision (the newest start wins)."""
+    with write(db):
+        db["runs"].update(run_id, dict(environment_json=dumps(environment), updated_at=utcnow()))
+
+
 def set_status(db: Database, run_id: str, status: str, error: str | None = None) -> None:
     """running -> completed | interrupted | failed (with the error that ended it)."""
     fields = dict(status=status, updated_at=utcnow())
