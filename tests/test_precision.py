@@ -110,3 +110,23 @@ def test_a_run_prints_and_stores_its_machine_and_precision(cpu, db, tmp_path):
     line = [m for m in messages if m.startswith("precision:")]
     assert line == [f"precision: update bf16, sampling bf16 on {env['cpu']}, {env['threads']} threads "
                     "(CPU with AVX512-BF16: bf16 matmul 180 vs fp32 80 GFLOP/s, measured once)"]
+
+
+def test_under_bf16_autocast_the_frozen_base_is_bf16_and_the_lora_weights_fp32(db, tmp_path):
+    """The update runs the base as the bf16 sampler does (a bf16 residual stream, no per-matmul
+    casts of activations); the trained weights and their optimiser state stay fp32."""
+    import torch
+
+    from gcpo_cli import train as training
+    from gcpo_cli.model import build_tiny
+
+    r = recipes.load("tiny", [f"model.name={build_tiny(tmp_path / 'tiny')}", "model.autocast=bfloat16"])
+    ctx = training.setup(db, r, None, None, None, training.NullDisplay())
+    try:
+        params = dict(ctx.model.named_parameters())
+        lora = {n: p.dtype for n, p in params.items() if "lora_" in n}
+        base = {n: p.dtype for n, p in params.items() if "lora_" not in n}
+        assert lora and set(lora.values()) == {torch.float32}
+        assert base and set(base.values()) == {torch.bfloat16}
+    finally:
+        ctx.lock.close()
