@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from . import __version__, cmd_data, cmd_eval, cmd_inspect, cmd_train
+from . import __version__, cmd_data, cmd_eval, cmd_golden, cmd_inspect, cmd_train
 from .cmd_common import console, make_app
 
 app = make_app(
@@ -23,7 +23,7 @@ app = make_app(
     ),
     no_args_is_help=True,
 )
-for module in (cmd_data, cmd_train, cmd_eval, cmd_inspect):
+for module in (cmd_data, cmd_train, cmd_eval, cmd_inspect, cmd_golden):
     app.add_typer(module.app)
 
 

@@ -184,7 +184,7 @@ def ingest_cmd(
 def sets_cmd(json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """List problem sets with their size, golden-answer coverage and verified share.
 
-    Golden: share of problems with a golden answer. Verified: share of those whose golden answer's final answer matched the problem's answer.
+    Golden: share of problems with a golden answer. Verified: share of those whose golden answer's final answer matched the problem's answer. Teacher: share of problems with a verified golden answer from gcpo golden (generated or imported). --json gives "coverage": problems with a verified golden answer from the dataset, a teacher, and either, as gcpo golden report counts them.
 
     Example: gcpo sets --json
     """
@@ -202,10 +202,13 @@ def sets_cmd(json_out: JsonOpt = False, db: DbOpt = None) -> None:
     t.add_column("problems", justify="right")
     t.add_column("golden", justify="right")
     t.add_column("verified", justify="right")
+    t.add_column("teacher", justify="right")
     t.add_column("created", no_wrap=True)
     for r in rows:
+        teacher = r["coverage"]["teacher"]
         t.add_row(escape(r["name"]), str(r["problems"]), f"{r['golden_coverage']:.0%}",
-                  f"{r['verified_share']:.0%}" if r["with_golden"] else "-", r["created_at"][:10])
+                  f"{r['verified_share']:.0%}" if r["with_golden"] else "-",
+                  f"{teacher / r['problems']:.0%}" if teacher and r["problems"] else "-", r["created_at"][:10])
     console.print(t)
 
 

@@ -11,7 +11,7 @@ from gcpo_cli.store import open_db
 PACKAGE = Path(__file__).resolve().parents[1] / "gcpo_cli"
 V0_1 = Path(__file__).resolve().parent / "data" / "v0.1"  # made by gcpo 0.1 (see its make.sh)
 
-# What migrations m001-m006 produce: every table's columns, in order, with their types.
+# What migrations m001-m007 produce: every table's columns, in order, with their types.
 SCHEMA = {
     "problems": "id TEXT, text TEXT, answer TEXT, metadata_json TEXT, created_at TEXT",
     "problem_sets": "id INTEGER, name TEXT, description TEXT, created_at TEXT",
@@ -19,7 +19,12 @@ SCHEMA = {
     "ingests": "id INTEGER, set_id INTEGER, source TEXT, fingerprint TEXT, rows_read INTEGER, added INTEGER, "
                "present INTEGER, rejected INTEGER, golden_verified INTEGER, golden_total INTEGER, created_at TEXT",
     "golden_answers": "id TEXT, problem_id TEXT, text TEXT, final_answer TEXT, source TEXT, verified INTEGER, "
-                      "created_at TEXT",
+                      "created_at TEXT, origin TEXT, active INTEGER, model TEXT, params_json TEXT, "
+                      "completion_tokens INTEGER, generation_id TEXT",
+    "golden_generations": "id TEXT, set_name TEXT, teacher TEXT, params_json TEXT, metrics_json TEXT, status TEXT, "
+                          "created_at TEXT, updated_at TEXT",
+    "golden_attempts": "id INTEGER, generation_id TEXT, problem_id TEXT, samples INTEGER, correct INTEGER, "
+                       "created_at TEXT",
     "runs": "id TEXT, recipe TEXT, recipe_json TEXT, model TEXT, algorithm TEXT, set_name TEXT, seed INTEGER, "
             "status TEXT, steps_planned INTEGER, last_step INTEGER, checkpoint_step INTEGER, out_dir TEXT, "
             "error TEXT, created_at TEXT, updated_at TEXT, environment_json TEXT",
@@ -42,6 +47,7 @@ INDEXES = {
     "problem_sets": [("name",)],
     "set_problems": [("problem_id",), ("source_id",)],
     "golden_answers": [("problem_id",)],
+    "golden_attempts": [("generation_id", "problem_id")],
     "steps": [("run_id", "step")],
     "rollouts": [("problem_id", "run_id", "step"), ("problem_id", "run_id", "step", "is_golden", "correct"),
                  ("run_id", "problem_id", "step", "is_golden", "correct"), ("run_id", "step")],

@@ -4,6 +4,7 @@
     migrations   the schema, append-only
     resolve      what a user types -> a run, a set or a problem, one way everywhere
     problems     sets, problems, golden answers, ingests
+    golden       golden answers made, imported and chosen by `gcpo golden`; coverage
     runs         runs, steps, rollouts
     evaluations  evaluations and their samples
     history      the read-only aggregates behind `gcpo inspect`
@@ -23,6 +24,10 @@ from .evaluations import set_problems_with_sources  # noqa: F401
 from .problems import (golden_answers, has_problems, list_problems, list_sets, prior_ingest,  # noqa: F401
                        problem_texts, require_set_name, set_problems, set_sources, stored_answers, verified_golden,
                        write_ingest)
+from .golden import (active_golden, candidates as golden_candidates, coverage as golden_coverage,  # noqa: F401
+                     finish_generation, generation_attempts, generation_candidates, golden_rollouts,
+                     mark_generation_interrupted, open_generation, problem_sets, problems_with_verified,
+                     resolve_golden, sampled_groups, write_attempts, write_imported)
 from .resolve import resolve_problem, resolve_run, resolve_set  # noqa: F401
 from .runs import (create_run, get_run, list_runs, pass_rates, record_step, restart_run, rewards,  # noqa: F401
                    set_checkpoint, set_environment, set_status)

@@ -6,6 +6,7 @@ from sqlite_utils import Database
 
 from ..errors import GcpoError
 from .db import dumps, rows_in, utcnow, write
+from .golden import active_golden, coverage
 from .resolve import resolve_set
 
 _SETS_SQL = """
@@ -34,16 +35,12 @@ def has_problems(db: Database, set_name: str) -> bool:
                       " WHERE s.name = ? LIMIT 1", [set_name]).fetchone() is not None
 
 
-def verified_golden(db: Database, set_name: str) -> dict[str, str]:
-    """problem id -> the text of its first verified golden answer, for the set's problems. An
-    unverified one is never used: it could teach a wrong answer."""
-    golden: dict[str, str] = {}
-    for pid, text in db.execute(
-            "SELECT g.problem_id, g.text FROM golden_answers g"
-            " JOIN set_problems sp ON sp.problem_id = g.problem_id JOIN problem_sets s ON s.id = sp.set_id"
-            " WHERE s.name = ? AND g.verified = 1 ORDER BY g.created_at, g.id", [set_name]):
-        golden.setdefault(pid, text)
-    return golden
+def verified_golden(db: Database, set_name: str, source: str = "any") -> dict[str, str]:
+    """problem id -> the text of the golden answer training injects, for the set's problems: the
+    active verified one of the origin the recipe's golden_source names (dataset: from ingest, its
+    first verified one; teacher: made or imported by `gcpo golden`; any: the dataset's, else the
+    teacher's). An unverified one is never used: it could teach a wrong answer."""
+    return {pid: g["text"] for pid, g in active_golden(db, set_name, source).items()}
 
 
 def golden_answers(db: Database, problem_ids: list[str]) -> dict[str, list[dict]]:
@@ -64,12 +61,17 @@ def stored_answers(db: Database, ids) -> dict[str, str]:
 
 
 def list_sets(db: Database) -> list[dict]:
-    """Every set with its size, golden-answer coverage, verified share and sources."""
+    """Every set with its size, golden-answer coverage, verified share and sources; "coverage":
+    its problems with a verified golden answer from the dataset, from a teacher, and from either
+    (the numbers `gcpo golden report` gives)."""
     rows = []
+    by_origin = coverage(db)
     for name, created, n, golden, verified in db.execute(_SETS_SQL).fetchall():
+        c = by_origin.get(name, {})
         rows.append({"name": name, "problems": n, "with_golden": golden, "verified": verified,
                      "golden_coverage": round(golden / n, 4) if n else 0.0,
                      "verified_share": round(verified / golden, 4) if golden else 0.0,
+                     "coverage": {k: c.get(k, 0) for k in ("dataset", "teacher", "any")},
                      "sources": set_sources(db, name), "created_at": created})
     return rows
 
