@@ -77,7 +77,8 @@ def generation_alone(r, rows: list[dict], lengths: list[int]) -> dict:
         torch.manual_seed(0)
         t = time.perf_counter()
         comps = generate(sampler, tok, prompts, n=r.samples_per_problem, max_new_tokens=length,
-                         temperature=r.temperature, top_p=r.top_p)
+                         temperature=r.temperature, top_p=r.top_p,
+                         seeds=[f"{r.seed}:1:{row['id']}" for row in rows])  # one stream per sample, as train.roll_out
         s = time.perf_counter() - t
         tokens = sum(c.tokens for cs in comps for c in cs)
         out[str(length)] = dict(s=round(s, 2), tokens=tokens, tok_per_s=round(tokens / s, 1))

@@ -14,6 +14,7 @@ from rich.table import Table
 from . import checkpoints, store
 from .cmd_common import (RUN_HELP, SET_HELP, DbOpt, JsonOpt, console, err_console, make_app, one_of,
                          open_for_reading, print_json)
+from .distributed import DEFAULT_TIMEOUT_S
 from .errors import GcpoError
 from .render import sparkline
 
@@ -87,8 +88,17 @@ def train_cmd(
     steps: Annotated[Optional[int], typer.Option("--steps", help="Number of training steps.", min=1)] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps.", min=0)] = None,
     override: Annotated[list[str], typer.Option("--override", "-o", help="Any recipe key: -o lr=2e-4 -o lora.r=8")] = [],
+    report_to: Annotated[list[str], typer.Option(
+        "--report-to", metavar="TRACKER",
+        help="Mirror every step's metrics and the held-out evaluation into a tracker: tensorboard, trackio, "
+             "wandb, or none (recipe key report_to; repeat for several). Extras: pip install "
+             "'gcpo-cli\\[tensorboard]'. The database stays the record.")] = [],
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run RUN from its last checkpoint.",
                                                   metavar="RUN")] = None,
+    dist_timeout: Annotated[int, typer.Option(
+        "--dist-timeout", metavar="SECONDS", min=1,
+        help="Under torchrun or accelerate launch: how long a rank waits for the others within a step "
+             "before the job fails.")] = DEFAULT_TIMEOUT_S,
     db: DbOpt = None,
     as_json: JsonOpt = False,
     old_data: Annotated[Optional[str], typer.Option("--data", hidden=True)] = None,
@@ -102,33 +112,55 @@ def train_cmd(
       gcpo train --recipe smollm2-cpu
       gcpo train --recipe 1.5b-qlora --set math-train --steps 200
       gcpo train --recipe smollm2-cpu -o algorithm=grpo -o lr=2e-4
+      gcpo train --recipe 1.5b-qlora --set math-train --report-to tensorboard --report-to wandb
       gcpo train --resume 01m8dz
+
+    Several GPUs (or CPU processes, over gloo), data-parallel: each process rolls out its share
+    of the step's problems; rank 0 alone writes the database (keep it on rank 0's host: SQLite
+    with WAL needs every writer on one host) and the checkpoints. Same results as one process.
+      torchrun --nproc-per-node 4 -m gcpo_cli train --recipe 1.5b-qlora --set math-train
+      accelerate launch --multi_gpu --num_processes 4 -m gcpo_cli train --recipe 1.5b-qlora --set math-train
+      torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 -m gcpo_cli train --recipe ...
     """
+    from . import distributed, trackers
     from . import recipe as recipes
-    from .train import train
+    from .train import NullDisplay, train
 
     set_name = one_of(set_name, old_data, "--set")
     if not recipe and not resume:
         raise GcpoError("give --recipe NAME (available: " + ", ".join(recipes.available()) + ") or --resume RUN")
     if resume and (recipe or override or set_name is not None or model):
-        raise GcpoError("--resume continues a run with its stored recipe; only --steps and --save-every apply")
-    resolved = None
-    if not resume:
-        # Typed flags go in as values: `--set 007` is the set named "007", never re-read as YAML.
-        values = {k: v for k, v in {"set_name": set_name, "model.name": model, "steps": steps,
-                                    "save_every": save_every}.items() if v is not None}
-        if set_name is not None:
-            store.require_set_name(set_name)
-        resolved = recipes.load(recipe, list(override), values)
-        if not as_json:
-            err_console.print("[bold]recipe[/] (resolved):", highlight=False)
-            err_console.print_json(json.dumps(recipes.to_dict(resolved)))
-    database = store.open_db(db)
+        raise GcpoError("--resume continues a run with its stored recipe; only --steps, --save-every and "
+                        "--report-to apply")
+    dist = distributed.from_env(dist_timeout)
     try:
+        resolved, database = None, None
+        with dist.together():  # rank 0 alone reads the recipe and opens the database
+            if dist.writer:
+                if not resume:
+                    # Typed flags go in as values: `--set 007` is the set named "007", never re-read as YAML.
+                    values = {k: v for k, v in {"set_name": set_name, "model.name": model, "steps": steps,
+                                                "save_every": save_every, "report_to": report_to or None}.items()
+                              if v is not None}
+                    if set_name is not None:
+                        store.require_set_name(set_name)
+                    resolved = recipes.load(recipe, list(override), values)
+                    trackers.check(resolved.report_to)  # a missing tracker package: one line, nothing started
+                    if not as_json:
+                        err_console.print("[bold]recipe[/] (resolved):", highlight=False)
+                        err_console.print_json(json.dumps(recipes.to_dict(resolved)))
+                database = store.open_db(db)
+        display = RichDisplay(quiet=as_json) if dist.writer else NullDisplay()
         summary = train(database, resolved, resume_run=resume, steps=steps, save_every=save_every,
-                        display=RichDisplay(quiet=as_json))
+                        report_to=(report_to or None) if resume else None, display=display, dist=dist)
+    except distributed.Relayed:
+        raise typer.Exit(1) from None  # rank 0 reported it
     except KeyboardInterrupt:
         raise GcpoError("stopped at once (second Ctrl-C); resume from the last checkpoint with --resume") from None
+    finally:
+        dist.close()
+    if not dist.writer:
+        return
     if as_json:
         print_json(summary)
         return

@@ -42,8 +42,9 @@ class ModelConfig:
     # dtype of the merged sampling copy (unquantised bases only); auto: bfloat16 where bf16 is
     # the fast precision (as for autocast), else the model's dtype.
     sampler_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    # attention kernel for the update pass; auto: eager on CPU (its backward beats the CPU sdpa
-    # kernel on short sequences, bench/RESULTS.md), sdpa on CUDA (long sequences, less memory).
+    # attention kernel for the update pass and the merged sampler; auto: eager on CPU (its
+    # backward, and its one-query decode steps, beat the CPU sdpa kernel: bench/RESULTS.md),
+    # sdpa on CUDA (long sequences, less memory).
     attention: Literal["auto", "eager", "sdpa"] = "auto"
     # The embedded model is fp32 with full-vocab logits; a shorter chat system prompt is the
     # tokenizer's business, not ours: we always use the tokenizer's own chat template.
@@ -106,6 +107,10 @@ class Recipe:
     # GCPO: go gold (algorithm doc, "choices the paper leaves open")
     golden: Optional[Literal["on", "off"]] = None  # gcpo: on; grpo/dapo: off
     golden_replace: Literal["last", "random"] = "last"  # which wrong rollout the golden answer replaces
+    # which golden answers are injected (issue 15): dataset (worked solutions from ingest), teacher
+    # (made or imported by `gcpo golden`, its active one per problem), any (the dataset's, else the
+    # teacher's). Verified ones only, always. The paper's golden-answer quality as one knob.
+    golden_source: Literal["dataset", "teacher", "any"] = "any"
     # a golden answer over max_new_tokens is not injected (counted as golden_too_long). The old
     # "truncate" is gone: a cut golden answer has no end and usually no final answer, yet it got
     # reward 1, against "a truncated completion scores 0" (issue 9)
@@ -148,8 +153,12 @@ class Recipe:
     steps: int = 15
     save_every: int = 5
     seed: int = 0
-    threads: int = 0  # torch CPU threads; 0 = all cores
+    threads: int = 0  # torch CPU threads; 0 = all cores (split between the processes of a torchrun)
     eval: EvalConfig = field(default_factory=EvalConfig)  # before/after held-out evaluation
+    # experiment trackers that mirror every step's metrics and the held-out evaluation, with
+    # this recipe as their config (trackers.py); the database stays the source of truth.
+    # A list (`--report-to` repeats): tensorboard, trackio, wandb; none (or []) for none
+    report_to: tuple[Literal["none", "tensorboard", "trackio", "wandb"], ...] = ()
 
 
 ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
@@ -171,6 +180,9 @@ def _check(key: str, value: Any, typ: Any) -> Any:
         if value is None:
             return None
         return _check(key, value, args[0])
+    if origin is tuple:  # a list key: a YAML list, or one value ("tensorboard", "tensorboard,wandb")
+        items = value if isinstance(value, (list, tuple)) else ([] if value is None else str(value).split(","))
+        return tuple(_check(key, v.strip() if isinstance(v, str) else v, get_args(typ)[0]) for v in items)
     if origin is Literal:
         choices = get_args(typ)
         if isinstance(value, bool) and "on" in choices:  # YAML 1.1 reads on/off as booleans
@@ -301,6 +313,10 @@ def resolve(r: "Recipe") -> "Recipe":
     updates = {k: v for k, v in preset.items() if getattr(r, k) is None}
     if r.reward is not None:
         updates["reward"] = _reward_spec(r.reward)
+    if "none" in r.report_to and len(set(r.report_to)) > 1:
+        others = ", ".join(sorted(set(r.report_to) - {"none"}))
+        raise RecipeError(f"recipe key 'report_to': none cannot be combined with {others}")
+    updates["report_to"] = tuple(dict.fromkeys(t for t in r.report_to if t != "none"))  # stored as the trackers used
     r = replace(r, **updates)
     _validate(r)
     return r

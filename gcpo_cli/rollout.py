@@ -49,8 +49,10 @@ def _stop_ids(model, tokenizer) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _sample(logits, temperature: float, top_p: float):
-    """Next tokens from [N, V] logits: greedy at temperature 0, else nucleus sampling."""
+def _sample(logits, temperature: float, top_p: float, uniforms=None):
+    """Next tokens from [N, V] logits: greedy at temperature 0, else nucleus sampling.
+    `uniforms` ([N] in (0, 1]): each row's token by inverse CDF from its own number, instead of
+    torch.multinomial, whose draws depend on every row of the batch."""
     import torch
 
     if temperature <= 0:
@@ -61,14 +63,20 @@ def _sample(logits, temperature: float, top_p: float):
         keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    return torch.multinomial(probs, 1).squeeze(-1)
+    if uniforms is None:
+        return torch.multinomial(probs, 1).squeeze(-1)
+    cdf = probs.double().cumsum(-1)  # float64: no drift over a 150k vocabulary
+    # the first token whose cumulative mass reaches u * total; u > 0 never lands on a zero-mass token
+    target = (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def _decode_batch(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: int,
-                  temperature: float, top_p: float, stop: set[int]) -> list[list[int]]:
+                  temperature: float, top_p: float, stop: set[int], streams: list | None = None) -> list[list[int]]:
     """n continuations of each prompt with a KV cache. Each prompt is prefilled once and its
     cache fanned out to its n samples; rows that finish are dropped from the batch, so late
-    steps only pay for the sequences still running. Returns [len(prompts) * n] token lists."""
+    steps only pay for the sequences still running. Returns [len(prompts) * n] token lists.
+    `streams`: one random.Random per output row, drawn once per token while the row runs."""
     import torch
     from transformers import DynamicCache
 
@@ -88,7 +96,10 @@ def _decode_batch(model, tokenizer, prompts: list[list[int]], n: int, max_new_to
     outputs: list[list[int]] = [[] for _ in range(len(rows))]
     stop_t = torch.tensor(sorted(stop), device=device)
     for t in range(max_new_tokens):
-        nxt = _sample(logits, temperature, top_p)
+        u = None
+        if streams is not None and temperature > 0:
+            u = torch.tensor([1.0 - streams[r].random() for r in alive.tolist()], dtype=torch.float64, device=device)
+        nxt = _sample(logits, temperature, top_p, u)
         for r, tok in zip(alive.tolist(), nxt.tolist()):
             outputs[r].append(tok)
         running = ~torch.isin(nxt, stop_t)
@@ -116,10 +127,18 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     batch_size: int = 32,
+    seeds: list | None = None,
 ) -> list[list[Completion]]:
     """n completions for each prompt (temperature 0 = greedy: one decode, shared by the n).
     Uses the global torch RNG: seed it first for reproducible samples. At most `batch_size`
-    sequences decode together."""
+    sequences decode together.
+
+    `seeds` (one per prompt): sample j of prompt i draws its tokens from its own stream,
+    random.Random(f"{seeds[i]}/{j}"), so what it samples depends on its prompt, its seed and the
+    model alone, never on which other prompts share its batch (the data-parallel trainer splits
+    a step's prompts over processes and must sample what one process would)."""
+    import random
+
     import torch
 
     stop = _stop_ids(model, tokenizer)
@@ -133,9 +152,10 @@ def generate(
     try:
         for start in range(0, len(order), per_batch):
             idx = order[start : start + per_batch]
+            streams = None if seeds is None else [random.Random(f"{seeds[i]}/{j}") for i in idx for j in range(reps)]
             with torch.inference_mode():
                 seqs = _decode_batch(model, tokenizer, [encoded[i] for i in idx], reps, max_new_tokens,
-                                     temperature, top_p, stop)
+                                     temperature, top_p, stop, streams)
             for row, i in enumerate(idx):
                 comps = []
                 for seq in seqs[row * reps:(row + 1) * reps]:

@@ -12,10 +12,19 @@
   7. (in train) write every rollout and the step's metrics in one transaction; checkpoint every N.
 
 Resuming restores the last checkpoint and discards the steps recorded after it, so a kill -9
-loses at most those steps and no rollout is ever recorded twice. Sampling is seeded per step
-(seed, step), so a resumed run draws the same problems and samples an uninterrupted one would.
-The helpers below come in the order a step calls them; setting up and the held-out evaluation
-come last.
+loses at most those steps and no rollout is ever recorded twice. The curriculum is seeded per
+step (seed, step) and every sample draws its tokens from its own stream (seed, step, problem,
+sample index), so a resumed run draws the same problems and samples an uninterrupted one would.
+
+Data-parallel (`torchrun` / `accelerate launch`, distributed.py): every rank runs this same
+loop. Rank 0 picks the step's problems (the curriculum reads the database) and broadcasts them;
+each rank rolls out a contiguous share of the groups and goes gold and computes advantages on
+its own (a group is never split); the update sums the ranks' gradients before each optimiser
+step; rank 0 gathers every rank's rollouts and metrics and alone writes the step, checkpoints
+and the held-out evaluation. Because a sample's stream depends on its problem and not on its
+batch, N ranks sample what one process samples and train the same weights (tests/test_distributed.py).
+With one process every collective is a no-op. The helpers below come in the order a step calls
+them; setting up and the held-out evaluation come last.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import get_scheduler
 
-from . import checkpoints, curriculum, paths, store
+from . import checkpoints, curriculum, distributed, paths, store, trackers
 from .answers import Grader, extract_answer
 from .errors import GcpoError
 from .evaluation import evaluate_problems
@@ -91,6 +100,8 @@ class Context:
     by_id: dict = field(default_factory=dict)
     prompts: dict = field(default_factory=dict)  # problem id -> (prompt text, prompt ids)
     lock: object = None  # the run's lock file (checkpoints.lock), held while this process trains it
+    dist: distributed.Dist = field(default_factory=distributed.Dist)  # this process's rank (one: rank 0 of 1)
+    tracking: trackers.Trackers | None = None  # the --report-to mirrors (rank 0's; none elsewhere)
 
 
 class Abandon(Exception):
@@ -100,25 +111,34 @@ class Abandon(Exception):
 # ---------------------------------------------------------------------------- the loop
 
 def train(db, recipe: Recipe | None = None, *, resume_run: str | None = None, steps: int | None = None,
-          save_every: int | None = None, display=None) -> dict:
-    """Run (or resume) a training run to its last step. Returns a summary with the run id."""
+          save_every: int | None = None, report_to: list[str] | None = None, display=None,
+          dist: distributed.Dist | None = None) -> dict:
+    """Run (or resume) a training run to its last step. Returns a summary with the run id.
+    `dist`: this process's place in a torchrun job (distributed.from_env); `db` is rank 0's only."""
     display = display or NullDisplay()
-    ctx = setup(db, recipe, resume_run, steps, save_every, display)
+    ctx = setup(db, recipe, resume_run, steps, save_every, display, report_to=report_to, dist=dist)
     try:
         return run_steps(ctx, display)
     finally:
-        ctx.lock.close()  # releases the run's lock
+        ctx.tracking.close()
+        if ctx.lock:
+            ctx.lock.close()  # releases the run's lock
 
 
 def run_steps(ctx: Context, display) -> dict:
-    """The held-out evaluation before, every step, checkpoints, the evaluation after."""
-    db, r = ctx.db, ctx.recipe
+    """The held-out evaluation before, every step, checkpoints, the evaluation after. Only rank 0
+    (the only rank of one process) evaluates, writes and reports; the others wait for it at the
+    next collective."""
+    db, r, dist = ctx.db, ctx.recipe, ctx.dist
     summary: dict = dict(run_id=ctx.run_id, recipe=r.name, algorithm=r.algorithm, set_name=ctx.set_name)
-    if ctx.start_step == 0 and ctx.holdout:
+    if ctx.start_step == 0 and ctx.holdout and dist.writer:
         display.message(f"evaluating {len(ctx.holdout)} held-out problems before training")
         summary["before"] = evaluate_holdout(ctx, 0)
+        ctx.tracking.log_eval(0, summary["before"])
     status, step = "completed", ctx.start_step
-    with StopFlag() as stop, Grader(reward=r.reward) as grader:
+    # With several ranks Ctrl-C finishes the step (abandoning it would need every rank to agree
+    # mid-step); all ranks then stop after the same step.
+    with StopFlag(abandon=not dist.active) as stop, Grader(reward=r.reward) as grader:
         display.start(ctx, r.steps, ctx.start_step)
         try:
             for step in range(ctx.start_step + 1, r.steps + 1):
@@ -127,19 +147,24 @@ def run_steps(ctx: Context, display) -> dict:
                 except Abandon:
                     step, status = step - 1, "interrupted"
                     break
-                store.record_step(db, ctx.run_id, step, [x.row() for x in rollouts], metrics)
-                display.step(step, metrics)
-                if (r.save_every and step % r.save_every == 0) or step == r.steps:
-                    save_checkpoint(ctx, step)
-                if stop.requested:
+                if dist.writer:  # one writer: every rank's rollouts, in one transaction
+                    store.record_step(db, ctx.run_id, step, [x.row() for x in rollouts], metrics)
+                    ctx.tracking.log(step, metrics)  # a copy of what was just committed
+                    display.step(step, metrics)
+                    if (r.save_every and step % r.save_every == 0) or step == r.steps:
+                        save_checkpoint(ctx, step)
+                if dist.any(stop.requested):
                     status = "interrupted"
                     break
         except BaseException as e:  # record why, then let it surface
             display.stop()
-            store.set_status(db, ctx.run_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                             error=f"{type(e).__name__}: {e}")
+            if dist.writer:
+                store.set_status(db, ctx.run_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                                 error=f"{type(e).__name__}: {e}")
             raise
         display.stop()
+    if not dist.writer:
+        return dict(summary, status=status, last_step=step)
     checkpoint = store.get_run(db, ctx.run_id)["checkpoint_step"] or 0
     if status == "interrupted" and step > checkpoint:
         save_checkpoint(ctx, step)
@@ -147,6 +172,7 @@ def run_steps(ctx: Context, display) -> dict:
     if status == "completed" and ctx.holdout:
         display.message(f"evaluating {len(ctx.holdout)} held-out problems after training")
         summary["after"] = evaluate_holdout(ctx, step)
+        ctx.tracking.log_eval(step, summary["after"])
     store.set_status(db, ctx.run_id, status)
     summary.update(status=status, last_step=step, checkpoint_step=checkpoint,
                    reward_mean_per_step=store.rewards(db, ctx.run_id), out_dir=ctx.out_dir)
@@ -154,28 +180,42 @@ def run_steps(ctx: Context, display) -> dict:
 
 
 def train_step(ctx: Context, step: int, grader: Grader, stop: "StopFlag") -> tuple[list[Rollout], dict]:
-    """Steps 1-6 of the module docstring; returns every rollout to record and the metrics."""
-    r = ctx.recipe
-    torch.manual_seed(r.seed * 1_000_003 + step)
-    rng = random.Random(r.seed * 1_000_003 + step)
-    problem_ids = pick_problems(ctx, step)  # 1
-    groups, timing = roll_out(ctx, problem_ids, grader, stop)  # 2
+    """Steps 1-6 of the module docstring, on this rank's share of the groups; returns every
+    rank's rollouts to record and the step's metrics on rank 0 (nothing on the others)."""
+    r, dist = ctx.recipe, ctx.dist
+    torch.manual_seed(distributed.rank_seed(r.seed, step, dist.rank))  # LoRA dropout; samples have their own streams
+    rng = random.Random(r.seed * 1_000_003 + step)  # the same on every rank: DAPO's refill draws
+    dist.comm_s = 0.0
+    problem_ids = dist.broadcast(pick_problems(ctx, step) if dist.writer else None)  # 1: rank 0 reads the history
+    order = {pid: i for i, pid in enumerate(problem_ids)}  # each group's place in the step, known to every rank
+    groups, timing = roll_out(ctx, step, dist.share(problem_ids)[1], grader, stop)  # 2
     sampled_groups = groups
     if r.dynamic_sampling:  # 3
-        sampled_groups, groups = refill(ctx, groups, timing, rng, grader, stop)
+        sampled_groups, groups = refill(ctx, step, order, groups, timing, rng, grader, stop)
     sampled_groups = [list(g) for g in sampled_groups]  # as sampled: going gold edits `groups`
-    outcomes = [go_gold(ctx, g, rng) for g in groups]  # 4
+    # one stream per group (golden_replace: random), so the choice does not depend on the ranks
+    outcomes = [go_gold(ctx, g, random.Random(f"{r.seed}:{step}:{g[0].problem_id}")) for g in groups]  # 4
     kept = assign_advantages(ctx, groups)  # 5
     t0 = time.perf_counter()
-    stats = update(ctx.model, ctx.tok, ctx.optimizer, [x for g in kept for x in g], r, stop)  # 6
+    split = mini_batches([(order[g[0].problem_id], g) for g in kept], r, dist)
+    stats = update(ctx.model, ctx.tok, ctx.optimizer, [x for g in kept for x in g], r, stop, split, dist)  # 6
     ctx.stale = True
     lr = ctx.optimizer.param_groups[0]["lr"]
     ctx.scheduler.step()
     timing["update_s"] = time.perf_counter() - t0
-    sampled = [x for g in sampled_groups for x in g]  # the policy's own samples
     golden = [x for g in groups for x in g if x.is_golden]
-    metrics = step_metrics(r, sampled_groups, kept, outcomes, stats, timing, lr)
-    return sampled + golden, metrics
+    # One writer: rank 0 gets every rank's part of the step, in the step's order.
+    parts = dist.gather(dict(sampled=sampled_groups, golden=golden, kept=kept, outcomes=outcomes, timing=timing))
+    if not dist.writer:
+        return [], {}
+    place = lambda x: order[x.problem_id]  # noqa: E731
+    sampled_groups = sorted((g for p in parts for g in p["sampled"]), key=lambda g: place(g[0]))
+    golden = sorted((x for p in parts for x in p["golden"]), key=place)
+    metrics = step_metrics(r, sampled_groups, [g for p in parts for g in p["kept"]],
+                           [o for p in parts for o in p["outcomes"]], stats, merge_timing([p["timing"] for p in parts]), lr)
+    if dist.active:
+        metrics.update(world_size=dist.world, comm_s=dist.comm_s)
+    return [x for g in sampled_groups for x in g] + golden, metrics  # the policy's own samples, then golden
 
 
 # ---------------------------------------------------------------------------- a step, in order
@@ -192,10 +232,14 @@ def pick_problems(ctx: Context, step: int) -> list[str]:
     return list(dict.fromkeys(picked))  # an epoch boundary can draw a problem twice in one step
 
 
-def roll_out(ctx: Context, problem_ids: list[str], grader: Grader, stop: "StopFlag") -> tuple[list[list[Rollout]], dict]:
+def roll_out(ctx: Context, step: int, problem_ids: list[str], grader: Grader,
+             stop: "StopFlag") -> tuple[list[list[Rollout]], dict]:
     """G completions per problem from the current policy, graded. Returns the groups and
-    {gen_s, score_s, tokens, reward_failures}."""
+    {gen_s, score_s, tokens, reward_failures}. Sample j of a problem draws its tokens from the
+    stream (seed, step, problem, j): the same samples in any batch, on any rank."""
     r = ctx.recipe
+    if not problem_ids:  # a rank with no group this round (fewer groups than ranks)
+        return [], dict(gen_s=0.0, score_s=0.0, tokens=0, reward_failures=0)
     t0 = time.perf_counter()
     # A quantised policy samples itself: under the update's bf16 autocast, so activations and the
     # KV cache are bf16 rather than the fp32 that k-bit preparation leaves (GPU memory).
@@ -204,7 +248,8 @@ def roll_out(ctx: Context, problem_ids: list[str], grader: Grader, stop: "StopFl
         completions: list[list[Completion]] = generate(
             generation_model(ctx), ctx.tok, [prompt(ctx, pid)[0] for pid in problem_ids],
             n=r.samples_per_problem, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-            top_p=r.top_p, batch_size=r.problems_per_step * r.samples_per_problem)
+            top_p=r.top_p, batch_size=r.problems_per_step * r.samples_per_problem,
+            seeds=[f"{r.seed}:{step}:{pid}" for pid in problem_ids])
     t1 = time.perf_counter()
     stop.check()
     groups = [[Rollout(problem_id=pid, sample_index=j, prompt_ids=prompt(ctx, pid)[1], completion_ids=c.token_ids,
@@ -228,26 +273,29 @@ def score(rollouts: list[Rollout], problems: list[dict], grader: Grader) -> int:
     return sum(s.failed for s in scores)
 
 
-def refill(ctx: Context, groups: list[list[Rollout]], timing: dict, rng: random.Random, grader: Grader,
-           stop: "StopFlag") -> tuple[list[list[Rollout]], list[list[Rollout]]]:
+def refill(ctx: Context, step: int, order: dict, groups: list[list[Rollout]], timing: dict, rng: random.Random,
+           grader: Grader, stop: "StopFlag") -> tuple[list[list[Rollout]], list[list[Rollout]]]:
     """DAPO's dynamic sampling: keep only mixed groups, sampling unused problems (up to
-    max_resample_rounds) until B of them are mixed. Returns (every group sampled, the kept B);
-    adds the extra rounds' costs to `timing`."""
-    r = ctx.recipe
-    used = {g[0].problem_id for g in groups}
+    max_resample_rounds) until B of them are mixed; the first B mixed in the step's order stay.
+    Ranks count their mixed groups together and share each round's problems as they shared the
+    first ones; `order` (problem id -> place in the step, the same on every rank) gains them.
+    Returns (every group this rank sampled, its kept ones); adds the rounds' costs to `timing`."""
+    r, dist = ctx.recipe, ctx.dist
     sampled = list(groups)
     for _ in range(r.max_resample_rounds):
-        mixed = [g for g in sampled if _mixed(g)]
-        spare = [p["id"] for p in ctx.pool if p["id"] not in used]
-        if len(mixed) >= r.problems_per_step or not spare:
+        mixed = sum(dist.gather(sum(_mixed(g) for g in sampled)))
+        spare = [p["id"] for p in ctx.pool if p["id"] not in order]
+        if mixed >= r.problems_per_step or not spare:
             break
-        extra = rng.sample(spare, min(len(spare), r.problems_per_step - len(mixed)))
-        used.update(extra)
-        more, t = roll_out(ctx, extra, grader, stop)
+        extra = rng.sample(spare, min(len(spare), r.problems_per_step - mixed))
+        order.update({pid: len(order) + i for i, pid in enumerate(extra)})
+        more, t = roll_out(ctx, step, dist.share(extra)[1], grader, stop)
         sampled += more
         for k in timing:
             timing[k] += t[k]
-    return sampled, [g for g in sampled if _mixed(g)][: r.problems_per_step]
+    places = sorted(p for part in dist.gather([order[g[0].problem_id] for g in sampled if _mixed(g)]) for p in part)
+    first = set(places[: r.problems_per_step])
+    return sampled, [g for g in sampled if order[g[0].problem_id] in first]
 
 
 def _mixed(group: list[Rollout]) -> bool:
@@ -296,17 +344,65 @@ def assign_advantages(ctx: Context, groups: list[list[Rollout]]) -> list[list[Ro
     return kept
 
 
-def update(model, tok, optimizer, rollouts: list[Rollout], recipe: Recipe, stop: "StopFlag") -> dict:
+def mini_batch_plan(groups: list[tuple[int, list[int], list[bool]]], n: int,
+                    token_sum: bool) -> tuple[dict[int, int], list[tuple[int, int, int, bool]]]:
+    """How one step's kept rollouts are cut into `n` optimiser updates, from every kept group's
+    (place in the step, completion lengths, in-the-loss flags), whichever rank holds it.
+    Returns ({place: index of the group's first rollout}, per mini-batch (first, end, loss
+    denominator, whether any sequence is in its loss)). The rollouts, in the step's order, are
+    cut into near-equal contiguous mini-batches, groups kept in order; the denominator is the
+    mini-batch's tokens (token_sum) or sequences, zero-advantage ones included."""
+    start, lengths, active = {}, [], []
+    for place, group_lengths, flags in sorted(groups):
+        start[place] = len(lengths)
+        lengths += group_lengths
+        active += flags
+    total = len(lengths)
+    bounds = [total * i // n for i in range(n + 1)]
+    return start, [(lo, hi, sum(lengths[lo:hi]) if token_sum else hi - lo, any(active[lo:hi]))
+                   for lo, hi in zip(bounds, bounds[1:])]
+
+
+def mini_batches(kept: list[tuple[int, list[Rollout]]], recipe: Recipe,
+                 dist: distributed.Dist) -> tuple[list[list[Rollout]], list[tuple[int, int, int, bool]]]:
+    """This rank's part of each of the step's mini-batches, and the plan (mini_batch_plan) of the
+    whole step, the same on every rank. `kept`: (place in the step, group) of this rank's kept
+    groups. Every rank learns every kept group's lengths and flags (one small gather), so each
+    cuts the step exactly as one process holding all of it would."""
+    layout = [(place, [len(x.completion_ids) for x in g], [bool(x.advantage) for x in g]) for place, g in kept]
+    start, plan = mini_batch_plan([entry for part in dist.gather(layout) for entry in part], recipe.mini_batches,
+                                  recipe.loss_agg == "token_sum")
+    parts: list[list[Rollout]] = [[] for _ in plan]
+    for place, g in kept:
+        for j, x in enumerate(g):
+            i = start[place] + j
+            parts[next(k for k, (lo, hi, _, _) in enumerate(plan) if lo <= i < hi)].append(x)
+    return parts, plan
+
+
+def update(model, tok, optimizer, rollouts: list[Rollout], recipe: Recipe, stop: "StopFlag",
+           split: tuple | None = None, dist: distributed.Dist | None = None) -> dict:
     """The PPO schedule over one rollout batch: `ppo_epochs` passes, each split into
     `mini_batches` optimiser updates. pi_old's log-probs are computed once, without gradient,
     before the first update; with a single update they are the policy's own, detached (the same
     numbers, so no extra forward). Zero-advantage sequences get no forward/backward but count in
     their mini-batch's denominator where the recipe says so. Log-probs are at the sampling
-    temperature. Ctrl-C abandons the step only before the first optimiser step."""
-    stats = dict(loss=0.0, grad_norm=0.0, clip_frac=0.0, golden_logp_mean=None, ratio_mean=None,
-                 ratio_min=None, ratio_max=None, optimizer_updates=0)
-    if not any(x.advantage for x in rollouts):
-        return stats
+    temperature. Ctrl-C abandons the step only before the first optimiser step.
+
+    `rollouts`: the kept rollouts in the step's order, cut as `mini_batches` cuts them; `split`
+    (this rank's part of each mini-batch, the step's plan) when several ranks share the step.
+    Each rank backpropagates its own part, every loss divided by the whole mini-batch's
+    denominator; `dist.sum_grads` then makes every rank's gradient the whole mini-batch's (the
+    sum of the parts), and every rank clips and steps on that same gradient. Why not DDP: a rank
+    may run fewer micro-batches than another, or none (its sequences all have zero advantage),
+    and DDP's all-reduce inside each backward would wait for a backward that never comes. Here a
+    mini-batch is skipped only where no rank has a sequence in its loss (the plan says so on
+    every rank), so every rank makes the same collectives in the same order."""
+    dist = dist or distributed.Dist()
+    parts, plan = split or mini_batches([(0, rollouts)], recipe, distributed.Dist())
+    acc = dict(losses=[], norms=[], ratios=[], clipped=0.0, units=0.0, golden_logp=0.0, golden_tokens=0)
+    if not any(active for *_, active in plan):
+        return update_stats([acc])
     temperature = recipe.temperature or 1.0  # greedy sampling: the policy's own distribution
     amp = autocast_context(model, recipe.model.autocast)
     # HF turns the KV cache off under gradient checkpointing, so no prompt sharing there.
@@ -318,34 +414,43 @@ def update(model, tok, optimizer, rollouts: list[Rollout], recipe: Recipe, stop:
                                        share, temperature)
 
     on_policy = recipe.mini_batches * recipe.ppo_epochs == 1
-    old = {} if on_policy else old_logprobs(logprobs, [x for x in rollouts if x.advantage], recipe.micro_batch)
-    n = len(rollouts)  # near-equal contiguous mini-batches of the batch, groups kept in order
-    bounds = [n * i // recipe.mini_batches for i in range(recipe.mini_batches + 1)]
-    mini_batches = [rollouts[bounds[i]:bounds[i + 1]] for i in range(recipe.mini_batches)]
+    old = {} if on_policy else old_logprobs(logprobs, [x for b in parts for x in b if x.advantage], recipe.micro_batch)
     params = [p for p in model.parameters() if p.requires_grad]
-    acc = dict(losses=[], norms=[], ratios=[], clipped=0.0, units=0.0, golden_logp=0.0, golden_tokens=0)
     for _ in range(recipe.ppo_epochs):
-        for batch in mini_batches:
-            active = sorted((x for x in batch if x.advantage), key=lambda x: len(x.prompt_ids) + len(x.completion_ids))
-            if not active:
+        for batch, (_, _, denom, anyone) in zip(parts, plan):
+            if not anyone:  # no rank has a sequence in this mini-batch's loss: skipped everywhere
                 continue
+            active = sorted((x for x in batch if x.advantage), key=lambda x: len(x.prompt_ids) + len(x.completion_ids))
             first = not acc["norms"]
             optimizer.zero_grad(set_to_none=True)
-            denom = sum(len(x.completion_ids) for x in batch) if recipe.loss_agg == "token_sum" else len(batch)
             acc["losses"].append(sum(backward(logprobs, chunk, None if on_policy else old, denom, recipe, acc,
                                               stop if first else None)
                                      for chunk in (active[i:i + recipe.micro_batch]
                                                    for i in range(0, len(active), recipe.micro_batch))))
             if first:
                 stop.check()
+            dist.sum_grads(params)  # the whole mini-batch's gradient on every rank (no-op alone)
             acc["norms"].append(float(torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)))
             optimizer.step()
-    ratios = acc["ratios"]
-    return dict(loss=sum(acc["losses"]) / len(acc["losses"]), grad_norm=sum(acc["norms"]) / len(acc["norms"]),
-                clip_frac=acc["clipped"] / acc["units"] if acc["units"] else 0.0,
-                golden_logp_mean=acc["golden_logp"] / acc["golden_tokens"] if acc["golden_tokens"] else None,
+    return update_stats(dist.gather(acc))
+
+
+def update_stats(accs: list[dict]) -> dict:
+    """The update's metrics from every rank's accumulators (one process: its own). A
+    mini-batch's loss is the sum of the ranks' parts; the gradient norm is the same everywhere
+    (taken after the sum)."""
+    losses = [sum(parts) for parts in zip(*(a["losses"] for a in accs))]
+    norms, ratios = accs[0]["norms"], [x for a in accs for x in a["ratios"]]
+    if not norms:
+        return dict(loss=0.0, grad_norm=0.0, clip_frac=0.0, golden_logp_mean=None, ratio_mean=None,
+                    ratio_min=None, ratio_max=None, optimizer_updates=0)
+    clipped, units = sum(a["clipped"] for a in accs), sum(a["units"] for a in accs)
+    golden_logp, golden_tokens = sum(a["golden_logp"] for a in accs), sum(a["golden_tokens"] for a in accs)
+    return dict(loss=sum(losses) / len(losses), grad_norm=sum(norms) / len(norms),
+                clip_frac=clipped / units if units else 0.0,
+                golden_logp_mean=golden_logp / golden_tokens if golden_tokens else None,
                 ratio_mean=sum(ratios) / len(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
-                optimizer_updates=len(acc["norms"]))
+                optimizer_updates=len(norms))
 
 
 def backward(logprobs, chunk: list[Rollout], old: dict | None, denom: float, recipe: Recipe, acc: dict,
@@ -421,6 +526,12 @@ def step_metrics(r: Recipe, groups: list[list[Rollout]], kept: list[list[Rollout
     )
 
 
+def merge_timing(timings: list[dict]) -> dict:
+    """Every rank's {gen_s, score_s, update_s, tokens, reward_failures} as the step's: the ranks
+    work at once, so a phase takes as long as its slowest rank; tokens and failures add up."""
+    return {k: (max if k.endswith("_s") else sum)(t[k] for t in timings) for k in timings[0]}
+
+
 def save_checkpoint(ctx: Context, step: int) -> None:
     checkpoints.save(ctx.out_dir, step, ctx.model, ctx.optimizer, ctx.scheduler)
     # The database names the new checkpoint before the old one's optimiser state goes: a crash
@@ -452,72 +563,115 @@ def generation_model(ctx: Context):
 # ---------------------------------------------------------------------------- setting up
 
 def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
-          save_every: int | None, display) -> Context:
+          save_every: int | None, display, *, report_to: list[str] | None = None,
+          dist: distributed.Dist | None = None) -> Context:
     """Load the model, the problems and (on resume) the checkpoint; create or restart the run.
     The run is created (or marked running) only once everything loaded: a missing model or
-    checkpoint leaves no phantom "running" run behind."""
-    run, start = None, 0
+    checkpoint leaves no phantom "running" run behind. With several ranks, rank 0 alone reads the
+    database and the run's folder and hands the others what they need; an error on any rank
+    stops them all, reported once by rank 0 (`dist.together`)."""
+    dist = dist or distributed.Dist()
+    with dist.together():  # rank 0 reads the database (a bad run id, a live run: every rank stops)
+        opened = read_run(db, recipe, resume_run, steps, save_every, report_to) if dist.writer else None
+    recipe, set_name, problems, start, run = dist.broadcast(opened and opened[:5])
+    run_lock = opened and opened[5]
+    pool, holdout = split_holdout(problems, recipe.eval.holdout)
+    with dist.together():  # a model, adapter or checkpoint that does not load stops every rank
+        # processes of one host share its cores (torchrun sets LOCAL_WORLD_SIZE)
+        torch.set_num_threads(recipe.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
+        torch.manual_seed(recipe.seed)
+        model, tok, _ = load_base(recipe.model, device=dist.device)
+        prompt_from_recipe(recipe).render(tok, pool[0]["text"])  # a chat preset without a chat template: fail now
+        sampler = MergedSampler(model, recipe.model.sampler_dtype, recipe.model.attention) if recipe.model.quant == "none" else None
+        prepare_for_update(model, recipe.model, autocast_enabled(model, recipe.model.autocast))
+        model = prepare_base(model, recipe.model)
+        if start and dist.writer:  # the other ranks get rank 0's weights below
+            model = load_adapter(model, checkpoints.adapter(checkpoints.run_folder(run), start), trainable=True)
+        else:
+            model = add_lora(model, recipe.lora)
+        model.train()  # from_pretrained leaves eval mode: no gradient checkpointing, no LoRA dropout
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        # transformers' schedules; its "constant" would ignore the warmup the recipe asks for
+        schedule = "constant_with_warmup" if recipe.lr_schedule == "constant" else recipe.lr_schedule
+        scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=recipe.warmup_steps,
+                                  num_training_steps=recipe.steps)
+        begun = None
+        if dist.writer:
+            state = checkpoints.load_trainer_state(checkpoints.run_folder(run), start) if start else None
+            if state:
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+            run_id, out_dir, run_lock = begin_run(db, recipe, set_name, run, start, run_lock, display)
+            env = environment(model, recipe.model, sampler)
+            store.set_environment(db, run_id, dict(env, world_size=dist.world) if dist.active else env)
+            display.message(describe_environment(env) + (f", {dist.world} processes" if dist.active else ""))
+            begun = (run_id, out_dir, state)
+    run_id, out_dir, state = dist.broadcast(begun)
+    if state and not dist.writer:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    dist.broadcast_params(params)  # every rank starts from rank 0's weights (a resumed run's adapter)
+    tracking = trackers.Trackers(recipe.report_to if dist.writer else (), run_id=run_id, config=to_dict(recipe),
+                                 out_dir=out_dir, start_step=start, warn=display.message)
+    return Context(db=db, run_id=run_id, set_name=set_name, out_dir=out_dir, recipe=recipe, model=model, tok=tok,
+                   optimizer=optimizer, scheduler=scheduler, pool=pool, holdout=holdout, start_step=start,
+                   sampler=sampler, by_id={p["id"]: p for p in problems}, lock=run_lock, dist=dist,
+                   tracking=tracking)
+
+
+def read_run(db, recipe: Recipe | None, resume_run: str | None, steps: int | None, save_every: int | None,
+             report_to: list[str] | None) -> tuple:
+    """What setting up reads from the database (rank 0's part): (recipe, set name, problems,
+    start step, the run's row or None, the run's lock when resuming). A live run is left alone;
+    a tracker whose package is missing fails here, before any model loads."""
+    run, start, run_lock = None, 0, None
     if resume_run:
         run = store.resolve_run(db, resume_run)
         run_lock = checkpoints.lock(checkpoints.run_folder(run), run["id"])  # a live run is left alone
         start = int(run["checkpoint_step"] or 0)
         if steps is not None and steps <= start:
             raise GcpoError(f"run {run['id']} has done {start} steps (checkpoint {start}); --steps must be more")
-        overrides = {k: v for k, v in dict(steps=steps, save_every=save_every).items() if v is not None}
+        overrides = {k: v for k, v in dict(steps=steps, save_every=save_every, report_to=report_to).items()
+                     if v is not None}
         recipe = from_dict({**store.loads(run["recipe_json"]), **overrides})
         set_name = run["set_name"]
     else:
         set_name = recipe.set_name or default_set(db, recipe)
-    torch.set_num_threads(recipe.threads or os.cpu_count() or 1)
-    set_name, problems = load_problems(db, set_name)
-    holdout = problems[len(problems) - recipe.eval.holdout:] if recipe.eval.holdout else []
-    pool = problems[: len(problems) - len(holdout)]
-    if not pool:
+    trackers.check(recipe.report_to)
+    set_name, problems = load_problems(db, set_name, recipe.golden_source)
+    if not split_holdout(problems, recipe.eval.holdout)[0]:
         raise GcpoError(f"set '{set_name}' has {len(problems)} problems and eval.holdout is "
                         f"{recipe.eval.holdout}: nothing left to train on")
-    torch.manual_seed(recipe.seed)
-    model, tok, _ = load_base(recipe.model)
-    prompt_from_recipe(recipe).render(tok, pool[0]["text"])  # a chat preset without a chat template: fail now
-    sampler = MergedSampler(model, recipe.model.sampler_dtype) if recipe.model.quant == "none" else None
-    prepare_for_update(model, recipe.model, autocast_enabled(model, recipe.model.autocast))
-    model = prepare_base(model, recipe.model)
-    if start:
-        model = load_adapter(model, checkpoints.adapter(checkpoints.run_folder(run), start), trainable=True)
-    else:
-        model = add_lora(model, recipe.lora)
-    model.train()  # from_pretrained leaves eval mode: no gradient checkpointing, no LoRA dropout
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr,
-                                  weight_decay=recipe.weight_decay)
-    # transformers' schedules; its "constant" would ignore the warmup the recipe asks for
-    schedule = "constant_with_warmup" if recipe.lr_schedule == "constant" else recipe.lr_schedule
-    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=recipe.warmup_steps,
-                              num_training_steps=recipe.steps)
-    if start:
-        state = checkpoints.load_trainer_state(checkpoints.run_folder(run), start)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    return recipe, set_name, problems, start, run, run_lock
+
+
+def begin_run(db, recipe: Recipe, set_name: str, run: dict | None, start: int, run_lock, display) -> tuple:
+    """Rank 0: create the run, or mark a resumed one running again from its checkpoint (dropping
+    the steps recorded after it). Returns (run id, its folder, its lock)."""
     if run:
         dropped = store.restart_run(db, run["id"], checkpoint_step=start, recipe=to_dict(recipe))
         if dropped:
             display.message(f"discarded {dropped} step(s) recorded after checkpoint {start}")
-        run_id, out_dir = run["id"], run["out_dir"]
-    else:
-        run_id = store.new_id()
-        out_dir = str(paths.run_dir(run_id))
-        run_lock = checkpoints.lock(out_dir, run_id)
-        store.create_run(db, recipe=to_dict(recipe), set_name=set_name, out_dir=out_dir, run_id=run_id)
-    env = environment(model, recipe.model, sampler)
-    store.set_environment(db, run_id, env)
-    display.message(describe_environment(env))
-    return Context(db=db, run_id=run_id, set_name=set_name, out_dir=out_dir, recipe=recipe, model=model, tok=tok,
-                   optimizer=optimizer, scheduler=scheduler, pool=pool, holdout=holdout, start_step=start,
-                   sampler=sampler, by_id={p["id"]: p for p in problems}, lock=run_lock)
+        return run["id"], run["out_dir"], run_lock
+    run_id = store.new_id()
+    out_dir = str(paths.run_dir(run_id))
+    run_lock = checkpoints.lock(out_dir, run_id)
+    store.create_run(db, recipe=to_dict(recipe), set_name=set_name, out_dir=out_dir, run_id=run_id)
+    return run_id, out_dir, run_lock
 
 
-def load_problems(db, set_ref: str) -> tuple[str, list[dict]]:
-    """(set name, its problems in ingest order, each with its first verified golden answer or None)."""
+def split_holdout(problems: list[dict], holdout: int) -> tuple[list[dict], list[dict]]:
+    """(problems trained on, the held-out last `holdout`)."""
+    held = problems[len(problems) - holdout:] if holdout else []
+    return problems[: len(problems) - len(held)], held
+
+
+def load_problems(db, set_ref: str, golden_source: str = "any") -> tuple[str, list[dict]]:
+    """(set name, its problems in ingest order, each with the verified golden answer the recipe's
+    golden_source chooses, or None)."""
     set_name, problems = store.set_problems(db, set_ref)
-    golden = store.verified_golden(db, set_name)
+    golden = store.verified_golden(db, set_name, golden_source)
     return set_name, [dict(p, golden=golden.get(p["id"])) for p in problems]
 
 
@@ -541,9 +695,11 @@ def evaluate_holdout(ctx: Context, step: int) -> dict | None:
 @dataclass
 class StopFlag:
     """First Ctrl-C (or SIGTERM, as a scheduler or `kill` sends): finish or abandon the current
-    step cleanly, save, mark the run interrupted. Second: stop at once."""
+    step cleanly, save, mark the run interrupted. Second: stop at once. `abandon=False` (several
+    ranks): the step is always finished, never abandoned on one rank alone."""
 
     requested: bool = False
+    abandon: bool = True
     _previous: dict = field(default_factory=dict)
 
     def __enter__(self):
@@ -564,7 +720,7 @@ class StopFlag:
             signal.signal(sig, previous)
 
     def check(self):
-        if self.requested:
+        if self.requested and self.abandon:
             raise Abandon
 
 

@@ -1,0 +1,99 @@
+"""Experiment trackers (issue 12): `--report-to` mirrors the `steps` table and the held-out
+evaluation into TensorBoard event files; a missing tracker package is one line; a tracker that
+fails costs its mirror, never the run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gcpo_cli import recipe as recipes
+from gcpo_cli import store, trackers
+from gcpo_cli import train as training
+from gcpo_cli.cli import app
+from gcpo_cli.model import build_tiny
+from gcpo_cli.store.runs import STEP_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> str:
+    return str(build_tiny(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+def scalars(folder: Path) -> dict[str, dict[int, float]]:
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_event_files_hold_the_steps_table_and_the_held_out_evaluation(db, tiny_dir):
+    r = recipes.load("tiny", [f"model.name={tiny_dir}", "eval.holdout=4", "report_to=tensorboard"])
+    assert r.report_to == ("tensorboard",)
+    summary = training.train(db, r)
+    assert summary["status"] == "completed" and summary["last_step"] == 3
+    got = scalars(Path(summary["out_dir"]) / "tensorboard")
+    steps = list(db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY step", [summary["run_id"]]))
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    for s in steps:
+        metrics = json.loads(s["metrics_json"])
+        for key in STEP_COLUMNS:  # every column of the steps table, at its step, as float32
+            if s[key] is not None:
+                assert got[f"train/{key}"][s["step"]] == np.float32(s[key]), key
+        assert got["train/groups"][s["step"]] == metrics["groups"]
+    assert "train/reward_mean" in got and len(got["train/reward_mean"]) == 3
+    # the held-out evaluation before (step 0) and after (step 3), as the summary reports it
+    assert got["eval/mean_at_k"] == {0: np.float32(summary["before"]["mean_at_k"]),
+                                     3: np.float32(summary["after"]["mean_at_k"])}
+    run = db["runs"].get(summary["run_id"])
+    assert json.loads(run["recipe_json"])["report_to"] == ["tensorboard"]  # stored: a resume reports too
+
+
+@pytest.mark.parametrize("name", ["wandb", "trackio", "tensorboard"])
+def test_a_missing_tracker_package_is_one_line_and_starts_nothing(runner, tiny_dir, monkeypatch, name):
+    monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
+    r = runner.invoke(app, ["train", "--recipe", "tiny", "--model", tiny_dir, "--report-to", name])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert f"--report-to {name} needs the {name} package: pip install 'gcpo-cli[{name}]'" in r.output
+    assert store.list_runs(store.open_db()) == []  # no run was created
+
+
+def test_report_to_is_a_list_key_and_none_means_no_tracker(tiny_dir):
+    r = recipes.load("tiny", ["report_to=[tensorboard, wandb]"])
+    assert r.report_to == ("tensorboard", "wandb")
+    assert recipes.load("tiny", [], {"report_to": ["trackio"]}).report_to == ("trackio",)
+    assert recipes.load("tiny", ["report_to=none"]).report_to == ()
+    with pytest.raises(recipes.RecipeError, match="report_to"):
+        recipes.load("tiny", ["report_to=[none, wandb]"])
+    with pytest.raises(recipes.RecipeError, match="report_to"):
+        recipes.load("tiny", ["report_to=mlflow"])
+
+
+def test_a_failing_tracker_costs_a_warning_not_the_run(db, tiny_dir, monkeypatch):
+    class Broken:
+        def __init__(self, **kw):
+            pass
+
+        def log(self, step, values):
+            raise OSError("disk full")
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(trackers.OPEN, "tensorboard", Broken)
+    messages = []
+
+    class Display(training.NullDisplay):
+        def message(self, text):
+            messages.append(text)
+
+    summary = training.train(db, recipes.load("tiny", [f"model.name={tiny_dir}", "steps=2", "report_to=tensorboard"]),
+                             display=Display())
+    assert summary["status"] == "completed" and summary["last_step"] == 2
+    assert [m for m in messages if "tracking stopped" in m] == [
+        "warning: tensorboard tracking stopped (disk full); the database still records every step"]
+    assert len(store.rewards(db, summary["run_id"])) == 2
