@@ -79,11 +79,7 @@ def generate_cmd(
 ) -> None:
     """Sample k solutions per problem from a teacher, keep the ones the grader verifies.
 
-    Each solution is graded against the problem's answer as training grades rollouts; the correct
-    ones become candidate golden answers of origin teacher, with the teacher and its settings. Per
-    problem the shortest verified one is active (what training injects under golden_source teacher,
-    or any where the dataset has none). An interrupted generation resumes when the same command
-    is run again.
+    Each solution is graded against the problem's answer as training grades rollouts; the correct ones become candidate golden answers of origin teacher, with the teacher and its settings. Per problem the shortest verified one is active (what training injects under golden_source teacher, or any where the dataset has none). An interrupted generation resumes when the same command is run again.
 
     Examples:
 
@@ -146,12 +142,9 @@ def import_cmd(
 ) -> None:
     """Attach solutions from a file to a set's problems as teacher golden answers.
 
-    Rows match a problem by id (gcpo's, or the set file's own) or by its text. Each solution is
-    graded against the problem's answer; one that does not verify is kept, marked unverified, and
-    never injected. Importing the same file again adds nothing.
+    Rows match a problem by id (gcpo's, or the set file's own) or by its text. Each solution is graded against the problem's answer; one that does not verify is kept, marked unverified, and never injected. Importing the same file again adds nothing.
 
-    Example: gcpo golden import solutions.jsonl --set aime24 --teacher deepseek-r1
-    """
+    Example: gcpo golden import solutions.jsonl --set aime24 --teacher deepseek-r1"""
     database = store.open_db(db)
     out = gold.import_golden(database, file, set_name, solution=solution, problem=problem, id=id_, teacher=teacher)
     if json_out:
@@ -201,11 +194,9 @@ def list_cmd(
 ) -> None:
     """List a set's golden answers: provenance, verification, tokens and use in training.
 
-    active: the one training injects for its problem and origin. used: how often training injected
-    it, and how often the problem's next group in that run had a correct sample.
+    active: the one training injects for its problem and origin. used: how often training injected it, and how often the problem's next group in that run had a correct sample.
 
-    Example: gcpo golden list --set aime24 --origin teacher --tokenizer smollm2-135m
-    """
+    Example: gcpo golden list --set aime24 --origin teacher --tokenizer smollm2-135m"""
     if origin is not None and origin not in gold.SOURCES[:2]:
         raise GcpoError(f"--origin {origin!r}: dataset or teacher")
     database = open_for_reading(db)
@@ -241,8 +232,7 @@ def show_cmd(
 ) -> None:
     """Show golden answers in full: one by its id, or every candidate of a problem.
 
-    Example: gcpo golden show 3f9a --set gsm8k --tokenizer smollm2-135m
-    """
+    Example: gcpo golden show 3f9a --set gsm8k --tokenizer smollm2-135m"""
     database = open_for_reading(db)
     out = gold.list_golden(database, set_name, problem=ref, tokenizer=tokenizer)
     if json_out:
@@ -275,8 +265,7 @@ def report_cmd(
 
     Per golden source (dataset, teacher, any): how many problems have a golden answer, how many of those the recipe would skip as too long for its max_new_tokens (counted with its model's tokenizer and golden_template, as training counts them), and their token lengths.
 
-    Example: gcpo golden report --set aime24 --recipe 1.5b-qlora
-    """
+    Example: gcpo golden report --set aime24 --recipe 1.5b-qlora"""
     from .recipe import load as load_recipe
 
     r = load_recipe(recipe, list(override))
