@@ -1,5 +1,5 @@
 """Experiment trackers (issue 12): `--report-to` mirrors the `steps` table and the held-out
-evaluation into TensorBoard event files; a missing tracker package is one line; a tracker that
+evaluation into TensorBoard event files and a local Trackio store; a missing tracker package is one line; a tracker that
 fails costs its mirror, never the run."""
 
 from __future__ import annotations
@@ -97,3 +97,30 @@ def test_a_failing_tracker_costs_a_warning_not_the_run(db, tiny_dir, monkeypatch
     assert [m for m in messages if "tracking stopped" in m] == [
         "warning: tensorboard tracking stopped (disk full); the database still records every step"]
     assert len(store.rewards(db, summary["run_id"])) == 2
+
+
+def test_trackio_holds_the_steps_table_locally(tmp_path, tiny_dir):
+    """A real local Trackio store (TRACKIO_DIR, read at trackio's import: hence a process of
+    its own), read back with trackio's own storage API."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, GCPO_HOME=str(tmp_path / "home"), TRACKIO_DIR=str(tmp_path / "trackio"))
+    gcpo = [sys.executable, "-m", "gcpo_cli"]
+    r = subprocess.run(gcpo + ["train", "--recipe", "tiny", "--model", tiny_dir, "--report-to", "trackio"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    db = store.open_db(tmp_path / "home" / "gcpo.db")
+    (run,) = store.list_runs(db)
+    run_id = run["id"]
+    read = ("import json, sys; from trackio.sqlite_storage import SQLiteStorage; "
+            "print(json.dumps(SQLiteStorage.get_logs('gcpo', run=sys.argv[1]), default=str))")
+    logs = json.loads(subprocess.run([sys.executable, "-c", read, run_id], env=env, capture_output=True,
+                                     text=True, timeout=120, check=True).stdout)
+    steps = list(db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY step", [run_id]))
+    logged = {e["step"]: e for e in logs if "train/reward_mean" in e}
+    assert sorted(logged) == [s["step"] for s in steps] == [1, 2, 3]
+    for s in steps:
+        for key in STEP_COLUMNS:
+            if s[key] is not None:
+                assert logged[s["step"]][f"train/{key}"] == pytest.approx(s[key], rel=1e-6), key
