@@ -76,7 +76,7 @@ def _print_report(r: ing.IngestReport) -> None:
     t = _kv_table("", "note")
     t.add_row("rows read", str(r.rows_read), "")
     t.add_row("added", str(r.added), f"{r.new_problems} new to the database")
-    t.add_row("already present", str(r.present), "already in the set, or a repeat")
+    t.add_row("already present", str(r.present), "already in the set")
     if r.variants:
         t.add_row("same text, other answer", str(len(r.variants)), "each a problem of its own")
     t.add_row("golden answers verified", f"{r.golden_verified}/{r.golden_total}",
@@ -147,7 +147,7 @@ def ingest_cmd(
 ) -> None:
     """Add problems to a set from a file, a datasets folder, the hub or a generator.
 
-    Finds the problem, worked solution and final answer on its own (flags override; on a terminal it asks when unsure), checks each worked solution's final answer against the answer with math-verify, and writes everything in one transaction. Every distinct row is a problem: rows with the same text and another answer are kept apart, exact repeats once. A solution given as a list gives its first non-empty item as the golden answer. Re-ingesting the same source is a no-op; a problem in two sets is stored once.
+    Finds the problem, worked solution and final answer on its own (flags override; on a terminal it asks when unsure), checks each worked solution's final answer against the answer with math-verify, and writes everything in one transaction. Every distinct row is a problem: rows with the same text and another answer are kept apart, and so are repeated rows (benchmarks count them). A solution given as a list gives its first non-empty item as the golden answer. Re-ingesting the same source is a no-op; a problem in two sets is stored once.
 
     Example: gcpo ingest data/gsm8k/test.jsonl --set gsm8k-test
     """

@@ -66,6 +66,14 @@ def variant_id(text: str, answer: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+def repeat_id(problem: str, n: int) -> str:
+    """The id of the n-th repeat (n >= 1), within one source, of a row that is problem `problem`
+    (the same text with the same answer): benchmarks count such rows, so each is a problem and a
+    set holds as many problems as its file has rows (issue 13: MAWPS repeats 86 of its 2,065).
+    The same source ingested again, into any set, gives its n-th repeat the same id."""
+    return hashlib.sha256(f"\nrepeat {n}\n{problem}".encode()).hexdigest()[:16]
+
+
 @dataclass
 class Mapping:
     """How rows become problems. `problem` is a field name or a template like "{Body} {Question}";

@@ -49,8 +49,9 @@ Every source row is a problem (issue 13): a row whose text another problem alrea
 database, or earlier in the source) is that problem only when its answer is the same (the same
 text, or equal by math-verify: "0.5" and "1/2"); with another answer (an exercise set whose
 figure or context differs) it is a problem of its own, with `fields.variant_id(text, answer)`,
-listed under `variants` in the report. An exact repeat (same text, same answer) is one problem,
-so a set holds as many problems as the source has distinct rows. Old ids never change.
+listed under `variants` in the report. A repeat within the source (same text, same answer) is a
+problem too, `fields.repeat_id(id, n)`, so a set holds as many problems as the source has rows
+(benchmarks count repeated rows). Old ids never change.
 
 Worked solutions held as a list of strings (OlympiadBench) give their first non-empty item as
 the golden answer (counted in `solution_lists`); a list answer is fields._listed_answer's.
@@ -76,7 +77,7 @@ from . import store, synthetic
 from .answers import Grader, _local_verdict
 from .errors import GcpoError
 from .fields import (MAX_FIELD_BYTES, SAMPLE, Mapping, Record, build_record, detect_mapping, used_fields,
-                     variant_id)
+                     repeat_id, variant_id)
 
 SYNTHETIC_KINDS = ("arithmetic",)
 FIELD_ENV, INPUT_ENV = "GCPO_MAX_FIELD_BYTES", "GCPO_MAX_INPUT_BYTES"
@@ -840,6 +841,7 @@ class _Kept:
         self.answers: dict[str, str] = {}  # one copy of each answer text ("2" is the answer of many problems)
         self.golden: list[tuple[str, str, str | None, str]] = []  # (problem id, solution, final, where)
         self.variants: list[tuple[str, str, str, str, str]] = []  # (where, id, text's id, its answer, answer)
+        self.seen: dict[str, int] = {}  # problem id -> rows of this source that were it so far
         self.listed = 0  # golden answers taken from a list of solutions
         self.records = 0
 
@@ -864,17 +866,20 @@ class _Kept:
         for i, ok in zip(ask, self.grader.grade([(held[i], records[i].answer) for i in ask])):
             same[i] = ok
         ids = [r.id if h is None or ok else variant_id(r.text, r.answer) for r, h, ok in zip(records, held, same)]
+        for i, pid in enumerate(ids):  # a repeat within the source is a problem of its own
+            n = self.seen.get(pid, 0)
+            self.seen[pid] = n + 1
+            if n:
+                ids[i] = repeat_id(pid, n)
         other = {pid for pid, r in zip(ids, records) if pid != r.id and pid not in self.problems}
         if other:
             self.stored.update(store.stored_answers(self.db, other))
         for r, pid, h in zip(records, ids, held):
             self.records += 1
-            if pid in self.problems:
-                continue  # a repeat: the same text with the same answer
             answer = self.answers.setdefault(r.answer, r.answer) if len(r.answer) < 16 else r.answer
             self.problems[pid] = _Problem(pid, r.text, answer, r.metadata or _NO_METADATA, r.source_id,
                                           pid in self.stored)
-            if pid != r.id:
+            if pid == variant_id(r.text, r.answer):  # not a repeat of one
                 self.variants.append((r.where, pid, r.id, h, r.answer))
             if r.solution:
                 self.golden.append((pid, r.solution, r.final, r.where))

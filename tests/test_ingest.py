@@ -54,20 +54,20 @@ SHARED = {
     "aime24/test.jsonl": (30, 30, 0, 30, 27, "204"),
     "aime_1983_2023/train.jsonl": (975, 975, 0, 975, 950, "60"),
     "amc23/test.jsonl": (40, 40, 0, 0, 0, "27"),
-    "deepmath_5k/train.jsonl": (4994, 4990, 4, 0, 0, "1"),
+    "deepmath_5k/train.jsonl": (4994, 4994, 0, 0, 0, "1"),
     "gsm8k/test.jsonl": (1319, 1319, 0, 1319, 1319, "18"),
     "gsm8k/train.jsonl": (7473, 7473, 0, 7473, 7473, "72"),
     "math500/test.jsonl": (500, 500, 0, 500, 495, r"\left( 3, \frac{\pi}{2} \right)"),
     "mathqa/test.jsonl": (1000, 1000, 0, 1000, 950, "a"),
-    "mawps/test.jsonl": (2065, 1979, 86, 0, 0, "43"),
+    "mawps/test.jsonl": (2065, 2065, 0, 0, 0, "43"),  # 86 repeated rows: each a problem
     "minerva_math/test.jsonl": (272, 272, 0, 272, 272, "1.6"),
     "svamp/test.jsonl": (1000, 1000, 0, 0, 0, "145"),
 }
 # These two hold a few rows without a usable answer: strict by default, --skip-invalid lands the rest.
 # file -> (first bad line, field, rows read, rejected, added, present)
 SHARED_INVALID = {
-    "math_train/rllm_math_train_answers.jsonl": ("line 887", "'answer' is null", 7474, 4, 7469, 1),
-    "math_train/train.jsonl": ("line 5530", "'solution' states no final answer", 7500, 2, 7497, 1),
+    "math_train/rllm_math_train_answers.jsonl": ("line 887", "'answer' is null", 7474, 4, 7470, 0),
+    "math_train/train.jsonl": ("line 5530", "'solution' states no final answer", 7500, 2, 7498, 0),
 }
 
 

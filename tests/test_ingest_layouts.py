@@ -4,7 +4,7 @@
   (`"final_answer": ["$3$"]`): the first non-empty solution is the golden answer, verified
   against the answer like any other.
 - Exercise sets repeat a question text with another answer (the figure or context differs):
-  every distinct row is a problem, an exact repeat is one, re-ingesting adds nothing, and the
+  every row is a problem (a repeated row too), re-ingesting adds nothing, and the
   ids a database already holds never change.
 """
 
@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from gcpo_cli.cli import app
-from gcpo_cli.fields import problem_id, variant_id
+from gcpo_cli.fields import problem_id, repeat_id, variant_id
 from gcpo_cli.store import open_db
 from test_ingest import _fails, _json, _write_jsonl
 
@@ -117,31 +117,35 @@ SAME_TEXT = [
     {"question": "Halve one.", "answer": "1/2"},
     {"question": "Halve one.", "answer": "0.5"},
 ]
-DISTINCT = 4  # Q with 4, Q with 6, 1 + 1, halve one
+ROWS = len(SAME_TEXT)  # every row a problem: benchmarks count repeated rows
 
 
-def test_each_distinct_row_is_a_problem(tmp_path, runner, db):
+def test_every_row_is_a_problem(tmp_path, runner, db):
     path = _write_jsonl(tmp_path / "exercises.jsonl", SAME_TEXT)
     r = _json(_ingest(runner, path, "ex", "--json"))
-    assert (r["rows_read"], r["added"], r["present"], r["new_problems"]) == (7, DISTINCT, 3, DISTINCT)
-    assert _sets(runner)["ex"]["problems"] == DISTINCT
-    # In source order; the first row with a text keeps the text's id, another answer gets its own.
+    assert (r["rows_read"], r["added"], r["present"], r["new_problems"]) == (ROWS, ROWS, 0, ROWS)
+    assert _sets(runner)["ex"]["problems"] == ROWS
+    # In source order; the first row with a text keeps the text's id, another answer gets its own,
+    # a repeat (same text, same answer: "1/2" and "0.5" are the same) gets one by its place.
     assert _members(runner, "ex") == [(problem_id(Q), Q, "4"), (variant_id(Q, "6"), Q, "6"),
                                       (problem_id("What is 1 + 1?"), "What is 1 + 1?", "2"),
-                                      (problem_id("Halve one."), "Halve one.", "1/2")]
+                                      (repeat_id(problem_id(Q), 1), Q, "4"),
+                                      (repeat_id(variant_id(Q, "6"), 1), SAME_TEXT[4]["question"].strip(), "6"),
+                                      (problem_id("Halve one."), "Halve one.", "1/2"),
+                                      (repeat_id(problem_id("Halve one."), 1), "Halve one.", "0.5")]
     assert r["variants"] == [{"where": "line 2", "id": variant_id(Q, "6"), "same_text_as": problem_id(Q),
                               "answer": "6", "other_answer": "4"}]
     # Each problem has its own golden answer, verified against its own answer.
     golden = {g["problem_id"]: (g["final_answer"], g["verified"]) for g in db["golden_answers"].rows}
-    assert golden == {problem_id(Q): ("4", 1), variant_id(Q, "6"): ("6", 1)}
-    assert (r["golden_total"], r["golden_verified"]) == (2, 2)
+    assert golden == {problem_id(Q): ("4", 1), variant_id(Q, "6"): ("6", 1), repeat_id(problem_id(Q), 1): ("4", 1)}
+    assert (r["golden_total"], r["golden_verified"]) == (3, 3)
 
     again = _json(_ingest(runner, path, "ex", "--json"))
-    assert again["noop"] and again["added"] == 0 and again["present"] == 7
-    assert _sets(runner)["ex"]["problems"] == DISTINCT and db["problems"].count == DISTINCT
-    # Into another set: the same problems, none new to the database, the repeats counted as present.
+    assert again["noop"] and again["added"] == 0 and again["present"] == ROWS
+    assert _sets(runner)["ex"]["problems"] == ROWS and db["problems"].count == ROWS
+    # Into another set: the same problems, none new to the database.
     other = _json(_ingest(runner, path, "ex-again", "--json"))
-    assert (other["added"], other["present"], other["new_problems"]) == (DISTINCT, 3, 0)
+    assert (other["added"], other["present"], other["new_problems"]) == (ROWS, 0, 0)
     assert _members(runner, "ex-again") == _members(runner, "ex")
 
 
