@@ -37,6 +37,7 @@ def main() -> None:
     from gcpo_cli.precision import detect
     from gcpo_cli.prompts import resolve
     from gcpo_cli.rollout import generate
+    from gcpo_cli import store
     from gcpo_cli.store import open_db
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -45,9 +46,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = open_db(Path(tmp) / "bench.db")
         ingest_rows(db, rows, "svamp32", problem="{Body} {Question}", answer="Answer")
-        problems = [dict(id=r["id"], text=r["text"], answer=r["answer"])
-                    for r in db.query("SELECT p.id, p.text, p.answer FROM problems p JOIN set_problems s"
-                                      " ON s.problem_id = p.id ORDER BY s.position")]
+        _, problems = store.set_problems(db, "svamp32")
         model, tok = load_for_inference("smollm2-135m")
         out["dtype"] = str(next(model.parameters()).dtype)
         generate(model, tok, [resolve().render(tok, problems[0]["text"])], n=1, max_new_tokens=4)  # warm-up

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ def main() -> None:
     from gcpo_cli import golden as gold
     from gcpo_cli.answers import Grader
     from gcpo_cli.ingest import ensure_synthetic_set
+    from gcpo_cli.precision import cpu_name
     from gcpo_cli.prompts import resolve
     from gcpo_cli.store import open_db
 
@@ -68,7 +68,7 @@ def main() -> None:
         problems_solved=out["problems_solved"], candidates=out["candidates"],
         correct_per_problem=out["correct_per_problem"], coverage_before=out["coverage_before"],
         coverage_after=out["coverage_after"], load_s=round(load_s, 2),
-        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        machine=f"{cpu_name()}, {os.cpu_count()} CPUs",
         torch=torch.__version__, threads=torch.get_num_threads()), indent=2))
 
 
