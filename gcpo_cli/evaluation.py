@@ -16,14 +16,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import time
 from collections import Counter
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
-from . import store
+from . import paths, store
 from .answers import Grader, _clean_str, extract_answer
 from .errors import GcpoError
 from .prompts import PRESETS, Prompt
@@ -231,21 +233,24 @@ def _store(db, evaluation_id: str, grader: Grader, items: list[tuple], prompts: 
         for (p, j, text, ext, tokens, trunc, *own), ok in zip(items, verdicts)])
 
 
-def evaluate_problems(db, model, tok, problems: list[dict], *, label: str, set_name: str, k: int = 1,
+def evaluate_problems(db, engine, tok, problems: list[dict], *, label: str, set_name: str, k: int = 1,
                       temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 512,
                       seed: int = 0, prompt: Prompt | None = None, template: str | None = None,
                       run_id: str | None = None, run_step: int | None = None, batch_size: int = 32,
                       progress: bool = True, grader: Grader | None = None) -> dict:
-    """Sample k completions for each problem ({id, text, answer}), grade and store them, and
-    return the evaluation's metrics with "evaluation_id", "model", "set_name" and timing.
-    `prompt` is the preset (default boxed); `template` alone is boxed with that user turn.
+    """Sample k completions for each problem ({id, text, answer}) with `engine` (engines.py; a
+    plain model samples through the hf engine), grade and store them, and return the
+    evaluation's metrics with "evaluation_id", "model", "set_name" and timing. `prompt` is the
+    preset (default boxed); `template` alone is boxed with that user turn.
 
-    Resumes the unfinished evaluation with the same label, set, run and parameters. The global torch RNG is seeded with `seed` inside a fork, so the caller's
-    RNG stream (the trainer's) is untouched. A resumed evaluation samples its remaining problems
-    from a fresh seed: equivalent, not bit-identical to an uninterrupted one (greedy is)."""
+    Resumes the unfinished evaluation with the same label, set, run and parameters. Sample j of
+    a problem draws from its own stream (seed, problem, j), so a resumed evaluation samples what
+    an uninterrupted one would, in any batch; the global torch RNG is left as it was (a fork)."""
     import torch
 
-    from .rollout import generate
+    from .engines import as_engine
+
+    engine = as_engine(engine, tok)
 
     if k < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError("k, max_new_tokens and batch_size must be at least 1")
@@ -257,6 +262,8 @@ def evaluate_problems(db, model, tok, problems: list[dict], *, label: str, set_n
     prompts = {p["id"]: prompt.render(tok, p["text"]) for p in problems}
     params = _params(problems, k=k, temperature=temperature, top_p=top_p,
                      max_new_tokens=max_new_tokens, seed=seed, **prompt.params())
+    if engine.name != "hf":  # another sampler: another evaluation (hf's params are those of gcpo 0.3)
+        params["engine"] = engine.name
     ev_id, done = store.open_evaluation(db, model=label, set_name=set_name, params=params, run_id=run_id,
                                         run_step=run_step)
     todo = [p for p in problems if p["id"] not in done]
@@ -266,8 +273,7 @@ def evaluate_problems(db, model, tok, problems: list[dict], *, label: str, set_n
     todo.sort(key=lambda p: lengths[p["id"]])
     per_batch = max(1, batch_size // k)
     t0, tokens = time.perf_counter(), 0
-    device = next(model.parameters()).device
-    devices = [device.index or 0] if device.type == "cuda" else []
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     try:
         with ExitStack() as stack:
             grader = _grader(stack, grader)
@@ -276,9 +282,9 @@ def evaluate_problems(db, model, tok, problems: list[dict], *, label: str, set_n
             prog = stack.enter_context(_progress(progress, f"{label} · {set_name}", len(problems), len(done)))
             for start in range(0, len(todo), per_batch):
                 chunk = todo[start : start + per_batch]
-                comps = generate(model, tok, [prompts[p["id"]] for p in chunk], n=k,
-                                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                 batch_size=per_batch * k)
+                comps = engine.generate([prompts[p["id"]] for p in chunk], n=k, max_new_tokens=max_new_tokens,
+                                        temperature=temperature, top_p=top_p, batch_size=per_batch * k,
+                                        seeds=[f"{seed}:{p['id']}" for p in chunk])
                 items = [(p, j, c.text, extract_answer(c.text), c.tokens, c.truncated)
                          for p, cs in zip(chunk, comps) for j, c in enumerate(cs)]
                 tokens += sum(it[4] for it in items)
@@ -465,13 +471,12 @@ def evaluate_target(db, t: Target, sets: dict[str, list[dict]], grader: Grader, 
     seed and batch_size. `prompt` (from the command line) wins over the target's own."""
     import gc
 
-    from .model import load_for_inference
-
     if t.model == GOLDEN:
         return [evaluate_golden(db, problems, set_name=name, grader=grader, progress=progress)
                 for name, problems in sets.items()]
+    chosen = prompt or t.prompt or PRESETS["boxed"]
     try:
-        model, tok = load_for_inference(t.model, adapter_dir=t.adapter, quant=t.quant, dtype=t.dtype)
+        model, tok = inference_engine(t, p, chosen, sets)
     except GcpoError:
         raise
     except (OSError, ValueError) as e:  # a hub id offline, a folder transformers cannot read
@@ -479,13 +484,42 @@ def evaluate_target(db, t: Target, sets: dict[str, list[dict]], grader: Grader, 
     try:
         return [evaluate_problems(db, model, tok, problems, label=t.label, set_name=name, k=p["k"],
                                   temperature=p["temperature"], top_p=p["top_p"], max_new_tokens=p["max_new_tokens"],
-                                  seed=p["seed"], prompt=prompt or t.prompt or PRESETS["boxed"],
+                                  seed=p["seed"], prompt=chosen,
                                   run_id=t.run_id, run_step=t.run_step, batch_size=p["batch_size"],
                                   progress=progress, grader=grader)
                 for name, problems in sets.items()]
     finally:
         del model, tok
         gc.collect()
+
+
+def inference_engine(t: Target, p: dict, prompt: Prompt, sets: dict[str, list[dict]]) -> tuple:
+    """(engine, tokenizer) for a target: `p["engine"]` (auto|hf|vllm, engines.resolve). hf loads
+    the model (model.load_for_inference); vllm serves the 16-bit base with the run's adapter as
+    a LoRA request (an nf4 run's too), in bf16 where bf16 is fast, as the hf path samples."""
+    import torch
+
+    from . import engines
+    from .model import fast_bf16, load_for_inference, load_tokenizer, resolve_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if engines.resolve(p.get("engine") or "auto", device) == "hf":
+        return load_for_inference(t.model, adapter_dir=t.adapter, quant=t.quant, dtype=t.dtype)
+    source = resolve_model(t.model)
+    tok = load_tokenizer(source)
+    lora_r = None
+    if t.adapter:
+        engines.check_adapter_dir(Path(t.adapter))
+        lora_r = int(json.loads((Path(t.adapter) / "adapter_config.json").read_text())["r"])
+    longest = max(len(tok(prompt.render(tok, x["text"]), add_special_tokens=False).input_ids)
+                  for problems in sets.values() for x in problems)
+    dtype = t.dtype if t.quant != "none" else ("bfloat16" if fast_bf16(device) else "float32")
+    engine = engines.VLLMEngine(source, tok, adapter_root=paths.cache_dir() / "adapters" / "eval", lora_r=lora_r,
+                                dtype=dtype, max_model_len=engines.model_len(longest + p["max_new_tokens"]), enforce_eager=device != "cuda",
+                                seed=p["seed"])
+    if t.adapter:
+        engine.use_adapter(Path(t.adapter), t.run_step or 0)
+    return engine, tok
 
 
 def result(t: Target, per_set: list[dict]) -> dict:

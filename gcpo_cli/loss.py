@@ -14,11 +14,15 @@ docs/gcpo-algorithm.md fixes the open choices and each is a recipe knob:
      left out of the loss (`zero_variance: skip`) and cost no forward/backward either way.
   5. No KL term and no reference model.
   6. Every log-prob is of the policy at the sampling temperature: log softmax(logits / T).
+  7. The sampler (the rollout engine) reports its own log-probs; their gap to the trainer's
+     pi_old is measured every step (`sampler_mismatch`) and, with `tis_cap`, corrected by
+     truncated importance sampling (`tis_weights`, off by default).
 The GRPO and DAPO baselines run through the same functions with token-level ratios.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -84,6 +88,29 @@ def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, ep
     return obj, was_clipped
 
 
+def sampler_mismatch(old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float]:
+    """How far the trainer's pi_old is from the sampler that drew the tokens, summed over the
+    masked tokens: (sum |log pi_old - log pi_sampler|, sum of k3 = r - 1 - log r with
+    r = pi_old / pi_sampler, tokens). k3 is Schulman's unbiased, non-negative estimator of
+    KL(pi_sampler || pi_old) from samples of pi_sampler.  All [N, L]."""
+    d = (old_logp - sampler_logp).float() * mask
+    k3 = (torch.exp(d) - 1 - d) * mask
+    return float(d.abs().sum()), float(k3.sum()), float(mask.sum())
+
+
+def tis_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, cap: float,
+                level: str) -> torch.Tensor:
+    """Truncated importance weights min(pi_old / pi_sampler, cap) (Yao et al. 2025), detached:
+    per token ([N, L], level "token") or per sequence from the mean token log-ratio ([N], the
+    length-normalised ratio that GSPO's sequence ratio uses). Rows with no sampler log-probs
+    (mask all 0: golden answers) weigh 1."""
+    d = ((old_logp - sampler_logp).float() * mask).detach()
+    if level == "token":
+        return torch.where(mask.bool(), torch.exp(d.clamp(max=math.log(cap))), torch.ones_like(d))
+    mean = d.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    return torch.exp(mean.clamp(max=math.log(cap)))
+
+
 @dataclass
 class LossParts:
     loss: torch.Tensor  # this micro-batch's share of the batch loss (already divided)
@@ -105,6 +132,7 @@ def policy_loss(
     denom: float,  # kept sequences (sequence/token_mean) or kept tokens (token_sum) in the batch
     golden: torch.Tensor | None = None,  # [N] bool: which rows are golden answers
     golden_weighting: str = "plain",
+    weight: torch.Tensor | None = None,  # importance weights (tis_weights): [N, L] token ratios, [N] sequence
 ) -> LossParts:
     """The negated objective for one micro-batch, divided by the whole batch's `denom`, so that
     summing micro-batch gradients gives exactly the batch gradient."""
@@ -114,12 +142,14 @@ def policy_loss(
     lr = log_ratio(logp, old_logp, mask, ratio_level)
     if ratio_level == "token":
         obj, clipped = clipped_objective(torch.exp(lr), adv[:, None], eps_low, eps_high)
-        obj = obj * mask
+        obj = obj * mask if weight is None else obj * mask * weight
         clipped = clipped & mask.bool()
         per_seq = obj.sum(dim=1) if loss_agg == "token_sum" else obj.sum(dim=1) / lengths
         n_clipped, units = float(clipped.sum()), float(mask.sum())
     else:
         per_seq, clipped = clipped_objective(torch.exp(lr), adv, eps_low, eps_high)
+        if weight is not None:
+            per_seq = per_seq * weight
         n_clipped, units = float(clipped.sum()), float(len(adv))
     if golden is not None and golden_weighting == "luffy" and bool(golden.any()):
         # LUFFY's policy shaping on golden tokens: f(p) = p / (p + gamma) in place of the ratio,

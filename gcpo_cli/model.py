@@ -388,8 +388,14 @@ def describe_environment(env: dict) -> str:
     """One line for the start of a run."""
     short = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}
     where = env["gpu"] or f"{env['cpu']}, {env['threads']} threads"
-    return (f"precision: update {short.get(env['update_precision'], env['update_precision'])}, "
+    line = (f"precision: update {short.get(env['update_precision'], env['update_precision'])}, "
             f"sampling {short.get(env['sampler_dtype'], env['sampler_dtype'])} on {where} ({env['bf16_reason']})")
+    if env.get("engine") == "vllm":
+        line += (f"; rollouts on vLLM {env['vllm']} ({short.get(env['vllm_dtype'], env['vllm_dtype'])}, "
+                 f"started in {env['vllm_start_s']} s)")
+    elif env.get("engine") == "server":
+        line += f"; rollouts on {env['server']} ({env['server_model']})"
+    return line
 
 
 # ------------------------------------------------------------------ the policy's log-probs

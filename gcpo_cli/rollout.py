@@ -18,6 +18,9 @@ class Completion:
     token_ids: list[int]  # the completion's tokens, EOS included when the model stopped
     text: str  # decoded without special tokens
     truncated: bool  # hit max_new_tokens without EOS
+    # the sampler's log-prob of each token, at the sampling temperature within the top-p nucleus
+    # (the probability it was drawn with); None when greedy (hf engine) or not reported
+    logprobs: list[float] | None = None
 
     @property
     def tokens(self) -> int:
@@ -39,9 +42,19 @@ def response_ids(tokenizer, text: str) -> list[int]:
     return list(ids) + [tokenizer.eos_token_id]
 
 
-def _stop_ids(model, tokenizer) -> set[int]:
+def stop_ids(model, tokenizer, source: str | None = None) -> set[int]:
+    """The tokens generation stops on: the tokenizer's EOS and the model's generation config's
+    (read from `source`, a model folder or hub id, when there is no model object)."""
     ids = {tokenizer.eos_token_id}
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    config = getattr(model, "generation_config", None)
+    if config is None and source is not None:
+        from transformers import GenerationConfig
+
+        try:
+            config = GenerationConfig.from_pretrained(source)
+        except (OSError, ValueError):  # no generation_config.json: the tokenizer's EOS alone
+            config = None
+    gen_eos = getattr(config, "eos_token_id", None)
     if isinstance(gen_eos, int):
         ids.add(gen_eos)
     elif gen_eos:
@@ -50,13 +63,15 @@ def _stop_ids(model, tokenizer) -> set[int]:
 
 
 def _sample(logits, temperature: float, top_p: float, uniforms=None):
-    """Next tokens from [N, V] logits: greedy at temperature 0, else nucleus sampling.
+    """(next tokens, their log-probs) from [N, V] logits: greedy at temperature 0 (log-probs
+    None), else nucleus sampling; a token's log-prob is the probability it was drawn with, at
+    the temperature and renormalised over the nucleus (as vLLM's processed log-probs).
     `uniforms` ([N] in (0, 1]): each row's token by inverse CDF from its own number, instead of
     torch.multinomial, whose draws depend on every row of the batch."""
     import torch
 
     if temperature <= 0:
-        return logits.argmax(-1)
+        return logits.argmax(-1), None
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
@@ -64,18 +79,23 @@ def _sample(logits, temperature: float, top_p: float, uniforms=None):
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
     if uniforms is None:
-        return torch.multinomial(probs, 1).squeeze(-1)
-    cdf = probs.double().cumsum(-1)  # float64: no drift over a 150k vocabulary
-    # the first token whose cumulative mass reaches u * total; u > 0 never lands on a zero-mass token
-    target = (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1)
-    return torch.searchsorted(cdf, target).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+        tokens = torch.multinomial(probs, 1).squeeze(-1)
+    else:
+        cdf = probs.double().cumsum(-1)  # float64: no drift over a 150k vocabulary
+        # the first token whose cumulative mass reaches u * total; u > 0 never lands on a zero-mass token
+        target = (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1)
+        tokens = torch.searchsorted(cdf, target).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+    picked = probs.gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, (picked / probs.sum(-1)).log()
 
 
 def _decode_batch(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: int,
-                  temperature: float, top_p: float, stop: set[int], streams: list | None = None) -> list[list[int]]:
+                  temperature: float, top_p: float, stop: set[int],
+                  streams: list | None = None) -> tuple[list[list[int]], list[list[float]] | None]:
     """n continuations of each prompt with a KV cache. Each prompt is prefilled once and its
     cache fanned out to its n samples; rows that finish are dropped from the batch, so late
-    steps only pay for the sequences still running. Returns [len(prompts) * n] token lists.
+    steps only pay for the sequences still running. Returns [len(prompts) * n] token lists and
+    their sampled log-probs (None when greedy).
     `streams`: one random.Random per output row, drawn once per token while the row runs."""
     import torch
     from transformers import DynamicCache
@@ -94,14 +114,18 @@ def _decode_batch(model, tokenizer, prompts: list[list[int]], n: int, max_new_to
     pos = attn.sum(1)
     alive = torch.arange(len(rows), device=device)  # which output row each batch row is
     outputs: list[list[int]] = [[] for _ in range(len(rows))]
+    logps: list[list[float]] = [[] for _ in range(len(rows))]
     stop_t = torch.tensor(sorted(stop), device=device)
     for t in range(max_new_tokens):
         u = None
         if streams is not None and temperature > 0:
             u = torch.tensor([1.0 - streams[r].random() for r in alive.tolist()], dtype=torch.float64, device=device)
-        nxt = _sample(logits, temperature, top_p, u)
+        nxt, lp = _sample(logits, temperature, top_p, u)
         for r, tok in zip(alive.tolist(), nxt.tolist()):
             outputs[r].append(tok)
+        if lp is not None:
+            for r, v in zip(alive.tolist(), lp.tolist()):
+                logps[r].append(v)
         running = ~torch.isin(nxt, stop_t)
         if t == max_new_tokens - 1 or not bool(running.any()):
             break
@@ -115,7 +139,7 @@ def _decode_batch(model, tokenizer, prompts: list[list[int]], n: int, max_new_to
         cache = out.past_key_values
         logits = out.logits[:, -1]
         pos = pos + 1
-    return outputs
+    return outputs, (logps if temperature > 0 else None)
 
 
 def generate(
@@ -141,7 +165,7 @@ def generate(
 
     import torch
 
-    stop = _stop_ids(model, tokenizer)
+    stop = stop_ids(model, tokenizer)
     encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # length bucketing
     reps = 1 if temperature <= 0 else n
@@ -154,13 +178,15 @@ def generate(
             idx = order[start : start + per_batch]
             streams = None if seeds is None else [random.Random(f"{seeds[i]}/{j}") for i in idx for j in range(reps)]
             with torch.inference_mode():
-                seqs = _decode_batch(model, tokenizer, [encoded[i] for i in idx], reps, max_new_tokens,
+                seqs, logps = _decode_batch(model, tokenizer, [encoded[i] for i in idx], reps, max_new_tokens,
                                      temperature, top_p, stop, streams)
             for row, i in enumerate(idx):
                 comps = []
-                for seq in seqs[row * reps:(row + 1) * reps]:
+                for s in range(row * reps, (row + 1) * reps):
+                    seq = seqs[s]
                     done = bool(seq) and seq[-1] in stop
-                    comps.append(Completion(seq, tokenizer.decode(seq, skip_special_tokens=True), truncated=not done))
+                    comps.append(Completion(seq, tokenizer.decode(seq, skip_special_tokens=True), truncated=not done,
+                                            logprobs=None if logps is None else logps[s]))
                 if reps == 1 and n > 1:  # greedy samples are identical: decode once, share
                     comps = [Completion(list(comps[0].token_ids), comps[0].text, comps[0].truncated) for _ in range(n)]
                 results[i] = comps

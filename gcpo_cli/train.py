@@ -39,18 +39,18 @@ from dataclasses import dataclass, field
 import torch
 from transformers import get_scheduler
 
-from . import checkpoints, curriculum, distributed, paths, store, trackers
+from . import checkpoints, curriculum, distributed, engines, paths, store, trackers
 from .answers import Grader, extract_answer
 from .errors import GcpoError
 from .evaluation import evaluate_problems
 from .ingest import ensure_synthetic_set
-from .loss import golden_slot, group_advantages, overlong_shaping, policy_loss
+from .loss import golden_slot, group_advantages, overlong_shaping, policy_loss, sampler_mismatch, tis_weights
 from .model import (MergedSampler, add_lora, autocast_context, autocast_enabled, completion_logprobs,
-                    describe_environment, environment,
-                    load_adapter, load_base, prepare_base, prepare_for_update)
+                    describe_environment, environment, fast_bf16,
+                    load_adapter, load_base, prepare_base, prepare_for_update, resolve_model)
 from .prompts import from_recipe as prompt_from_recipe
 from .recipe import Recipe, from_dict, to_dict
-from .rollout import Completion, generate, render_prompt, response_ids
+from .rollout import Completion, render_prompt, response_ids
 from .synthetic import parse_levels
 
 
@@ -71,12 +71,15 @@ class Rollout:
     is_golden: bool = False
     advantage: float | None = 0.0  # None: displaced by the golden answer, not in the loss
     seq_ratio: float | None = None  # the sequence-level importance ratio of the update
+    policy_version: int | None = None  # the training step whose update made the sampling policy (0: initial)
+    sampler_logprobs: list[float] | None = None  # the engine's log-prob of each completion token
 
     def row(self) -> dict:
         return dict(problem_id=self.problem_id, sample_index=self.sample_index, completion=self.completion,
                     extracted_answer=self.extracted_answer, reward=self.reward, correct=int(self.correct),
                     completion_tokens=len(self.completion_ids), truncated=int(self.truncated),
-                    is_golden=int(self.is_golden), advantage=self.advantage, seq_ratio=self.seq_ratio)
+                    is_golden=int(self.is_golden), advantage=self.advantage, seq_ratio=self.seq_ratio,
+                    policy_version=self.policy_version, sampler_logprobs=store.pack_logprobs(self.sampler_logprobs))
 
 
 @dataclass
@@ -95,8 +98,7 @@ class Context:
     pool: list[dict]  # problems trained on: {id, text, answer, golden}
     holdout: list[dict]  # never trained on; evaluated before and after
     start_step: int = 0
-    sampler: MergedSampler | None = None  # None: the (quantised) policy samples itself
-    stale: bool = True  # the policy changed since the sampler last merged its weights
+    engine: object = None  # what samples rollouts and the held-out evaluation (engines.py), synced after each update
     by_id: dict = field(default_factory=dict)
     prompts: dict = field(default_factory=dict)  # problem id -> (prompt text, prompt ids)
     lock: object = None  # the run's lock file (checkpoints.lock), held while this process trains it
@@ -120,6 +122,7 @@ def train(db, recipe: Recipe | None = None, *, resume_run: str | None = None, st
     try:
         return run_steps(ctx, display)
     finally:
+        ctx.engine.close()
         ctx.tracking.close()
         if ctx.lock:
             ctx.lock.close()  # releases the run's lock
@@ -199,7 +202,7 @@ def train_step(ctx: Context, step: int, grader: Grader, stop: "StopFlag") -> tup
     t0 = time.perf_counter()
     split = mini_batches([(order[g[0].problem_id], g) for g in kept], r, dist)
     stats = update(ctx.model, ctx.tok, ctx.optimizer, [x for g in kept for x in g], r, stop, split, dist)  # 6
-    ctx.stale = True
+    ctx.engine.sync(ctx.model, step)  # step k+1 samples from the policy of update k, never an older one
     lr = ctx.optimizer.param_groups[0]["lr"]
     ctx.scheduler.step()
     timing["update_s"] = time.perf_counter() - t0
@@ -241,19 +244,18 @@ def roll_out(ctx: Context, step: int, problem_ids: list[str], grader: Grader,
     if not problem_ids:  # a rank with no group this round (fewer groups than ranks)
         return [], dict(gen_s=0.0, score_s=0.0, tokens=0, reward_failures=0)
     t0 = time.perf_counter()
-    # A quantised policy samples itself: under the update's bf16 autocast, so activations and the
-    # KV cache are bf16 rather than the fp32 that k-bit preparation leaves (GPU memory).
-    amp = autocast_context(ctx.model, r.model.autocast) if ctx.sampler is None else contextlib.nullcontext
-    with amp():
-        completions: list[list[Completion]] = generate(
-            generation_model(ctx), ctx.tok, [prompt(ctx, pid)[0] for pid in problem_ids],
-            n=r.samples_per_problem, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-            top_p=r.top_p, batch_size=r.problems_per_step * r.samples_per_problem,
-            seeds=[f"{r.seed}:{step}:{pid}" for pid in problem_ids])
+    completions: list[list[Completion]] = ctx.engine.generate(
+        [prompt(ctx, pid)[0] for pid in problem_ids], n=r.samples_per_problem, max_new_tokens=r.max_new_tokens,
+        temperature=r.temperature, top_p=r.top_p, batch_size=r.problems_per_step * r.samples_per_problem,
+        seeds=[f"{r.seed}:{step}:{pid}" for pid in problem_ids])
     t1 = time.perf_counter()
     stop.check()
+    version = ctx.engine.version
+    if version != step - 1:  # the stale-policy bug (issue 11): never train on another policy's samples
+        raise GcpoError(f"step {step}: the {ctx.engine.name} engine samples policy version {version}, not {step - 1}")
     groups = [[Rollout(problem_id=pid, sample_index=j, prompt_ids=prompt(ctx, pid)[1], completion_ids=c.token_ids,
-                       completion=c.text, extracted_answer=extract_answer(c.text), truncated=c.truncated)
+                       completion=c.text, extracted_answer=extract_answer(c.text), truncated=c.truncated,
+                       policy_version=version, sampler_logprobs=c.logprobs)
                for j, c in enumerate(cs)] for pid, cs in zip(problem_ids, completions)]
     flat = [x for g in groups for x in g]
     failures = score(flat, [ctx.by_id[x.problem_id] for x in flat], grader)
@@ -400,7 +402,8 @@ def update(model, tok, optimizer, rollouts: list[Rollout], recipe: Recipe, stop:
     every rank), so every rank makes the same collectives in the same order."""
     dist = dist or distributed.Dist()
     parts, plan = split or mini_batches([(0, rollouts)], recipe, distributed.Dist())
-    acc = dict(losses=[], norms=[], ratios=[], clipped=0.0, units=0.0, golden_logp=0.0, golden_tokens=0)
+    acc = dict(losses=[], norms=[], ratios=[], clipped=0.0, units=0.0, golden_logp=0.0, golden_tokens=0,
+               mm_abs=0.0, mm_kl=0.0, mm_tokens=0.0, tis_sum=0.0, tis_n=0.0)
     if not any(active for *_, active in plan):
         return update_stats([acc])
     temperature = recipe.temperature or 1.0  # greedy sampling: the policy's own distribution
@@ -416,7 +419,7 @@ def update(model, tok, optimizer, rollouts: list[Rollout], recipe: Recipe, stop:
     on_policy = recipe.mini_batches * recipe.ppo_epochs == 1
     old = {} if on_policy else old_logprobs(logprobs, [x for b in parts for x in b if x.advantage], recipe.micro_batch)
     params = [p for p in model.parameters() if p.requires_grad]
-    for _ in range(recipe.ppo_epochs):
+    for epoch in range(recipe.ppo_epochs):
         for batch, (_, _, denom, anyone) in zip(parts, plan):
             if not anyone:  # no rank has a sequence in this mini-batch's loss: skipped everywhere
                 continue
@@ -424,7 +427,7 @@ def update(model, tok, optimizer, rollouts: list[Rollout], recipe: Recipe, stop:
             first = not acc["norms"]
             optimizer.zero_grad(set_to_none=True)
             acc["losses"].append(sum(backward(logprobs, chunk, None if on_policy else old, denom, recipe, acc,
-                                              stop if first else None)
+                                              stop if first else None, epoch == 0)
                                      for chunk in (active[i:i + recipe.micro_batch]
                                                    for i in range(0, len(active), recipe.micro_batch))))
             if first:
@@ -443,31 +446,55 @@ def update_stats(accs: list[dict]) -> dict:
     norms, ratios = accs[0]["norms"], [x for a in accs for x in a["ratios"]]
     if not norms:
         return dict(loss=0.0, grad_norm=0.0, clip_frac=0.0, golden_logp_mean=None, ratio_mean=None,
-                    ratio_min=None, ratio_max=None, optimizer_updates=0)
-    clipped, units = sum(a["clipped"] for a in accs), sum(a["units"] for a in accs)
-    golden_logp, golden_tokens = sum(a["golden_logp"] for a in accs), sum(a["golden_tokens"] for a in accs)
+                    ratio_min=None, ratio_max=None, optimizer_updates=0, sampler_logp_abs_diff=None,
+                    sampler_kl=None, sampler_tokens=0, tis_weight_mean=None)
+    total = {k: sum(a[k] for a in accs) for k in ("clipped", "units", "golden_logp", "golden_tokens", "mm_abs",
+                                                  "mm_kl", "mm_tokens", "tis_sum", "tis_n")}
+    t = total["mm_tokens"]
     return dict(loss=sum(losses) / len(losses), grad_norm=sum(norms) / len(norms),
-                clip_frac=clipped / units if units else 0.0,
-                golden_logp_mean=golden_logp / golden_tokens if golden_tokens else None,
+                clip_frac=total["clipped"] / total["units"] if total["units"] else 0.0,
+                golden_logp_mean=total["golden_logp"] / total["golden_tokens"] if total["golden_tokens"] else None,
                 ratio_mean=sum(ratios) / len(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
-                optimizer_updates=len(norms))
+                optimizer_updates=len(norms),
+                sampler_logp_abs_diff=total["mm_abs"] / t if t else None, sampler_kl=total["mm_kl"] / t if t else None,
+                sampler_tokens=int(t), tis_weight_mean=total["tis_sum"] / total["tis_n"] if total["tis_n"] else None)
 
 
 def backward(logprobs, chunk: list[Rollout], old: dict | None, denom: float, recipe: Recipe, acc: dict,
-             stop: "StopFlag | None") -> float:
+             stop: "StopFlag | None", first_epoch: bool = True) -> float:
     """One micro-batch's share of a mini-batch's loss, backpropagated; returns its value and adds
-    its clip counts, ratios and (with `stop`, i.e. in the first update) pi_old's golden log-probs
-    to `acc`. `old`: pi_old per rollout, or None on-policy (then pi_old is logp, detached)."""
+    its clip counts, ratios, (with `stop`, i.e. in the first update) pi_old's golden log-probs
+    and (in the first epoch, where each sequence is seen once) the sampler/trainer mismatch to
+    `acc`. `old`: pi_old per rollout, or None on-policy (then pi_old is logp, detached)."""
     if stop is not None:
         stop.check()
     logp, mask = logprobs(chunk)
     old_logp = logp.detach() if old is None else stack_padded([old[id(x)] for x in chunk], logp)
+    # the engine's own log-probs, where it reported them (never for a golden answer)
+    has = [bool(x.sampler_logprobs) and not x.is_golden and len(x.sampler_logprobs) == len(x.completion_ids)
+           for x in chunk]
+    weight = None
+    if any(has):
+        sampler_logp = stack_padded([torch.tensor(x.sampler_logprobs) if h else torch.zeros(0) for x, h in zip(chunk, has)],
+                                    logp)
+        smask = mask * torch.tensor(has, device=mask.device, dtype=mask.dtype)[:, None]
+        if first_epoch:
+            abs_sum, kl_sum, tokens = sampler_mismatch(old_logp, sampler_logp, smask)
+            acc["mm_abs"] += abs_sum
+            acc["mm_kl"] += kl_sum
+            acc["mm_tokens"] += tokens
+        if recipe.tis_cap is not None:
+            weight = tis_weights(old_logp, sampler_logp, smask, recipe.tis_cap,
+                                 "token" if recipe.ratio_level == "token" else "sequence")
+            counted = smask.bool() if weight.dim() == 2 else torch.tensor(has, device=weight.device)
+            acc["tis_sum"] += float(weight[counted].sum())
+            acc["tis_n"] += float(counted.sum())
     parts = policy_loss(logp, old_logp, mask,
                         torch.tensor([x.advantage for x in chunk], device=logp.device, dtype=logp.dtype),
                         ratio_level=recipe.ratio_level, loss_agg=recipe.loss_agg, eps_low=recipe.eps_low,
                         eps_high=recipe.eps_high, denom=denom,
                         golden=torch.tensor([x.is_golden for x in chunk], device=logp.device),
-                        golden_weighting=recipe.golden_weighting)
+                        golden_weighting=recipe.golden_weighting, weight=weight)
     parts.loss.backward()
     acc["clipped"] += parts.clipped
     acc["units"] += parts.clip_units
@@ -516,7 +543,8 @@ def step_metrics(r: Recipe, groups: list[list[Rollout]], kept: list[list[Rollout
         golden_injections=outcomes.count("injected"), golden_too_long=outcomes.count("too_long"),
         golden_logp_mean=stats["golden_logp_mean"], clip_frac=stats["clip_frac"],
         ratio_mean=stats["ratio_mean"], ratio_min=stats["ratio_min"], ratio_max=stats["ratio_max"],
-        optimizer_updates=stats["optimizer_updates"],
+        optimizer_updates=stats["optimizer_updates"], sampler_logp_abs_diff=stats["sampler_logp_abs_diff"],
+        sampler_kl=stats["sampler_kl"], sampler_tokens=stats["sampler_tokens"], tis_weight_mean=stats["tis_weight_mean"],
         completion_tokens_mean=timing["tokens"] / n, truncation_rate=sum(x.truncated for x in sampled) / n,
         grad_norm=stats["grad_norm"], loss=stats["loss"], lr=lr, gen_s=timing["gen_s"],
         score_s=timing["score_s"], update_s=timing["update_s"],
@@ -550,14 +578,35 @@ def prompt(ctx: Context, problem_id: str) -> tuple[str, list[int]]:
 
 
 def generation_model(ctx: Context):
-    """The model to sample from; the merged copy is refreshed only after an update (DAPO's
-    refill rounds and the held-out evaluation reuse it)."""
-    if ctx.sampler is None:
-        return ctx.model
-    if ctx.stale:
-        ctx.sampler.sync(ctx.model)
-        ctx.stale = False
-    return ctx.sampler.model
+    """The hf engine's sampling model, merged up to the current policy."""
+    return ctx.engine.model
+
+
+def make_engine(kind: str, recipe: Recipe, model, tok, sampler: MergedSampler | None, problems: list[dict],
+                dist: distributed.Dist):
+    """The recipe's rollout engine (engines.py), not yet synced. vLLM serves the 16-bit base of
+    the recipe's model (an nf4 recipe too: never a merge into a quantised base) with the policy's
+    adapter, written under GCPO_HOME/cache/adapters/ (a folder a rollout server must see)."""
+    device = next(model.parameters()).device.type
+    if kind == "hf":
+        # A quantised policy samples itself, under the update's bf16 autocast: activations and the
+        # KV cache are bf16 rather than the fp32 that k-bit preparation leaves (GPU memory).
+        amp = autocast_context(model, recipe.model.autocast) if sampler is None else contextlib.nullcontext
+        return engines.HFEngine(model, tok, sampler, amp)
+    root = paths.cache_dir() / "adapters" / f"{os.getpid()}-{dist.rank}"
+    if recipe.rollout_server:
+        return engines.ServerEngine(recipe.rollout_server, tok, adapter_root=root)
+    v = recipe.vllm
+    dtype = v.dtype if v.dtype != "auto" else (
+        recipe.model.dtype if recipe.model.quant != "none" else ("bfloat16" if fast_bf16(device) else "float32"))
+    longest = max(len(tok(render_prompt(tok, p["text"], prompt_from_recipe(recipe)), add_special_tokens=False).input_ids)
+                  for p in problems)
+    length = v.max_model_len or engines.model_len(longest + max(recipe.max_new_tokens, recipe.eval.max_new_tokens))
+    return engines.VLLMEngine(resolve_model(recipe.model.name), tok, adapter_root=root, lora_r=recipe.lora.r,
+                              dtype=dtype, max_model_len=length, kv_cache_gib=v.kv_cache_gib,
+                              gpu_memory_utilization=v.gpu_memory_utilization,
+                              enforce_eager=v.enforce_eager if v.enforce_eager is not None else device != "cuda",
+                              seed=recipe.seed)
 
 
 # ---------------------------------------------------------------------------- setting up
@@ -582,7 +631,9 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
         torch.manual_seed(recipe.seed)
         model, tok, _ = load_base(recipe.model, device=dist.device)
         prompt_from_recipe(recipe).render(tok, pool[0]["text"])  # a chat preset without a chat template: fail now
-        sampler = MergedSampler(model, recipe.model.sampler_dtype, recipe.model.attention) if recipe.model.quant == "none" else None
+        kind = engines.resolve(recipe.engine, next(model.parameters()).device.type)
+        merge = recipe.model.quant == "none" and kind == "hf"  # the hf engine samples a merged copy
+        sampler = MergedSampler(model, recipe.model.sampler_dtype, recipe.model.attention) if merge else None
         prepare_for_update(model, recipe.model, autocast_enabled(model, recipe.model.autocast))
         model = prepare_base(model, recipe.model)
         if start and dist.writer:  # the other ranks get rank 0's weights below
@@ -596,6 +647,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
         schedule = "constant_with_warmup" if recipe.lr_schedule == "constant" else recipe.lr_schedule
         scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=recipe.warmup_steps,
                                   num_training_steps=recipe.steps)
+        engine = make_engine(kind, recipe, model, tok, sampler, problems, dist)  # before the run exists: a missing vLLM leaves none
         begun = None
         if dist.writer:
             state = checkpoints.load_trainer_state(checkpoints.run_folder(run), start) if start else None
@@ -603,7 +655,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
                 optimizer.load_state_dict(state["optimizer"])
                 scheduler.load_state_dict(state["scheduler"])
             run_id, out_dir, run_lock = begin_run(db, recipe, set_name, run, start, run_lock, display)
-            env = environment(model, recipe.model, sampler)
+            env = dict(environment(model, recipe.model, sampler), **engine.describe())
             store.set_environment(db, run_id, dict(env, world_size=dist.world) if dist.active else env)
             display.message(describe_environment(env) + (f", {dist.world} processes" if dist.active else ""))
             begun = (run_id, out_dir, state)
@@ -612,11 +664,13 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     dist.broadcast_params(params)  # every rank starts from rank 0's weights (a resumed run's adapter)
+    with dist.together():
+        engine.sync(model, start)  # the policy of update `start` samples step start + 1
     tracking = trackers.Trackers(recipe.report_to if dist.writer else (), run_id=run_id, config=to_dict(recipe),
                                  out_dir=out_dir, start_step=start, warn=display.message)
     return Context(db=db, run_id=run_id, set_name=set_name, out_dir=out_dir, recipe=recipe, model=model, tok=tok,
                    optimizer=optimizer, scheduler=scheduler, pool=pool, holdout=holdout, start_step=start,
-                   sampler=sampler, by_id={p["id"]: p for p in problems}, lock=run_lock, dist=dist,
+                   engine=engine, by_id={p["id"]: p for p in problems}, lock=run_lock, dist=dist,
                    tracking=tracking)
 
 
@@ -639,6 +693,7 @@ def read_run(db, recipe: Recipe | None, resume_run: str | None, steps: int | Non
     else:
         set_name = recipe.set_name or default_set(db, recipe)
     trackers.check(recipe.report_to)
+    engines.check_available(recipe.engine, recipe.rollout_server)
     set_name, problems = load_problems(db, set_name, recipe.golden_source)
     if not split_holdout(problems, recipe.eval.holdout)[0]:
         raise GcpoError(f"set '{set_name}' has {len(problems)} problems and eval.holdout is "
@@ -686,7 +741,7 @@ def evaluate_holdout(ctx: Context, step: int) -> dict | None:
     """The held-out problems, as `gcpo eval --run RUN@STEP` would grade them."""
     e, r = ctx.recipe.eval, ctx.recipe
     return evaluate_problems(
-        ctx.db, generation_model(ctx), ctx.tok, ctx.holdout, label=f"run:{ctx.run_id}@{step}",
+        ctx.db, ctx.engine, ctx.tok, ctx.holdout, label=f"run:{ctx.run_id}@{step}",
         set_name=ctx.set_name, k=e.k, temperature=e.temperature, max_new_tokens=e.max_new_tokens or r.max_new_tokens,
         seed=r.seed, prompt=prompt_from_recipe(r), run_id=ctx.run_id, run_step=step,
         batch_size=max(32, r.problems_per_step * r.samples_per_problem), progress=False)

@@ -11,7 +11,7 @@ from gcpo_cli.store import open_db
 PACKAGE = Path(__file__).resolve().parents[1] / "gcpo_cli"
 V0_1 = Path(__file__).resolve().parent / "data" / "v0.1"  # made by gcpo 0.1 (see its make.sh)
 
-# What migrations m001-m007 produce: every table's columns, in order, with their types.
+# What migrations m001-m008 produce: every table's columns, in order, with their types.
 SCHEMA = {
     "problems": "id TEXT, text TEXT, answer TEXT, metadata_json TEXT, created_at TEXT",
     "problem_sets": "id INTEGER, name TEXT, description TEXT, created_at TEXT",
@@ -35,7 +35,7 @@ SCHEMA = {
              "ratio_min REAL, ratio_max REAL, optimizer_updates REAL",
     "rollouts": "id INTEGER, run_id TEXT, step INTEGER, problem_id TEXT, sample_index INTEGER, completion TEXT, "
                 "extracted_answer TEXT, reward REAL, correct INTEGER, completion_tokens INTEGER, truncated INTEGER, "
-                "is_golden INTEGER, advantage REAL, seq_ratio REAL",
+                "is_golden INTEGER, advantage REAL, seq_ratio REAL, policy_version INTEGER, sampler_logprobs BLOB",
     "evaluations": "id TEXT, model TEXT, run_id TEXT, run_step INTEGER, set_name TEXT, params_json TEXT, "
                    "metrics_json TEXT, status TEXT, created_at TEXT, updated_at TEXT",
     "eval_results": "id INTEGER, evaluation_id TEXT, problem_id TEXT, sample_index INTEGER, completion TEXT, "
@@ -105,6 +105,10 @@ def test_an_old_database_upgrades_in_place_and_keeps_everything(tmp_path):
     assert schema(db) == SCHEMA and indexes(db) == INDEXES
     assert {t: db[t].count for t in SCHEMA} == counts
     assert db.execute("SELECT SUM(completion_tokens) FROM rollouts").fetchone()[0] == old_tokens
+    # m008: 0.1 sampled step k from the policy of update k - 1; golden answers have no sampler
+    versions = db.execute("SELECT DISTINCT step, is_golden, policy_version FROM rollouts").fetchall()
+    assert versions and all(v == (None if golden else step - 1) for step, golden, v in versions)
+    assert {golden for _, golden, _ in versions} == {0, 1}
     assert {r["status"] for r in db.query("SELECT status FROM evaluations")} == {"completed"}
     run = db["runs"].get(run_id)
     recipe = json.loads(run["recipe_json"])

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from gcpo_cli import prompts
+from gcpo_cli import prompts, rollout
 from gcpo_cli import recipe as recipes
 from gcpo_cli.cli import app
 from gcpo_cli.errors import GcpoError
@@ -162,13 +162,13 @@ def test_training_heldout_and_eval_run_render_the_recipes_preset(runner, db, tmp
 
     tiny = str(build_tiny(tmp_path / "tiny"))
     seen: list[str] = []
-    real = training.generate
+    real = rollout.generate
 
     def spy(model, tok, texts, *a, **kw):
         seen.extend(texts)
         return real(model, tok, texts, *a, **kw)
 
-    monkeypatch.setattr(training, "generate", spy)
+    monkeypatch.setattr(rollout, "generate", spy)
     r = recipes.load("tiny", [f"model.name={tiny}", "prompt=qwen25-math-cot", "steps=1", "max_new_tokens=4",
                               "eval.holdout=2"])
     summary = training.train(db, r)

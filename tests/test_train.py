@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gcpo_cli import recipe as recipes
-from gcpo_cli import store
+from gcpo_cli import rollout, store
 from gcpo_cli import train as training
 from gcpo_cli.answers import Grader
 from gcpo_cli.model import autocast_context, build_tiny, completion_logprobs
@@ -194,7 +194,7 @@ def test_resume_after_a_crash_continues_without_duplicates_and_matches_an_uninte
 
 
 def test_ctrl_c_abandons_the_step_saves_and_marks_the_run_interrupted(db, tiny_dir, monkeypatch):
-    real_generate = training.generate
+    real_generate = rollout.generate
     calls = []
 
     def generate_then_ctrl_c(*a, **kw):
@@ -204,12 +204,12 @@ def test_ctrl_c_abandons_the_step_saves_and_marks_the_run_interrupted(db, tiny_d
             os.kill(os.getpid(), signal.SIGINT)
         return out
 
-    monkeypatch.setattr(training, "generate", generate_then_ctrl_c)
+    monkeypatch.setattr(rollout, "generate", generate_then_ctrl_c)
     summary = training.train(db, tiny_recipe(tiny_dir, "save_every=5"))
     assert summary["status"] == "interrupted" and summary["last_step"] == 1
     assert summary["checkpoint_step"] == 1  # saved on the way out
     assert [r[0] for r in db.execute("SELECT DISTINCT step FROM rollouts WHERE run_id = ?", [summary["run_id"]])] == [1]
-    monkeypatch.setattr(training, "generate", real_generate)
+    monkeypatch.setattr(rollout, "generate", real_generate)
     done = training.train(db, resume_run=summary["run_id"])
     assert done["status"] == "completed" and done["last_step"] == 3
 

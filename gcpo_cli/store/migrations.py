@@ -301,3 +301,15 @@ def m007_golden_provenance(db: Database) -> None:
         foreign_keys=[("generation_id", "golden_generations", "id"), ("problem_id", "problems", "id")],
     )
     db["golden_attempts"].create_index(["generation_id", "problem_id"], unique=True)
+
+
+@migrations()
+def m008_rollout_policy(db: Database) -> None:
+    # Rollout engines (issue 11): which policy sampled each rollout (the training step whose
+    # update made it; 0 = the initial adapter) and the sampler's own log-prob of each completion
+    # token (little-endian float32, 4 bytes a token; NULL for golden answers and greedy sampling).
+    # Every rollout recorded before this sampled from the policy of the step before its own (the
+    # trainer re-merged its sampler after every update), so that is filled in.
+    db.execute("ALTER TABLE rollouts ADD COLUMN [policy_version] INTEGER")
+    db.execute("ALTER TABLE rollouts ADD COLUMN [sampler_logprobs] BLOB")
+    db.execute("UPDATE rollouts SET policy_version = step - 1 WHERE ifnull(is_golden, 0) = 0")

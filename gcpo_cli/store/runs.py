@@ -3,6 +3,9 @@ step, and read back for `gcpo runs`, the curriculum and resuming."""
 
 from __future__ import annotations
 
+import sys
+from array import array
+
 from sqlite_utils import Database
 
 from .db import dumps, new_id, utcnow, write
@@ -17,8 +20,28 @@ STEP_COLUMNS = (
 )
 ROLLOUT_COLUMNS = (
     "problem_id", "sample_index", "completion", "extracted_answer", "reward", "correct",
-    "completion_tokens", "truncated", "is_golden", "advantage", "seq_ratio",
+    "completion_tokens", "truncated", "is_golden", "advantage", "seq_ratio", "policy_version", "sampler_logprobs",
 )
+
+
+def pack_logprobs(values: list[float] | None) -> bytes | None:
+    """A completion's per-token log-probs as stored (rollouts.sampler_logprobs, m008)."""
+    if values is None:
+        return None
+    packed = array("f", values)
+    if sys.byteorder == "big":  # stored little-endian everywhere
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_logprobs(blob: bytes | None) -> list[float] | None:
+    if blob is None:
+        return None
+    out = array("f")
+    out.frombytes(blob)
+    if sys.byteorder == "big":
+        out.byteswap()
+    return out.tolist()
 
 
 def create_run(db: Database, *, recipe: dict, set_name: str, out_dir: str, run_id: str | None = None) -> str:

