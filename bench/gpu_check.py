@@ -380,16 +380,14 @@ class StageMemory:
 
     @staticmethod
     def _probe(ctx) -> dict:
-        import contextlib
-
         import torch
 
-        from gcpo_cli.model import autocast_context, autocast_enabled
+        from gcpo_cli.model import autocast_enabled
 
         try:
-            quantised = ctx.sampler is None  # the policy samples itself, under the update's autocast
-            model = ctx.model if quantised else ctx.sampler.model
-            amp = autocast_context(ctx.model, ctx.recipe.model.autocast) if quantised else contextlib.nullcontext
+            engine = ctx.engine  # the hf engine: the policy samples itself (nf4) or a merged copy does
+            quantised = engine.sampler is None  # the policy samples itself, under the update's autocast
+            model, amp = engine.model, engine.amp
             device = next(model.parameters()).device
             was = model.training
             model.eval()

@@ -55,7 +55,8 @@ class Timer(training.NullDisplay):
         now = time.perf_counter()
         self.steps.append(dict(step=step, s=now - self.t, gen_s=m["gen_s"], update_s=m["update_s"],
                                score_s=m["score_s"], tokens=round(m["completion_tokens_mean"] * 32),
-                               reward=m["reward_mean"], sequences_in_loss=m["sequences_in_loss"]))
+                               reward=m["reward_mean"], sequences_in_loss=m["sequences_in_loss"],
+                               sampler_logp_abs_diff=m.get("sampler_logp_abs_diff"), sampler_kl=m.get("sampler_kl")))
         self.t = now
 
 
@@ -120,7 +121,8 @@ def main() -> None:
         total_s_including_load=round(total, 1),
         generation_alone=alone,
         environment=environment,
-        steps=[{k: (round(v, 2) if isinstance(v, float) else v) for k, v in s.items()} for s in timer.steps],
+        steps=[{k: (round(v, 5 if k.startswith("sampler") else 2) if isinstance(v, float) else v) for k, v in s.items()}
+               for s in timer.steps],
     )
     print(json.dumps(result))
 

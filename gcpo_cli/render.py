@@ -345,7 +345,8 @@ def _render_every_completion(console: Console, h: dict) -> None:
 RUN_CURVES = [("reward_mean", "reward mean"), ("all_wrong_frac", "all-wrong share"),
               ("golden_rate", "golden-answer rate"), ("completion_tokens_mean", "completion length"),
               ("clip_frac", "clipped fraction"), ("ratio_max", "ratio max"),
-              ("optimizer_updates", "optimiser updates"), ("tokens_per_s", "tokens/s")]
+              ("optimizer_updates", "optimiser updates"), ("tokens_per_s", "tokens/s"),
+              ("sampler_logp_abs_diff", "sampler |Δ log p|")]
 
 
 def _flatten(d, prefix=""):
@@ -398,7 +399,7 @@ def _curves(console: Console, steps: list[dict], full: bool) -> None:
     label = max(len(name) for _, name in curves) + 1
     rows = []
     for key, name in curves:
-        vals = [s.get(key) for s in steps]
+        vals = [s[key] if s.get(key) is not None else (s.get("metrics_json") or {}).get(key) for s in steps]
         present = [v for v in vals if v is not None]
         stats = (f"{num(present[0])} -> {num(present[-1])} [{num(min(present))}, {num(max(present))}]"
                  if present else "no data")

