@@ -1,3 +1,3 @@
 """gcpo: GCPO reinforcement learning for small math-reasoning models, with a SQLite history."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

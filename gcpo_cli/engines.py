@@ -54,8 +54,11 @@ def vllm_available() -> bool:
 
 
 def resolve(engine: str, device: str) -> str:
-    """The engine "auto" means: vllm on CUDA where vLLM is installed, else hf. On CPU vLLM
-    samples a LoRA policy slower than the hf loop (bench/RESULTS.md, issue 11), so hf stays."""
+    """The engine "auto" means: vllm on CUDA where vLLM is installed, else hf. Measured on a
+    2-core CPU (bench/RESULTS.md, issue 11): vLLM samples a LoRA policy 5x slower than the hf
+    loop (its CPU LoRA kernels gather the adapter's weights per token), which rules it out for
+    training; it samples a model without an adapter 2.3x faster, but starts in 5-25 s, so on a
+    CPU `--engine vllm` is a choice for large evaluations of a base model, not the default."""
     if engine != "auto":
         return engine
     return "vllm" if device == "cuda" and vllm_available() else "hf"
