@@ -241,3 +241,25 @@ def test_an_unreachable_rollout_server_is_one_line_and_no_run(runner, db, tiny_d
                               "--rollout-server", "http://127.0.0.1:9"])
     assert out.exit_code == 1 and "cannot reach the server" in out.output and "Traceback" not in out.output
     assert db["runs"].count == 0
+
+
+def test_a_sampled_evaluation_does_not_depend_on_its_batches(db):
+    """Each sample draws from its own stream (seed, problem, j): a resumed evaluation, whose
+    batches differ from an uninterrupted one's, samples the same completions."""
+    from gcpo_cli.evaluation import evaluate_problems
+    from gcpo_cli.model import load_for_inference
+
+    model, tok = load_for_inference("tiny")
+    problems = [{"id": f"p{i}", "text": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(5)]
+    for p in problems:
+        db["problems"].insert(dict(p, metadata_json="{}", created_at="2025-01-01T00:00:00Z"))
+    kw = dict(set_name="s", k=3, temperature=1.0, max_new_tokens=8, progress=False)
+    a = evaluate_problems(db, model, tok, problems, label="one-batch", batch_size=15, **kw)
+    b = evaluate_problems(db, model, tok, problems, label="small-batches", batch_size=3, **kw)
+
+    def completions(ev):
+        return sorted((r["problem_id"], r["sample_index"], r["completion"])
+                      for r in db.query("SELECT * FROM eval_results WHERE evaluation_id = ?", [ev["evaluation_id"]]))
+
+    assert completions(a) == completions(b) and len(completions(a)) == 15
+    assert len({c for _, _, c in completions(a)}) > 5  # sampled, not greedy
