@@ -199,7 +199,8 @@ class VLLMEngine:
         self.request, self.lora_r, self.dtype = None, lora_r, dtype
         self.stop = sorted(stop_ids(None, tok, source))
         cuda = torch.cuda.is_available()
-        key = (source, lora_r, dtype, max_model_len, kv_cache_gib if not cuda else gpu_memory_utilization, enforce_eager)
+        memory = gpu_memory_utilization if cuda else kv_cache_gib
+        key = (source, lora_r, dtype, max_model_len, memory, enforce_eager)
         if key not in _LIVE:
             if not cuda:
                 os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(kv_cache_gib)))
@@ -347,7 +348,8 @@ class ServerEngine:
 
     def use_adapter(self, folder: Path, version: int) -> None:
         check_adapter_dir(folder)
-        name = f"gcpo-{version}-{time.monotonic_ns()}"  # a new name per load: never the old weights
+        # a new name per load (and per process: ranks share a server), so never the old weights
+        name = f"gcpo-{os.getpid()}-{version}-{time.monotonic_ns()}"
         self._call("POST", "/v1/load_lora_adapter", dict(lora_name=name, lora_path=str(Path(folder).resolve())))
         old, self.lora_name, self.version = self.lora_name, name, version
         if old:

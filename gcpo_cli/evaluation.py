@@ -516,9 +516,8 @@ def inference_engine(t: Target, p: dict, prompt: Prompt, sets: dict[str, list[di
     dtype = t.dtype if t.quant != "none" else ("bfloat16" if fast_bf16(device) else "float32")
     kv = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 2)  # CPU: the KV cache's GiB (the recipe default)
     engine = engines.VLLMEngine(source, tok, adapter_root=paths.cache_dir() / "adapters" / "eval", lora_r=lora_r,
-                                dtype=dtype, max_model_len=engines.model_len(longest + p["max_new_tokens"]), kv_cache_gib=kv,
-                                enforce_eager=device != "cuda",
-                                seed=p["seed"])
+                                dtype=dtype, max_model_len=engines.model_len(longest + p["max_new_tokens"]),
+                                kv_cache_gib=kv, enforce_eager=device != "cuda", seed=p["seed"])
     if t.adapter:
         engine.use_adapter(Path(t.adapter), t.run_step or 0)
     return engine, tok

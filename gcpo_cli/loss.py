@@ -88,7 +88,8 @@ def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, ep
     return obj, was_clipped
 
 
-def sampler_mismatch(old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float]:
+def sampler_mismatch(old_logp: torch.Tensor, sampler_logp: torch.Tensor,
+                     mask: torch.Tensor) -> tuple[float, float, float]:
     """How far the trainer's pi_old is from the sampler that drew the tokens, summed over the
     masked tokens: (sum |log pi_old - log pi_sampler|, sum of k3 = r - 1 - log r with
     r = pi_old / pi_sampler, tokens). k3 is Schulman's unbiased, non-negative estimator of

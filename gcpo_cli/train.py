@@ -475,8 +475,8 @@ def backward(logprobs, chunk: list[Rollout], old: dict | None, denom: float, rec
            for x in chunk]
     weight = None
     if any(has):
-        sampler_logp = stack_padded([torch.tensor(x.sampler_logprobs) if h else torch.zeros(0) for x, h in zip(chunk, has)],
-                                    logp)
+        rows = [torch.tensor(x.sampler_logprobs) if h else torch.zeros(0) for x, h in zip(chunk, has)]
+        sampler_logp = stack_padded(rows, logp)
         smask = mask * torch.tensor(has, device=mask.device, dtype=mask.dtype)[:, None]
         if first_epoch:
             abs_sum, kl_sum, tokens = sampler_mismatch(old_logp, sampler_logp, smask)
@@ -544,7 +544,8 @@ def step_metrics(r: Recipe, groups: list[list[Rollout]], kept: list[list[Rollout
         golden_logp_mean=stats["golden_logp_mean"], clip_frac=stats["clip_frac"],
         ratio_mean=stats["ratio_mean"], ratio_min=stats["ratio_min"], ratio_max=stats["ratio_max"],
         optimizer_updates=stats["optimizer_updates"], sampler_logp_abs_diff=stats["sampler_logp_abs_diff"],
-        sampler_kl=stats["sampler_kl"], sampler_tokens=stats["sampler_tokens"], tis_weight_mean=stats["tis_weight_mean"],
+        sampler_kl=stats["sampler_kl"], sampler_tokens=stats["sampler_tokens"],
+        tis_weight_mean=stats["tis_weight_mean"],
         completion_tokens_mean=timing["tokens"] / n, truncation_rate=sum(x.truncated for x in sampled) / n,
         grad_norm=stats["grad_norm"], loss=stats["loss"], lr=lr, gen_s=timing["gen_s"],
         score_s=timing["score_s"], update_s=timing["update_s"],
@@ -599,8 +600,8 @@ def make_engine(kind: str, recipe: Recipe, model, tok, sampler: MergedSampler | 
     v = recipe.vllm
     dtype = v.dtype if v.dtype != "auto" else (
         recipe.model.dtype if recipe.model.quant != "none" else ("bfloat16" if fast_bf16(device) else "float32"))
-    longest = max(len(tok(render_prompt(tok, p["text"], prompt_from_recipe(recipe)), add_special_tokens=False).input_ids)
-                  for p in problems)
+    preset = prompt_from_recipe(recipe)
+    longest = max(len(tok(render_prompt(tok, p["text"], preset), add_special_tokens=False).input_ids) for p in problems)
     length = v.max_model_len or engines.model_len(longest + max(recipe.max_new_tokens, recipe.eval.max_new_tokens))
     return engines.VLLMEngine(resolve_model(recipe.model.name), tok, adapter_root=root, lora_r=recipe.lora.r,
                               dtype=dtype, max_model_len=length, kv_cache_gib=v.kv_cache_gib,
@@ -647,7 +648,8 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
         schedule = "constant_with_warmup" if recipe.lr_schedule == "constant" else recipe.lr_schedule
         scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=recipe.warmup_steps,
                                   num_training_steps=recipe.steps)
-        engine = make_engine(kind, recipe, model, tok, sampler, problems, dist)  # before the run exists: a missing vLLM leaves none
+        # before the run exists: a vLLM that fails to start leaves no run behind
+        engine = make_engine(kind, recipe, model, tok, sampler, problems, dist)
         begun = None
         if dist.writer:
             state = checkpoints.load_trainer_state(checkpoints.run_folder(run), start) if start else None
