@@ -389,3 +389,37 @@ class ServerEngine:
         if self.lora_name:
             with contextlib.suppress(GcpoError):
                 self._call("POST", "/v1/unload_lora_adapter", dict(lora_name=self.lora_name))
+
+
+# ----------------------------------------------------------------------------- for a recipe
+
+def for_training(kind: str, recipe, model, tok, sampler, problems: list[dict], rank: int = 0):
+    """The recipe's rollout engine for the trainer, not yet synced. `kind` is resolve()'s; the hf
+    engine samples `sampler` (a merged copy) or, for a quantised policy, the policy itself. vLLM
+    serves the 16-bit base of the recipe's model (an nf4 recipe too: never a merge into a
+    quantised base) with the policy's adapter, written under GCPO_HOME/cache/adapters/ (a
+    folder a rollout server must see)."""
+    from . import paths
+    from .model import autocast_context, fast_bf16, resolve_model
+    from .prompts import from_recipe
+
+    device = next(model.parameters()).device.type
+    if kind == "hf":
+        # A quantised policy samples itself, under the update's bf16 autocast: activations and the
+        # KV cache are bf16 rather than the fp32 that k-bit preparation leaves (GPU memory).
+        amp = autocast_context(model, recipe.model.autocast) if sampler is None else contextlib.nullcontext
+        return HFEngine(model, tok, sampler, amp)
+    root = paths.cache_dir() / "adapters" / f"{os.getpid()}-{rank}"
+    if recipe.rollout_server:
+        return ServerEngine(recipe.rollout_server, tok, adapter_root=root)
+    v = recipe.vllm
+    dtype = v.dtype if v.dtype != "auto" else (
+        recipe.model.dtype if recipe.model.quant != "none" else ("bfloat16" if fast_bf16(device) else "float32"))
+    preset = from_recipe(recipe)
+    longest = max(len(tok(preset.render(tok, p["text"]), add_special_tokens=False).input_ids) for p in problems)
+    length = v.max_model_len or model_len(longest + max(recipe.max_new_tokens, recipe.eval.max_new_tokens))
+    return VLLMEngine(resolve_model(recipe.model.name), tok, adapter_root=root, lora_r=recipe.lora.r,
+                      dtype=dtype, max_model_len=length, kv_cache_gib=v.kv_cache_gib,
+                      gpu_memory_utilization=v.gpu_memory_utilization,
+                      enforce_eager=v.enforce_eager if v.enforce_eager is not None else device != "cuda",
+                      seed=recipe.seed)

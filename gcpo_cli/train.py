@@ -29,7 +29,6 @@ them; setting up and the held-out evaluation come last.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
@@ -46,8 +45,8 @@ from .evaluation import evaluate_problems
 from .ingest import ensure_synthetic_set
 from .loss import golden_slot, group_advantages, overlong_shaping, policy_loss, sampler_mismatch, tis_weights
 from .model import (MergedSampler, add_lora, autocast_context, autocast_enabled, completion_logprobs,
-                    describe_environment, environment, fast_bf16,
-                    load_adapter, load_base, prepare_base, prepare_for_update, resolve_model)
+                    describe_environment, environment,
+                    load_adapter, load_base, prepare_base, prepare_for_update)
 from .prompts import from_recipe as prompt_from_recipe
 from .recipe import Recipe, from_dict, to_dict
 from .rollout import Completion, render_prompt, response_ids
@@ -583,33 +582,6 @@ def generation_model(ctx: Context):
     return ctx.engine.model
 
 
-def make_engine(kind: str, recipe: Recipe, model, tok, sampler: MergedSampler | None, problems: list[dict],
-                dist: distributed.Dist):
-    """The recipe's rollout engine (engines.py), not yet synced. vLLM serves the 16-bit base of
-    the recipe's model (an nf4 recipe too: never a merge into a quantised base) with the policy's
-    adapter, written under GCPO_HOME/cache/adapters/ (a folder a rollout server must see)."""
-    device = next(model.parameters()).device.type
-    if kind == "hf":
-        # A quantised policy samples itself, under the update's bf16 autocast: activations and the
-        # KV cache are bf16 rather than the fp32 that k-bit preparation leaves (GPU memory).
-        amp = autocast_context(model, recipe.model.autocast) if sampler is None else contextlib.nullcontext
-        return engines.HFEngine(model, tok, sampler, amp)
-    root = paths.cache_dir() / "adapters" / f"{os.getpid()}-{dist.rank}"
-    if recipe.rollout_server:
-        return engines.ServerEngine(recipe.rollout_server, tok, adapter_root=root)
-    v = recipe.vllm
-    dtype = v.dtype if v.dtype != "auto" else (
-        recipe.model.dtype if recipe.model.quant != "none" else ("bfloat16" if fast_bf16(device) else "float32"))
-    preset = prompt_from_recipe(recipe)
-    longest = max(len(tok(render_prompt(tok, p["text"], preset), add_special_tokens=False).input_ids) for p in problems)
-    length = v.max_model_len or engines.model_len(longest + max(recipe.max_new_tokens, recipe.eval.max_new_tokens))
-    return engines.VLLMEngine(resolve_model(recipe.model.name), tok, adapter_root=root, lora_r=recipe.lora.r,
-                              dtype=dtype, max_model_len=length, kv_cache_gib=v.kv_cache_gib,
-                              gpu_memory_utilization=v.gpu_memory_utilization,
-                              enforce_eager=v.enforce_eager if v.enforce_eager is not None else device != "cuda",
-                              seed=recipe.seed)
-
-
 # ---------------------------------------------------------------------------- setting up
 
 def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
@@ -649,7 +621,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
         scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=recipe.warmup_steps,
                                   num_training_steps=recipe.steps)
         # before the run exists: a vLLM that fails to start leaves no run behind
-        engine = make_engine(kind, recipe, model, tok, sampler, problems, dist)
+        engine = engines.for_training(kind, recipe, model, tok, sampler, problems, dist.rank)
         begun = None
         if dist.writer:
             state = checkpoints.load_trainer_state(checkpoints.run_folder(run), start) if start else None
