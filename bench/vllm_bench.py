@@ -8,7 +8,8 @@ Measures, for engine in (hf, vllm):
   - the reference step of bench/train_step.py (4 problems x 8 samples x 48 tokens), 4 steps;
   - a long-generation step: the same with max_new_tokens 512, 2 steps (the second is reported);
   - `gcpo eval --model smollm2-135m` of --eval-limit GSM8K test problems x k=4 x 512 tokens at
-    temperature 0.7 (the base model: no adapter).
+    temperature 0.7 (the base model: no adapter); `--only run-eval`: the same for a 2-step run's
+    checkpoint (on CPU the vllm engine serves its adapter merged into the base).
 Prints one JSON line per measurement: seconds, completion tokens/s, peak RSS (MiB), and for the
 training steps the sampler/trainer log-prob mismatch (mean |delta| per token and the k3 KL);
 `--only mismatch` measures that gap alone for each engine and precision, nf4 included (vLLM then
@@ -54,13 +55,13 @@ def step_bench(engine: str, steps: int, tokens: int, kv: int, env: dict) -> dict
                 sampler_kl=[s["sampler_kl"] for s in r["steps"]], environment=r["environment"])
 
 
-def eval_bench(engine: str, limit: int, kv: int, env: dict, home: str) -> dict:
-    cmd = [sys.executable, "-m", "gcpo_cli", "eval", "--model", "smollm2-135m", "--set", "gsm8k-test",
+def eval_bench(engine: str, limit: int, kv: int, env: dict, home: str, target: list[str] | None = None) -> dict:
+    cmd = [sys.executable, "-m", "gcpo_cli", "eval", *(target or ["--model", "smollm2-135m"]), "--set", "gsm8k-test",
            "--limit", str(limit), "--k", "4", "--temperature", "0.7", "--max-new-tokens", "512",
            "--engine", engine, "--batch-size", "64", "--json"]
     stdout, rss = timed(cmd, dict(env, GCPO_HOME=home, VLLM_CPU_KVCACHE_SPACE=str(kv)))
     s = json.loads(stdout)["results"][0]["sets"][0]
-    return dict(bench="eval", engine=engine, problems=s["n_problems"], samples=s["n_samples"], seconds=s["seconds"],
+    return dict(bench="eval", target=" ".join(target or ["--model", "smollm2-135m"]), engine=engine, problems=s["n_problems"], samples=s["n_samples"], seconds=s["seconds"],
                 tok_per_s=round(s["tokens_per_s"], 1), mean_at_k=s["mean_at_k"],
                 completion_tokens_mean=s["completion_tokens_mean"], peak_rss_mib=rss)
 
@@ -70,7 +71,7 @@ def main() -> None:
     ap.add_argument("--kv-cache-gib", type=int, default=2)
     ap.add_argument("--eval-limit", type=int, default=64)
     ap.add_argument("--skip-eval", action="store_true")
-    ap.add_argument("--only", default="step,long,eval", help="comma-separated: step, long, eval, mismatch")
+    ap.add_argument("--only", default="step,long,eval", help="comma-separated: step, long, eval, run-eval, mismatch")
     args = ap.parse_args()
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(args.kv_cache_gib))
     only = args.only.split(",")
@@ -97,6 +98,18 @@ def main() -> None:
                            env=dict(env, GCPO_HOME=home), cwd=ROOT, check=True, capture_output=True)
             for engine in ("hf", "vllm"):
                 print(json.dumps(eval_bench(engine, args.eval_limit, args.kv_cache_gib, env, home)), flush=True)
+    if "run-eval" in only:  # a run's checkpoint: on CPU the vllm engine serves its adapter merged
+        with tempfile.TemporaryDirectory() as home:
+            run_env = dict(env, GCPO_HOME=home)
+            subprocess.run([sys.executable, "-m", "gcpo_cli", "ingest", str(GSM8K), "--set", "gsm8k-test", "--json"],
+                           env=run_env, cwd=ROOT, check=True, capture_output=True)
+            out = subprocess.run([sys.executable, "-m", "gcpo_cli", "train", "--recipe", "smollm2-cpu", "--steps", "2",
+                                  "--save-every", "1", "-o", "eval.holdout=0", "--json"],
+                                 env=run_env, cwd=ROOT, check=True, capture_output=True, text=True)
+            run_id = json.loads(out.stdout[out.stdout.index("{"):])["run_id"]
+            for engine in ("hf", "vllm"):
+                print(json.dumps(eval_bench(engine, args.eval_limit, args.kv_cache_gib, env, home,
+                                            ["--run", run_id])), flush=True)
 
 
 if __name__ == "__main__":

@@ -185,13 +185,14 @@ class VLLMEngine:
     requests for the policy's adapter (`lora_r` None: the base alone, no adapter ever).
     Settings: `dtype` float32|bfloat16; `max_model_len`; `kv_cache_gib` (CPU: the KV cache
     space) or `gpu_memory_utilization` (CUDA: vLLM's share of the GPU, the trainer keeps the
-    rest); `enforce_eager` (no compilation or CUDA graphs: a fast start)."""
+    rest); `enforce_eager` (no compilation or CUDA graphs: a fast start). `keep`: the engine
+    stays for the rest of the process, for whoever asks for the same settings next."""
 
     name = "vllm"
 
     def __init__(self, source: str, tok, *, adapter_root: Path, lora_r: int | None, dtype: str = "float32",
                  max_model_len: int = 2048, kv_cache_gib: float = 1.0, gpu_memory_utilization: float = 0.3,
-                 enforce_eager: bool = True, seed: int = 0):
+                 enforce_eager: bool = True, seed: int = 0, keep: bool = True):
         vllm = _import_vllm()
         import torch
 
@@ -201,7 +202,9 @@ class VLLMEngine:
         cuda = torch.cuda.is_available()
         memory = gpu_memory_utilization if cuda else kv_cache_gib
         key = (source, lora_r, dtype, max_model_len, memory, enforce_eager)
-        if key not in _LIVE:
+        if key in _LIVE:
+            self.llm, self.start_s = _LIVE[key], 0.0
+        else:
             if not cuda:
                 os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(kv_cache_gib)))
             kwargs = dict(enable_lora=True, max_lora_rank=lora_r, max_loras=1) if lora_r else {}
@@ -215,14 +218,13 @@ class VLLMEngine:
                 kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 4096))
             threads = torch.get_num_threads()
             t0 = time.perf_counter()
-            _LIVE[key] = vllm.LLM(source, tokenizer=source, dtype=dtype, max_model_len=max_model_len, seed=seed,
-                                  enforce_eager=enforce_eager, logprobs_mode="processed_logprobs",
-                                  enable_prefix_caching=True, **kwargs)
+            self.llm = vllm.LLM(source, tokenizer=source, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                                enforce_eager=enforce_eager, logprobs_mode="processed_logprobs",
+                                enable_prefix_caching=True, **kwargs)
             self.start_s = time.perf_counter() - t0
             torch.set_num_threads(threads)  # vLLM's CPU worker rebinds threads (a no-op if it patched this)
-        else:
-            self.start_s = 0.0
-        self.llm = _LIVE[key]
+            if keep:
+                _LIVE[key] = self.llm
 
     def sync(self, policy, version: int) -> None:
         """Write the policy's adapter (PEFT format) and sample from it from now on."""

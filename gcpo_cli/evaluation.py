@@ -496,7 +496,11 @@ def evaluate_target(db, t: Target, sets: dict[str, list[dict]], grader: Grader, 
 def inference_engine(t: Target, p: dict, prompt: Prompt, sets: dict[str, list[dict]]) -> tuple:
     """(engine, tokenizer) for a target: `p["engine"]` (auto|hf|vllm, engines.resolve). hf loads
     the model (model.load_for_inference); vllm serves the 16-bit base with the run's adapter as
-    a LoRA request (an nf4 run's too), in bf16 where bf16 is fast, as the hf path samples."""
+    a LoRA request (an nf4 run's too), in bf16 where bf16 is fast, as the hf path samples. On a
+    CPU an unquantised run's adapter is merged into a copy of the base instead, as the hf path
+    merges it: vLLM's CPU LoRA costs 5x the base model (bench/RESULTS.md, issue 11)."""
+    import tempfile
+
     import torch
 
     from . import engines
@@ -505,20 +509,34 @@ def inference_engine(t: Target, p: dict, prompt: Prompt, sets: dict[str, list[di
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if engines.resolve(p.get("engine") or "auto", device) == "hf":
         return load_for_inference(t.model, adapter_dir=t.adapter, quant=t.quant, dtype=t.dtype)
-    source = resolve_model(t.model)
-    tok = load_tokenizer(source)
-    lora_r = None
     if t.adapter:
         engines.check_adapter_dir(Path(t.adapter))
+    source = resolve_model(t.model)
+    tok = load_tokenizer(source)
+    merged = None
+    if t.adapter and t.quant == "none" and device == "cpu":
+        merged = tempfile.TemporaryDirectory(dir=paths.cache_dir(), prefix=".merged-")
+        model, _ = load_for_inference(t.model, adapter_dir=t.adapter)  # merged, as the hf path evaluates it
+        model.save_pretrained(merged.name)
+        tok.save_pretrained(merged.name)
+        del model
+        source = merged.name
+    lora_r = None
+    if t.adapter and merged is None:
         lora_r = int(json.loads((Path(t.adapter) / "adapter_config.json").read_text())["r"])
     longest = max(len(tok(prompt.render(tok, x["text"]), add_special_tokens=False).input_ids)
                   for problems in sets.values() for x in problems)
     dtype = t.dtype if t.quant != "none" else ("bfloat16" if fast_bf16(device) else "float32")
     kv = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 2)  # CPU: the KV cache's GiB (the recipe default)
-    engine = engines.VLLMEngine(source, tok, adapter_root=paths.cache_dir() / "adapters" / "eval", lora_r=lora_r,
-                                dtype=dtype, max_model_len=engines.model_len(longest + p["max_new_tokens"]),
-                                kv_cache_gib=kv, enforce_eager=device != "cuda", seed=p["seed"])
-    if t.adapter:
+    try:
+        engine = engines.VLLMEngine(source, tok, adapter_root=paths.cache_dir() / "adapters" / "eval", lora_r=lora_r,
+                                    dtype=dtype, max_model_len=engines.model_len(longest + p["max_new_tokens"]),
+                                    kv_cache_gib=kv, enforce_eager=device != "cuda", seed=p["seed"],
+                                    keep=merged is None)
+    finally:
+        if merged is not None:  # vLLM has read it; a merged copy is per evaluation, never kept
+            merged.cleanup()
+    if lora_r is not None:
         engine.use_adapter(Path(t.adapter), t.run_step or 0)
     return engine, tok
 

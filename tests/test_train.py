@@ -157,8 +157,12 @@ def test_nf4_base_with_bf16_compute_and_gradient_checkpointing_trains_lora_on_cp
     fp32 = [k for k, v in ctx.model.named_parameters() if v.dtype == torch.float32 and "lora_" not in k]
     assert fp32 == []
     prompt = torch.tensor([training.prompt(ctx, ctx.pool[0]["id"])[1]])
+    # as rollouts run it (rollout.generate): eval mode, where gradient checkpointing is off and
+    # the model keeps a KV cache (transformers 5.19 returns none in train mode)
+    ctx.model.eval()
     with torch.no_grad(), autocast_context(ctx.model, "bfloat16")():
         cache = ctx.model(input_ids=prompt, use_cache=True).past_key_values
+    ctx.model.train()
     assert cache.layers[0].keys.dtype == torch.bfloat16  # the rollouts' KV cache is bf16
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in ctx.model.modules())
     lora0 = _lora_state(ctx.model)

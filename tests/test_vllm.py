@@ -106,6 +106,31 @@ def test_many_seeded_prompts_in_one_call(tmp_path, policy):
     assert len(out) == 40 and all(len(cs) == 1 and 0 < cs[0].tokens <= 2 for cs in out)
 
 
+def test_eval_of_an_adapter_on_cpu_merges_it_as_the_hf_path_does(tmp_path, policy, monkeypatch, gcpo_home):
+    """On a CPU `gcpo eval --engine vllm` of an unquantised run serves its adapter merged into a
+    copy of the base (vLLM's CPU LoRA costs 5x the base): the same greedy tokens as the hf path
+    (fp32 here), which differ from the base's, and no merged copy left behind."""
+    from gcpo_cli import evaluation, model
+
+    pm, tok = policy
+    perturb(pm, 3)
+    pm.save_pretrained(str(tmp_path / "adapter"))
+    monkeypatch.setattr(model, "fast_bf16", lambda device: False)  # fp32 on both paths: exact
+    problems = [{"id": str(i), "text": t} for i, t in enumerate(PROBLEMS)]
+    p = dict(engine="vllm", max_new_tokens=24, seed=0)
+    target = evaluation.Target("run:x@1", "smollm2-135m", str(tmp_path / "adapter"), "x", 1)
+    engine, _ = evaluation.inference_engine(target, p, PRESETS["boxed"], {"s": problems})
+    assert engine.lora_r is None and engine.request is None  # merged: no LoRA request
+    assert not list((gcpo_home / "cache").glob(".merged-*"))
+    prompts = [PRESETS["boxed"].render(tok, x["text"]) for x in problems]
+    ours = [c[0].token_ids for c in engine.generate(prompts, n=1, max_new_tokens=24, temperature=0)]
+    merged, _ = model.load_for_inference("smollm2-135m", adapter_dir=tmp_path / "adapter")
+    theirs = [c[0].token_ids for c in rollout.generate(merged, tok, prompts, n=1, max_new_tokens=24, temperature=0)]
+    base, _ = model.load_for_inference("smollm2-135m")
+    plain = [c[0].token_ids for c in rollout.generate(base, tok, prompts, n=1, max_new_tokens=24, temperature=0)]
+    assert ours == theirs and ours != plain
+
+
 def vllm_recipe(*overrides):
     return recipes.load("smollm2-cpu", ["engine=vllm", "vllm.dtype=float32", "model.autocast=none",
                                         "vllm.kv_cache_gib=1", "problems_per_step=2", "samples_per_problem=4",
