@@ -7,7 +7,8 @@ evaluation (evaluation.evaluate_problems). One interface, three engines:
           optimiser update the policy's LoRA adapter, saved in PEFT format and sampled through
           a LoRARequest. Never merged into a quantised base: for an nf4 recipe vLLM serves the
           16-bit base plus the adapter while the trainer keeps its nf4 base (the sampler/trainer
-          log-prob mismatch the step records measures what that costs).
+          log-prob mismatch the step records measures what that costs). `gcpo eval` on a CPU
+          serves an unquantised run's adapter merged instead (evaluation.inference_engine).
   server  a running `vllm serve BASE --enable-lora` (--rollout-server URL): each new adapter is
           loaded through the server's /v1/load_lora_adapter from a folder both can see, and
           completions come through its OpenAI-compatible /v1/completions.
@@ -293,7 +294,7 @@ class VLLMEngine:
         return dict(engine="vllm", vllm=vllm.__version__, vllm_dtype=self.dtype, sampler_dtype=self.dtype,
                     vllm_start_s=round(self.start_s, 1))
 
-    def close(self) -> None: ...  # the LLM stays for the process (_LIVE): starting one costs 10-70 s
+    def close(self) -> None: ...  # a kept LLM stays for the process (_LIVE): starting one costs 5-70 s
 
 
 _LORA_IDS = [0]
