@@ -71,10 +71,49 @@ def check_available(engine: str, rollout_server: str | None = None) -> None:
         raise GcpoError(INSTALL_HINT)
 
 
-def model_len(tokens: int) -> int:
-    """vLLM's max_model_len for sequences of up to `tokens`: rounded up to 1024, so a run, its
-    held-out evaluation and `gcpo eval` of it share one engine (engines start once a process)."""
-    return -(-tokens // 1024) * 1024
+def model_len(tok, prompt, texts, new_tokens: int) -> int:
+    """vLLM's max_model_len for the longest of `texts` rendered by `prompt` plus `new_tokens`,
+    rounded up to 1024, so a run, its held-out evaluation and `gcpo eval` of it share one engine
+    (engines start once a process)."""
+    longest = max(len(tok(prompt.render(tok, t), add_special_tokens=False).input_ids) for t in texts)
+    return -(-(longest + new_tokens) // 1024) * 1024
+
+
+def sample_requests(tok, prompts: list[str], n: int, temperature: float,
+                    seeds: list | None) -> list[tuple[int, list[int], int | None]]:
+    """One vLLM request per sample: (prompt index, prompt tokens, seed). Sample j of prompt i is
+    seeded from (seeds[i], j), as the hf loop's streams are: the same samples in any batch, on
+    any rank (not the same tokens as the hf loop: another generator). Greedy: one request a
+    prompt, unseeded (its n samples are identical)."""
+    greedy = temperature <= 0
+    return [(i, tok(p, add_special_tokens=False).input_ids,
+             None if greedy else sample_seed(f"{seeds[i] if seeds else i}/{j}"))
+            for i, p in enumerate(prompts) for j in range(1 if greedy else n)]
+
+
+def per_prompt(count: int, requests: list[tuple], completions: list[Completion], n: int) -> list[list[Completion]]:
+    """The requests' completions, in order, grouped by prompt; a greedy prompt's one completion
+    repeated n times."""
+    out: list[list[Completion]] = [[] for _ in range(count)]
+    for (i, *_), c in zip(requests, completions):
+        out[i].append(c)
+    return [[Completion(list(c[0].token_ids), c[0].text, c[0].truncated, c[0].logprobs) for _ in range(n)]
+            if len(c) == 1 and n > 1 else c for c in out]
+
+
+def write_adapter(root: Path, policy, version: int) -> Path:
+    """The policy's adapter saved (PEFT format) as root/policy-VERSION; older folders go, but
+    the previous one (an engine reads an adapter when it first samples from it, and a server
+    still holds the previous until the new one is loaded), so the folder stays two adapters
+    large however long the run."""
+    folder = (root / f"policy-{version}").resolve()
+    if folder.exists():
+        shutil.rmtree(folder)
+    policy.save_pretrained(str(folder))
+    for old in root.glob("policy-*"):
+        if old.name not in (folder.name, f"policy-{version - 1}"):
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def sample_seed(stream: str) -> int:
@@ -231,14 +270,7 @@ class VLLMEngine:
         """Write the policy's adapter (PEFT format) and sample from it from now on."""
         if self.lora_r is None:
             raise GcpoError("this vLLM engine serves the base model alone; it has no adapter to sync")
-        folder = self.adapter_root / f"policy-{version}"
-        if folder.exists():
-            shutil.rmtree(folder)
-        policy.save_pretrained(str(folder))
-        self.use_adapter(folder, version)
-        for old in self.adapter_root.glob("policy-*"):  # vLLM read the adapter when first used; keep two
-            if old != folder and old.name != f"policy-{version - 1}":
-                shutil.rmtree(old, ignore_errors=True)
+        self.use_adapter(write_adapter(self.adapter_root, policy, version), version)
 
     def use_adapter(self, folder: Path, version: int) -> None:
         """Sample from a saved adapter (a checkpoint's, for `gcpo eval --engine vllm`)."""
@@ -252,35 +284,20 @@ class VLLMEngine:
 
     def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
                  batch_size: int = 32, seeds: list | None = None) -> list[list[Completion]]:
-        """n completions per prompt, in one call, all from the current adapter. Sample j of
-        prompt i is seeded from (seeds[i], j), as the hf loop's streams are: the same samples in
-        any batch, on any rank (not the same tokens as the hf loop: another generator)."""
+        """n completions per prompt (sample_requests), in one call, all from the current adapter."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if self.lora_r is not None and self.request is None:
             raise GcpoError("the vLLM engine has no policy yet: sync it first")
         greedy = temperature <= 0
-        reps = 1 if greedy else n
-        encoded = [self.tok(p, add_special_tokens=False).input_ids for p in prompts]
-        inputs, params = [], []
-        for i, ids in enumerate(encoded):
-            for j in range(reps):
-                seed = None if greedy else sample_seed(f"{seeds[i] if seeds else i}/{j}")
-                inputs.append(TokensPrompt(prompt_token_ids=ids))
-                params.append(SamplingParams(n=1, temperature=max(temperature, 0.0), top_p=top_p if not greedy else 1.0,
-                                             max_tokens=max_new_tokens, logprobs=0, seed=seed,
-                                             stop_token_ids=self.stop, detokenize=False, skip_special_tokens=True))
-        outs = self.llm.generate(inputs, params, lora_request=self.request, use_tqdm=False)
-        flat = [self._completion(o.outputs[0]) for o in outs]
-        results = []
-        for i in range(len(prompts)):
-            comps = flat[i * reps:(i + 1) * reps]
-            if greedy and n > 1:
-                comps = [Completion(list(comps[0].token_ids), comps[0].text, comps[0].truncated, comps[0].logprobs)
-                         for _ in range(n)]
-            results.append(comps)
-        return results
+        reqs = sample_requests(self.tok, prompts, n, temperature, seeds)
+        params = [SamplingParams(n=1, temperature=max(temperature, 0.0), top_p=1.0 if greedy else top_p,
+                                 max_tokens=max_new_tokens, logprobs=0, seed=seed, stop_token_ids=self.stop,
+                                 detokenize=False, skip_special_tokens=True) for _, _, seed in reqs]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids, _ in reqs], params,
+                                 lora_request=self.request, use_tqdm=False)
+        return per_prompt(len(prompts), reqs, [self._completion(o.outputs[0]) for o in outs], n)
 
     def _completion(self, out) -> Completion:
         ids = list(out.token_ids)
@@ -343,11 +360,7 @@ class ServerEngine:
             return raw.decode(errors="replace")
 
     def sync(self, policy, version: int) -> None:
-        folder = (self.adapter_root / f"policy-{version}").resolve()
-        if folder.exists():
-            shutil.rmtree(folder)
-        policy.save_pretrained(str(folder))
-        self.use_adapter(folder, version)
+        self.use_adapter(write_adapter(self.adapter_root, policy, version), version)
 
     def use_adapter(self, folder: Path, version: int) -> None:
         check_adapter_dir(folder)
@@ -362,28 +375,21 @@ class ServerEngine:
     def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
                  batch_size: int = 32, seeds: list | None = None) -> list[list[Completion]]:
         greedy = temperature <= 0
-        reps = 1 if greedy else n
         model = self.lora_name or self.base
-        encoded = [self.tok(p, add_special_tokens=False).input_ids for p in prompts]
-        jobs = [(i, dict(model=model, prompt=ids, max_tokens=max_new_tokens, temperature=max(temperature, 0.0),
-                         top_p=1.0 if greedy else top_p, logprobs=0, return_token_ids=True,
-                         stop_token_ids=self.stop, skip_special_tokens=True,
-                         seed=None if greedy else sample_seed(f"{seeds[i] if seeds else i}/{j}")))
-                for i, ids in enumerate(encoded) for j in range(reps)]
+        reqs = sample_requests(self.tok, prompts, n, temperature, seeds)
+        jobs = [dict(model=model, prompt=ids, max_tokens=max_new_tokens, temperature=max(temperature, 0.0),
+                     top_p=1.0 if greedy else top_p, logprobs=0, return_token_ids=True, stop_token_ids=self.stop,
+                     skip_special_tokens=True, seed=seed) for _, ids, seed in reqs]
         with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs) or 1)) as pool:
-            answers = list(pool.map(lambda job: self._call("POST", "/v1/completions", job[1]), jobs))
-        results: list[list[Completion]] = [[] for _ in prompts]
-        for (i, _), answer in zip(jobs, answers):
-            choice = answer["choices"][0]
-            ids = list(choice.get("token_ids") or [])
-            lp = (choice.get("logprobs") or {}).get("token_logprobs")
-            results[i].append(Completion(ids, self.tok.decode(ids, skip_special_tokens=True),
-                                         truncated=choice.get("finish_reason") == "length",
-                                         logprobs=list(lp) if lp and len(lp) == len(ids) else None))
-        if greedy and n > 1:
-            results = [[Completion(list(c[0].token_ids), c[0].text, c[0].truncated, c[0].logprobs) for _ in range(n)]
-                       for c in results]
-        return results
+            answers = list(pool.map(lambda job: self._call("POST", "/v1/completions", job), jobs))
+        return per_prompt(len(prompts), reqs, [self._completion(a["choices"][0]) for a in answers], n)
+
+    def _completion(self, choice: dict) -> Completion:
+        ids = list(choice.get("token_ids") or [])
+        lp = (choice.get("logprobs") or {}).get("token_logprobs")
+        return Completion(ids, self.tok.decode(ids, skip_special_tokens=True),
+                          truncated=choice.get("finish_reason") == "length",
+                          logprobs=list(lp) if lp and len(lp) == len(ids) else None)
 
     def describe(self) -> dict:
         return dict(engine="server", server=self.url, server_model=self.base, sampler_dtype="server's")
@@ -418,9 +424,8 @@ def for_training(kind: str, recipe, model, tok, sampler, problems: list[dict], r
     v = recipe.vllm
     dtype = v.dtype if v.dtype != "auto" else (
         recipe.model.dtype if recipe.model.quant != "none" else ("bfloat16" if fast_bf16(device) else "float32"))
-    preset = from_recipe(recipe)
-    longest = max(len(tok(preset.render(tok, p["text"]), add_special_tokens=False).input_ids) for p in problems)
-    length = v.max_model_len or model_len(longest + max(recipe.max_new_tokens, recipe.eval.max_new_tokens))
+    length = v.max_model_len or model_len(tok, from_recipe(recipe), [p["text"] for p in problems],
+                                          max(recipe.max_new_tokens, recipe.eval.max_new_tokens))
     return VLLMEngine(resolve_model(recipe.model.name), tok, adapter_root=root, lora_r=recipe.lora.r,
                       dtype=dtype, max_model_len=length, kv_cache_gib=v.kv_cache_gib,
                       gpu_memory_utilization=v.gpu_memory_utilization,

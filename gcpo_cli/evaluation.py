@@ -524,13 +524,13 @@ def inference_engine(t: Target, p: dict, prompt: Prompt, sets: dict[str, list[di
     lora_r = None
     if t.adapter and merged is None:
         lora_r = int(json.loads((Path(t.adapter) / "adapter_config.json").read_text())["r"])
-    longest = max(len(tok(prompt.render(tok, x["text"]), add_special_tokens=False).input_ids)
-                  for problems in sets.values() for x in problems)
     dtype = t.dtype if t.quant != "none" else ("bfloat16" if fast_bf16(device) else "float32")
     kv = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 2)  # CPU: the KV cache's GiB (the recipe default)
+    texts = [x["text"] for problems in sets.values() for x in problems]
     try:
         engine = engines.VLLMEngine(source, tok, adapter_root=paths.cache_dir() / "adapters" / "eval", lora_r=lora_r,
-                                    dtype=dtype, max_model_len=engines.model_len(longest + p["max_new_tokens"]),
+                                    dtype=dtype, max_model_len=engines.model_len(tok, prompt, texts,
+                                                                                  p["max_new_tokens"]),
                                     kv_cache_gib=kv, enforce_eager=device != "cuda", seed=p["seed"],
                                     keep=merged is None)
     finally:

@@ -207,7 +207,7 @@ class StandIn:
         self.server.shutdown()
 
 
-def test_rollout_server_loads_each_update_and_samples_only_from_it(db, tiny_dir):
+def test_rollout_server_loads_each_update_and_samples_only_from_it(db, tiny_dir, gcpo_home):
     from gcpo_cli.model import load_tokenizer
 
     tok = load_tokenizer(tiny_dir)
@@ -226,6 +226,9 @@ def test_rollout_server_loads_each_update_and_samples_only_from_it(db, tiny_dir)
         assert all(c["logprobs"] == 0 and c["return_token_ids"] for c in completions)
         assert len({c["seed"] for c in completions}) == len(completions)  # one stream per sample
         assert list(server.loaded) == []  # the last adapter unloaded when training ended
+        # the adapters written for the server: the last two, not one per step
+        folders = sorted(f.name for f in (gcpo_home / "cache" / "adapters").glob("*/policy-*"))
+        assert folders == ["policy-1", "policy-2"]
         rows = list(db.query("SELECT step, policy_version, sampler_logprobs FROM rollouts WHERE run_id = ? "
                              "AND is_golden = 0", [summary["run_id"]]))
         assert all(r["policy_version"] == r["step"] - 1 for r in rows)
