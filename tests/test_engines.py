@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import math
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
 
+from conftest import JsonHandler, LocalServer
 from gcpo_cli import engines, rollout, store
 from gcpo_cli import recipe as recipes
 from gcpo_cli import train as training
@@ -166,20 +166,9 @@ class StandIn:
         self.eos, self.loaded, self.requests, self.lock = eos, {}, [], threading.Lock()
         stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _send(self, code, obj):
-                body = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(JsonHandler):
             def do_GET(self):
-                self._send(200, {"data": [{"id": "base-model"}]})
+                self.send(200, {"data": [{"id": "base-model"}]})
 
             def do_POST(self):
                 req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -187,24 +176,23 @@ class StandIn:
                     stand_in.requests.append((self.path, req))
                 if self.path == "/v1/load_lora_adapter":
                     stand_in.loaded[req["lora_name"]] = req["lora_path"]
-                    return self._send(200, "ok")
+                    return self.send(200, "ok")
                 if self.path == "/v1/unload_lora_adapter":
                     stand_in.loaded.pop(req["lora_name"], None)
-                    return self._send(200, "ok")
+                    return self.send(200, "ok")
                 if req["model"] not in stand_in.loaded and req["model"] != "base-model":
-                    return self._send(404, {"error": f"model {req['model']} not found"})
+                    return self.send(404, {"error": f"model {req['model']} not found"})
                 tag = sum(map(ord, req["model"])) % 50 + 10
                 n = 1 + (req.get("seed") or 0) % 3
                 ids = [tag + i for i in range(n)] + [stand_in.eos]
-                self._send(200, {"choices": [{"token_ids": ids, "finish_reason": "stop",
+                self.send(200, {"choices": [{"token_ids": ids, "finish_reason": "stop",
                                               "logprobs": {"token_logprobs": [-0.5] * len(ids)}}]})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LocalServer(Handler)
+        self.url = self.server.url
 
     def close(self):
-        self.server.shutdown()
+        self.server.close()
 
 
 def test_rollout_server_loads_each_update_and_samples_only_from_it(db, tiny_dir, gcpo_home):

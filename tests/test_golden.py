@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import JsonHandler, LocalServer
 from gcpo_cli import golden as gold
 from gcpo_cli import recipe as recipes
 from gcpo_cli import train as training
@@ -200,26 +199,15 @@ def test_bad_invocations_end_in_one_line(runner, db, tmp_path):
 # ----------------------------------------------------------------------- a teacher server
 
 
-class StandIn(BaseHTTPRequestHandler):
+class StandIn(JsonHandler):
     """An OpenAI-compatible server that knows the answers: each request gets, in order, a long
     correct solution, a wrong one, a short correct one, and a correct one cut at the limit."""
 
     requests: list = []
     answers = {"What is 2 + 2?": "4", "What is 5 + 5?": "10"}
 
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, obj: dict) -> None:
-        body = json.dumps(obj).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
     def do_GET(self):
-        self._reply({"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
+        self.send(200, {"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -229,7 +217,7 @@ class StandIn(BaseHTTPRequestHandler):
         sols = [(f"Adding the numbers step by step gives \\boxed{{{answer}}}.", "stop"), ("\\boxed{7}", "stop"),
                 (f"\\boxed{{{answer}}}", "stop"), (f"The answer is \\boxed{{{answer}}}", "length")]
         chat = "messages" in body
-        self._reply({"choices": [dict(index=i, finish_reason=why, **({"message": {"role": "assistant", "content": s}}
+        self.send(200, {"choices": [dict(index=i, finish_reason=why, **({"message": {"role": "assistant", "content": s}}
                                                                       if chat else {"text": s}))
                                  for i, (s, why) in enumerate(sols[: body.get("n", 1)])]})
 
@@ -237,12 +225,9 @@ class StandIn(BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     StandIn.requests = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    local = LocalServer(StandIn)
+    yield local.url
+    local.close()
 
 
 def test_a_teacher_server_is_sampled_graded_and_recorded(runner, db, server):

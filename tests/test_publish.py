@@ -17,13 +17,12 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import JsonHandler, LocalServer
 from gcpo_cli import publish, store
 from gcpo_cli import recipe as recipes
 from gcpo_cli import train as training
@@ -48,23 +47,12 @@ class StandInHub:
         self.auth: set[str] = set()
         hub = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(JsonHandler):
             def do_GET(self):
                 self.handle_request("GET")
 
             def do_POST(self):
                 self.handle_request("POST")
-
-            def send(self, code: int, obj: dict) -> None:
-                body = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
             def handle_request(self, method: str) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -103,13 +91,11 @@ class StandInHub:
                     return self.send(200, {"commitUrl": f"{hub.url}/{repo}/commit/c0ffee", "commitOid": "c0ffee"})
                 return self.send(404, {"error": f"the stand-in does not serve {method} {self.path}"})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LocalServer(Handler)
+        self.url = self.server.url
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture
