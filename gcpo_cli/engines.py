@@ -181,10 +181,6 @@ class HFEngine:
             self.stale = False
         return self.sampler.model
 
-    @property
-    def device(self):
-        return next(self.model.parameters()).device
-
     def sync(self, policy, version: int) -> None:
         self.policy, self.version, self.stale = policy, version, True
 
