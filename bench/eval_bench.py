@@ -61,10 +61,11 @@ def grading_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
 
 
 def bench_grading(n: int) -> dict:
-    from gcpo_cli.answers import Grader, _local_verdict
+    from gcpo_cli.answers import local_verdict
+    from gcpo_cli.grader import Grader
 
     pairs = grading_pairs(n)
-    remote = sum(_local_verdict(g, p) is None for g, p in pairs)
+    remote = sum(local_verdict(g, p) is None for g, p in pairs)
     with Grader() as g:
         t = time.perf_counter()
         g.grade(pairs[:8])  # start the worker (spawn + importing sympy) outside the timing
@@ -72,7 +73,7 @@ def bench_grading(n: int) -> dict:
         t = time.perf_counter()
         verdicts = g.grade(pairs)
         total_s = time.perf_counter() - t
-        worker = [p for p in pairs if _local_verdict(*p) is None]
+        worker = [p for p in pairs if local_verdict(*p) is None]
         t = time.perf_counter()
         g.grade(worker)
         worker_s = time.perf_counter() - t

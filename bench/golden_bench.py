@@ -41,7 +41,7 @@ def main() -> None:
     import torch
 
     from gcpo_cli import golden as gold
-    from gcpo_cli.answers import Grader
+    from gcpo_cli.grader import Grader
     from gcpo_cli.ingest import ensure_synthetic_set
     from gcpo_cli.precision import cpu_name
     from gcpo_cli.prompts import resolve

@@ -93,7 +93,7 @@ def main() -> None:
     if DATA is None:
         sys.exit("shared data folder not found (set GCPO_SHARED_DATA)")
     logging.disable(logging.WARNING)  # math-verify logs every time-out and unparsable string
-    from gcpo_cli.answers import Grader
+    from gcpo_cli.grader import Grader
 
     files = args.files or sorted(str(p.relative_to(DATA)) for p in DATA.rglob("*.jsonl"))
     t0 = time.perf_counter()

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gcpo_cli.answers import Grader
+from gcpo_cli.grader import Grader
 from gcpo_cli.store import open_db
 from gcpo_cli.ingest import ingest_source
 

@@ -240,7 +240,7 @@ def _stored_title(s: dict) -> str:
 
 def _evaluate(database, model, run, step, names, benchmark, compare, p: dict, quiet: bool) -> list[dict]:
     """Generate, grade and store: the model (or run) and every --compare target on every set."""
-    from .answers import Grader
+    from .grader import Grader
 
     chosen = None
     if any(p[key] is not None for key in ("prompt", "template", "system_prompt")):
@@ -261,7 +261,7 @@ def _evaluate(database, model, run, step, names, benchmark, compare, p: dict, qu
 
 
 def _import(database, path: Path, names: list[str], benchmark, quiet: bool) -> tuple[list[dict], str, dict]:
-    from .answers import Grader
+    from .grader import Grader
 
     with Grader() as grader:
         set_name = names[0] if names else ev.resolve_benchmark(database, benchmark[0], grader)

@@ -89,7 +89,7 @@ def generate_cmd(
 
       gcpo golden generate --set dm --teacher-server http://127.0.0.1:8000 --max-new-tokens 2048
     """
-    from .answers import Grader
+    from .grader import Grader
     from .prompts import from_recipe
     from .prompts import resolve as resolve_prompt
     from .recipe import load as load_recipe

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths, store
-from .answers import Grader, _clean_str, extract_answer
+from .answers import clean_str, extract_answer
 from .errors import GcpoError
+from .grader import Grader
 from .prompts import PRESETS, Prompt
 from .prompts import from_recipe as prompt_from_recipe
 from .prompts import resolve as resolve_prompt
@@ -79,7 +80,7 @@ def maj_at_k(answers: list[str | None], verdicts: list[bool]) -> bool:
         if ok:
             votes[True] += 1
         elif ans is not None and ans.strip():
-            votes["w:" + _clean_str(ans)] += 1
+            votes["w:" + clean_str(ans)] += 1
     if not votes:
         return False
     return votes.most_common(1)[0][0] is True  # most_common keeps first-seen order on ties
@@ -98,7 +99,7 @@ def maj_at_k_exact(answers: list[str | None], verdicts: list[bool]) -> bool:
     for ans, ok in zip(answers, verdicts):
         if ans is None or not ans.strip():
             continue
-        key = _clean_str(ans)
+        key = clean_str(ans)
         votes[key] += 1
         if ok:
             correct.add(key)

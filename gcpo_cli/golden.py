@@ -44,10 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import store
-from .answers import Grader, extract_answer
+from .answers import extract_answer
 from .errors import GcpoError
 from .evaluation import _advance, _grader, _progress
 from .fields import ID_NAMES, PROBLEM_NAMES, SOLUTION_NAMES
+from .grader import Grader
 from .ingest import _sha, load_source
 from .prompts import PRESETS, Prompt
 from .samples import _Matcher

@@ -74,10 +74,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import store, synthetic
-from .answers import Grader, _local_verdict
+from .answers import local_verdict
 from .errors import GcpoError
 from .fields import (MAX_FIELD_BYTES, SAMPLE, Mapping, Record, build_record, detect_mapping, used_fields,
                      repeat_id, variant_id)
+from .grader import Grader
 
 SYNTHETIC_KINDS = ("arithmetic",)
 FIELD_ENV, INPUT_ENV = "GCPO_MAX_FIELD_BYTES", "GCPO_MAX_INPUT_BYTES"
@@ -860,7 +861,7 @@ class _Kept:
             if answer is None:
                 firsts[r.id] = r.answer
             held.append(answer)
-        same: list[bool | None] = [None if h is None else h == r.answer or _local_verdict(h, r.answer)
+        same: list[bool | None] = [None if h is None else h == r.answer or local_verdict(h, r.answer)
                                    for h, r in zip(held, records)]
         ask = [i for i, v in enumerate(same) if v is None and held[i] is not None]
         for i, ok in zip(ask, self.grader.grade([(held[i], records[i].answer) for i in ask])):

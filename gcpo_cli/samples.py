@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import store
-from .answers import Grader, extract_answer
+from .answers import extract_answer
 from .errors import GcpoError
 from .evaluation import _advance, _finish, _grader, _params, _progress, _store, average, stored_samples, summarize
+from .grader import Grader
 
 IMPORT_CHUNK = 64  # problems graded and stored per transaction
 

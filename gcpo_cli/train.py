@@ -39,9 +39,10 @@ import torch
 from transformers import get_scheduler
 
 from . import checkpoints, curriculum, distributed, engines, paths, store, trackers
-from .answers import Grader, extract_answer
+from .answers import extract_answer
 from .errors import GcpoError
 from .evaluation import evaluate_problems
+from .grader import Grader
 from .ingest import ensure_synthetic_set
 from .loss import golden_slot, group_advantages, overlong_shaping, policy_loss, sampler_mismatch, tis_weights
 from .model import (MergedSampler, add_lora, autocast_context, autocast_enabled, completion_logprobs,

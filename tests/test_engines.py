@@ -16,7 +16,7 @@ from conftest import JsonHandler, LocalServer
 from gcpo_cli import engines, rollout, store
 from gcpo_cli import recipe as recipes
 from gcpo_cli import train as training
-from gcpo_cli.answers import Grader
+from gcpo_cli.grader import Grader
 from gcpo_cli.cli import app
 from gcpo_cli.errors import GcpoError
 from gcpo_cli.loss import policy_loss, sampler_mismatch, tis_weights

@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-from gcpo_cli.answers import Grader, extract_answer, grading_target, verify_answer
+from gcpo_cli.answers import extract_answer, grading_target, verify_answer
 from gcpo_cli.cli import app
 from gcpo_cli.evaluation import (Sample, average, evaluate_problems, maj_at_k, maj_at_k_exact, mean_and_stderr,
                                  pass_at_k, summarize)
+from gcpo_cli.grader import Grader
 
 # ------------------------------------------------------------------------------------ metrics
 

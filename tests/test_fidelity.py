@@ -183,7 +183,7 @@ def test_a_run_records_and_inspect_shows_the_ratio_clip_and_updates(db, tiny_dir
 def test_training_and_evaluation_grade_through_one_path():
     """MathQA's option letters: a boxed option value earns reward 1 in training as it counts as
     correct in evaluation; a truncated completion is wrong in both."""
-    from gcpo_cli.answers import Grader
+    from gcpo_cli.grader import Grader
 
     problem = {"text": "What is 6 + 6? Options: a ) 10 , b ) 11 , c ) 12 , d ) 13", "answer": "c"}
     rollouts = [training.Rollout(problem_id="p", sample_index=j, prompt_ids=[], completion_ids=[1], completion="",

@@ -362,7 +362,7 @@ def test_length_stats_by_hand():
 
 @pytest.mark.slow
 def test_the_embedded_teacher_stores_only_what_the_grader_verifies(runner, db):
-    from gcpo_cli.answers import Grader
+    from gcpo_cli.grader import Grader
     from gcpo_cli.ingest import ensure_synthetic_set
 
     # Level-1 sums: SmolLM2-135M states a right final answer in about one sample in ten (4 of these

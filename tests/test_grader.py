@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from gcpo_cli.answers import MAX_ANSWER_CHARS, Grader, extract_answer, gold_value, strip_unit, verify_answer
+from gcpo_cli.answers import MAX_ANSWER_CHARS, extract_answer, gold_value, strip_unit, verify_answer
+from gcpo_cli.grader import Grader
 
 # (gold, predicted): the predicted final answer is correct.
 ACCEPT = [

@@ -13,7 +13,7 @@ import pytest
 
 from gcpo_cli import recipe as recipes
 from gcpo_cli import train as training
-from gcpo_cli.answers import Grader, Score
+from gcpo_cli.grader import Grader, Score
 from gcpo_cli.recipe import RecipeError
 
 MODULE = "gcpo_test_rewards"

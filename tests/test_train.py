@@ -12,7 +12,7 @@ import torch
 from gcpo_cli import recipe as recipes
 from gcpo_cli import rollout, store
 from gcpo_cli import train as training
-from gcpo_cli.answers import Grader
+from gcpo_cli.grader import Grader
 from gcpo_cli.model import autocast_context, build_tiny, completion_logprobs
 
 
