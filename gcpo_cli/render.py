@@ -392,10 +392,10 @@ def render_run(console: Console, h: dict, full: bool = False, limit: int = 10) -
 def _curves(console: Console, steps: list[dict], full: bool) -> None:
     w = console.width
     curves = list(RUN_CURVES)
-    if full:
-        from .store.runs import STEP_COLUMNS
-
-        curves += [(m, m) for m in STEP_COLUMNS if m not in dict(curves)]
+    if full:  # every metric the steps recorded (its column, or its metrics_json)
+        recorded = dict.fromkeys(k for s in steps for k, v in {**(s.get("metrics_json") or {}), **s}.items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool))
+        curves += [(m, m) for m in recorded if m not in dict(curves) and m not in ("id", "step")]
     label = max(len(name) for _, name in curves) + 1
     rows = []
     for key, name in curves:

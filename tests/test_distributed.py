@@ -32,7 +32,7 @@ from gcpo_cli import recipe as recipes
 from gcpo_cli import train as training
 from gcpo_cli.ingest import ingest_rows
 from gcpo_cli.model import build_tiny
-from gcpo_cli.train import mini_batch_plan
+from gcpo_cli.learner import MiniBatch, plan_mini_batches
 
 N_PROBLEMS, B, G, STEPS, SEED = 12, 4, 4, 8, 0
 SET = "dist-sums"
@@ -275,11 +275,11 @@ def test_accelerate_launch_trains_as_torchrun_does(cluster):
 def test_mini_batches_are_cut_over_the_whole_step_whichever_rank_holds_a_group():
     # places 0..2 (rank 0 holds 0 and 1, rank 1 holds 2), four rollouts each; 3 mini-batches
     groups = [(2, [5, 5, 5, 5], [True] * 4), (0, [1, 2, 3, 4], [False] * 4), (1, [2, 2, 2, 2], [True, True, True, False])]
-    start, plan = mini_batch_plan(groups, 3, token_sum=False)
+    plan, start = plan_mini_batches(groups, 3, token_sum=False)
     assert start == {0: 0, 1: 4, 2: 8}
-    assert plan == [(0, 4, 4, False), (4, 8, 4, True), (8, 12, 4, True)]
-    _, plan = mini_batch_plan(groups, 2, token_sum=True)
-    assert plan == [(0, 6, 1 + 2 + 3 + 4 + 2 + 2, True), (6, 12, 2 + 2 + 5 * 4, True)]
+    assert plan == [MiniBatch(0, 4, 4, False), MiniBatch(4, 8, 4, True), MiniBatch(8, 12, 4, True)]
+    plan, _ = plan_mini_batches(groups, 2, token_sum=True)
+    assert plan == [MiniBatch(0, 6, 1 + 2 + 3 + 4 + 2 + 2, True), MiniBatch(6, 12, 2 + 2 + 5 * 4, True)]
 
 
 def test_train_help_shows_both_launchers_and_the_tracker_flag(runner):

@@ -20,7 +20,8 @@ from gcpo_cli.grader import Grader
 from gcpo_cli.cli import app
 from gcpo_cli.errors import GcpoError
 from gcpo_cli.loss import policy_loss, sampler_mismatch, tis_weights
-from gcpo_cli.model import build_tiny, completion_logprobs
+from gcpo_cli.logprobs import completion_logprobs
+from gcpo_cli.model import build_tiny
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,10 @@ import torch
 
 from gcpo_cli import curriculum
 from gcpo_cli import recipe as recipes
+from gcpo_cli import learner
 from gcpo_cli import train as training
-from gcpo_cli.model import autocast_context, build_tiny, completion_logprobs
+from gcpo_cli.logprobs import completion_logprobs
+from gcpo_cli.model import autocast_context, build_tiny
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,8 @@ def batch(ctx, advantages):
         for j, text in enumerate(TEXTS):
             ids = ctx.tok(text, add_special_tokens=False).input_ids + [ctx.tok.eos_token_id]
             out.append(training.Rollout(problem_id=p["id"], sample_index=j, prompt_ids=prompt, completion_ids=ids,
-                                        completion=text, extracted_answer=None, truncated=False,
-                                        advantage=advantages[g * 4 + j]))
+                                        completion=text, extracted_answer=None, truncated=False, reward=0.0,
+                                        correct=False, advantage=advantages[g * 4 + j]))
     return out
 
 
@@ -56,11 +58,11 @@ def test_one_update_is_the_on_policy_gradient_at_the_sampling_temperature(db, ti
     with pi_T the policy at the sampling temperature, computed here by hand."""
     ctx = setup(db, tiny_dir, "temperature=0.6", "max_grad_norm=1e9", "lr=1e-12")
     rollouts = batch(ctx, ADV)
-    stats = training.update(ctx.model, ctx.tok, ctx.optimizer, rollouts, ctx.recipe, training.StopFlag())
+    stats = learner.update(ctx.policy, [(0, rollouts)], ctx.recipe)
     got = grads(ctx.model)
-    assert stats["optimizer_updates"] == 1 and stats["ratio_min"] == stats["ratio_max"] == 1.0
-    assert stats["loss"] == pytest.approx(-sum(ADV) / 8, abs=1e-6)  # s_i = 1: L = -(1/N) sum A_i
-    ctx.optimizer.zero_grad(set_to_none=True)
+    assert stats.optimizer_updates == 1 and stats.ratio_min == stats.ratio_max == 1.0
+    assert stats.loss == pytest.approx(-sum(ADV) / 8, abs=1e-6)  # s_i = 1: L = -(1/N) sum A_i
+    ctx.policy.optimizer.zero_grad(set_to_none=True)
     logits = []
     for x in rollouts:  # the plain way: full sequence, logits / T, log-softmax, gather
         ids = torch.tensor([x.prompt_ids + x.completion_ids])
@@ -83,19 +85,19 @@ def test_one_update_is_the_on_policy_gradient_at_the_sampling_temperature(db, ti
 def test_mini_batches_make_the_ratio_move_after_the_first_update(db, tiny_dir):
     ctx = setup(db, tiny_dir, "mini_batches=2", "lr=5e-2", "eps_low=0.2", "eps_high=0.2")
     rollouts = batch(ctx, ADV)
-    stats = training.update(ctx.model, ctx.tok, ctx.optimizer, rollouts, ctx.recipe, training.StopFlag())
-    assert stats["optimizer_updates"] == 2
+    stats = learner.update(ctx.policy, [(0, rollouts)], ctx.recipe)
+    assert stats.optimizer_updates == 2
     first, second = rollouts[:4], rollouts[4:]
     assert all(abs(x.seq_ratio - 1) < 1e-5 for x in first)  # pi_old is the policy before any update
     assert all(abs(x.seq_ratio - 1) > 1e-4 for x in second)  # the first update moved the policy
-    assert stats["ratio_max"] > stats["ratio_min"]
+    assert stats.ratio_max > stats.ratio_min
 
 
 def test_ppo_epochs_pass_over_the_batch_again_and_the_gspo_clip_acts(db, tiny_dir):
     ctx = setup(db, tiny_dir, "ppo_epochs=3", "lr=5e-2")  # gcpo: sequence ratio, clip 3e-4 / 4e-4
-    stats = training.update(ctx.model, ctx.tok, ctx.optimizer, batch(ctx, ADV), ctx.recipe, training.StopFlag())
-    assert stats["optimizer_updates"] == 3
-    assert stats["clip_frac"] > 0  # once the policy moved, sequences leave the narrow range
+    stats = learner.update(ctx.policy, [(0, batch(ctx, ADV))], ctx.recipe)
+    assert stats.optimizer_updates == 3
+    assert stats.clip_frac > 0  # once the policy moved, sequences leave the narrow range
 
 
 def test_token_and_sequence_ratios_differ_once_the_policy_moves(db, tiny_dir):
@@ -104,7 +106,7 @@ def test_token_and_sequence_ratios_differ_once_the_policy_moves(db, tiny_dir):
         for mini_batches in (1, 2):
             ctx = setup(db, tiny_dir, f"ratio_level={level}", f"mini_batches={mini_batches}", "lr=5e-2",
                         "eps_low=0.2", "eps_high=0.2")
-            training.update(ctx.model, ctx.tok, ctx.optimizer, batch(ctx, ADV), ctx.recipe, training.StopFlag())
+            learner.update(ctx.policy, [(0, batch(ctx, ADV))], ctx.recipe)
             after[level, mini_batches] = lora(ctx.model)
     same = all(torch.allclose(after["sequence", 1][k], after["token", 1][k], atol=1e-6) for k in after["token", 1])
     assert same  # on-policy (one update) the two are the same gradient
@@ -121,7 +123,7 @@ def test_grpo_counts_zero_variance_groups_in_its_denominator(db, tiny_dir):
         ctx = setup(db, tiny_dir, "algorithm=grpo", "max_grad_norm=1e9", "lr=1e-12")
         rollouts = batch(ctx, ADV[:4] + [0.0] * 4)
         kept = rollouts if keep else rollouts[:4]
-        training.update(ctx.model, ctx.tok, ctx.optimizer, kept, ctx.recipe, training.StopFlag())
+        learner.update(ctx.policy, [(0, kept)], ctx.recipe)
         got[keep] = grads(ctx.model)
     for k in got[False]:
         assert torch.allclose(got[True][k], got[False][k] / 2, atol=1e-7, rtol=1e-4)
@@ -135,15 +137,15 @@ def test_dapo_sums_tokens_over_the_batch_after_overlong_shaping(db, tiny_dir):
         x.correct = bool(reward)
     lengths = [len(x.completion_ids) for x in rollouts]
     assert max(lengths) > 40 - 20  # some completions fall into the overlong buffer
-    kept = training.assign_advantages(ctx, [rollouts[:4], rollouts[4:]])
+    kept = training.assign_advantages(ctx.recipe, [rollouts[:4], rollouts[4:]])
     assert len(kept) == 2  # shaping gave the all-wrong group variance by length
     shaped = [x.reward for x in rollouts]
     assert shaped != [1, 0, 0, 1, 0, 0, 0, 0] and all(r <= 1 for r in shaped)
     flat = [x for g in kept for x in g]
-    stats = training.update(ctx.model, ctx.tok, ctx.optimizer, flat, ctx.recipe, training.StopFlag())
+    stats = learner.update(ctx.policy, [(0, flat)], ctx.recipe)
     # on-policy token ratios are 1: each token's objective is its sequence's advantage
     want = -sum(x.advantage * len(x.completion_ids) for x in flat) / sum(lengths)
-    assert stats["loss"] == pytest.approx(want, abs=1e-5)
+    assert stats.loss == pytest.approx(want, abs=1e-5)
 
 
 def test_frontier_keeps_all_wrong_problems_with_a_golden_answer_until_hopeless():
@@ -186,14 +188,12 @@ def test_training_and_evaluation_grade_through_one_path():
     from gcpo_cli.grader import Grader
 
     problem = {"text": "What is 6 + 6? Options: a ) 10 , b ) 11 , c ) 12 , d ) 13", "answer": "c"}
-    rollouts = [training.Rollout(problem_id="p", sample_index=j, prompt_ids=[], completion_ids=[1], completion="",
-                                 extracted_answer=ext, truncated=cut)
-                for j, (ext, cut) in enumerate([("12", False), ("c", False), ("13", False), ("12", True)])]
+    samples = [("12", False), ("c", False), ("13", False), ("12", True)]
     with Grader() as g:
-        training.score(rollouts, [problem] * 4, g)
-        in_eval = g.verdicts([(problem["text"], "c", x.extracted_answer, x.truncated) for x in rollouts])
-    assert [x.reward for x in rollouts] == [1.0, 1.0, 0.0, 0.0]
-    assert in_eval == [x.correct for x in rollouts]
+        in_training = g.scores([(problem, "", ext, cut) for ext, cut in samples])  # what train.roll_out calls
+        in_eval = g.verdicts([(problem["text"], "c", ext, cut) for ext, cut in samples])
+    assert [s.reward for s in in_training] == [1.0, 1.0, 0.0, 0.0]
+    assert in_eval == [s.correct for s in in_training]
 
 
 def test_a_quantised_run_is_evaluated_on_its_nf4_base_with_the_adapter(db, tiny_dir, monkeypatch, runner):

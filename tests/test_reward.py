@@ -170,9 +170,9 @@ def test_a_reward_that_sleeps_forever_is_cut_off_and_the_step_goes_on(db, tiny_d
         elapsed = time.perf_counter() - t
         assert g.restarts == 0  # the time limit stopped each call; the worker lived on
     finished = [x for x in rollouts if not x.is_golden and not x.truncated]
-    assert finished and m["reward_failures"] == len(finished)
+    assert finished and m.reward_failures == len(finished)
     assert all(x.reward == 0 and not x.correct for x in rollouts if not x.is_golden)
-    assert m["golden_injections"] == 2  # all wrong, so both groups went gold
+    assert m.golden_injections == 2  # all wrong, so both groups went gold
     assert elapsed < 60 + 2 * len(finished)
 
 
@@ -183,15 +183,16 @@ def test_going_gold_follows_the_correct_flag_or_a_reward_of_1(db, tiny_dir, word
     pid = ctx.pool[0]["id"]
     prompt = training.prompt(ctx, pid)[1]
 
-    def group(*texts):
+    def group(g, *texts):  # graded as train.roll_out grades them
+        scores = g.scores([(ctx.by_id[pid], t, None, False) for t in texts])
+        assert not any(s.failed for s in scores)
         return [training.Rollout(problem_id=pid, sample_index=j, prompt_ids=prompt, completion_ids=[5], completion=t,
-                                 extracted_answer=None, truncated=False) for j, t in enumerate(texts)]
+                                 extracted_answer=None, truncated=False, reward=float(s.reward), correct=bool(s.correct))
+                for j, (t, s) in enumerate(zip(texts, scores))]
 
     with Grader(reward=ctx.recipe.reward) as g:
-        flagged, full, almost = group("right", "wrong", "wrong", "wrong"), group("full", *["wrong"] * 3), \
-            group(*["almost"] * 4)
-        for gr in (flagged, full, almost):
-            assert training.score(gr, [ctx.by_id[pid]] * 4, g) == 0
+        flagged, full, almost = group(g, "right", "wrong", "wrong", "wrong"), group(g, "full", *["wrong"] * 3), \
+            group(g, *["almost"] * 4)
     assert (flagged[0].reward, flagged[0].correct) == (0.5, True)  # correct by its flag at reward 0.5
     assert (full[0].reward, full[0].correct) == (1.0, True)  # no flag: reward 1 is correct
     assert [x.correct for x in almost] == [False] * 4 and almost[0].reward == 0.99

@@ -17,7 +17,7 @@ from gcpo_cli import store, trackers
 from gcpo_cli import train as training
 from gcpo_cli.cli import app
 from gcpo_cli.model import build_tiny
-from gcpo_cli.store.runs import STEP_COLUMNS
+from gcpo_cli.store.runs import step_columns
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_tensorboard_event_files_hold_the_steps_table_and_the_held_out_evaluatio
     assert [s["step"] for s in steps] == [1, 2, 3]
     for s in steps:
         metrics = json.loads(s["metrics_json"])
-        for key in STEP_COLUMNS:  # every column of the steps table, at its step, as float32
+        for key in step_columns(db):  # every column of the steps table, at its step, as float32
             if s[key] is not None:
                 assert got[f"train/{key}"][s["step"]] == np.float32(s[key]), key
         assert got["train/groups"][s["step"]] == metrics["groups"]
@@ -121,6 +121,6 @@ def test_trackio_holds_the_steps_table_locally(tmp_path, tiny_dir):
     logged = {e["step"]: e for e in logs if "train/reward_mean" in e}
     assert sorted(logged) == [s["step"] for s in steps] == [1, 2, 3]
     for s in steps:
-        for key in STEP_COLUMNS:
+        for key in step_columns(db):
             if s[key] is not None:
                 assert logged[s["step"]][f"train/{key}"] == pytest.approx(s[key], rel=1e-6), key

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from gcpo_cli import recipe as recipes
-from gcpo_cli import rollout, store
+from gcpo_cli import learner, rollout, store
 from gcpo_cli import train as training
-from gcpo_cli.grader import Grader
-from gcpo_cli.model import autocast_context, build_tiny, completion_logprobs
+from gcpo_cli.grader import Grader, Score
+from gcpo_cli.logprobs import completion_logprobs
+from gcpo_cli.model import autocast_context, build_tiny
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +93,7 @@ def test_update_moves_lora_weights_only_and_raises_golden_answer_logprob(db, tin
     assert training.go_gold(ctx, group, None) == "injected"
     ga = group[3]
     assert ga.is_golden and ga.completion_ids[-1] == ctx.tok.eos_token_id
-    kept = training.assign_advantages(ctx, [group])
+    kept = training.assign_advantages(ctx.recipe, [group])
     assert len(kept) == 1
 
     amp = autocast_context(ctx.model, ctx.recipe.model.autocast)
@@ -104,9 +105,9 @@ def test_update_moves_lora_weights_only_and_raises_golden_answer_logprob(db, tin
 
     before = golden_logp()
     for _ in range(3):
-        stats = training.update(ctx.model, ctx.tok, ctx.optimizer, group, ctx.recipe, training.StopFlag())
+        stats = learner.update(ctx.policy, [(0, group)], ctx.recipe)
     assert golden_logp() > before + 1e-3
-    assert stats["grad_norm"] > 0
+    assert stats.grad_norm > 0
     lora1, base1 = _lora_state(ctx.model), _base_state(ctx.model)
     assert any(not torch.equal(lora0[k], lora1[k]) for k in lora0)
     assert all(torch.equal(base0[k], base1[k]) for k in base0)
@@ -118,9 +119,9 @@ def test_all_correct_groups_are_skipped_from_the_loss(db, tiny_dir):
     prompt = training.prompt(ctx, pid)[1]
     right = [make_rollout(pid, j, prompt, [5, 6], "x", "2", 1.0, True) for j in range(4)]
     assert training.go_gold(ctx, right, None) is None
-    assert training.assign_advantages(ctx, [right]) == []
-    stats = training.update(ctx.model, ctx.tok, ctx.optimizer, [], ctx.recipe, training.StopFlag())
-    assert stats["grad_norm"] == 0.0
+    assert training.assign_advantages(ctx.recipe, [right]) == []
+    stats = learner.update(ctx.policy, [(0, [])], ctx.recipe)
+    assert stats.grad_norm == 0.0
 
 
 def test_dapo_dynamic_sampling_refills_the_batch_with_mixed_groups(db, tiny_dir, monkeypatch):
@@ -128,16 +129,15 @@ def test_dapo_dynamic_sampling_refills_the_batch_with_mixed_groups(db, tiny_dir,
     ctx = training.setup(db, r, None, None, None, training.NullDisplay())
     first = set(training.curriculum.uniform([p["id"] for p in ctx.pool], 0, r.problems_per_step, r.seed))
 
-    def fake_score(seqs, problems, grader):  # the first batch is all wrong, any other problem mixed
-        for s in seqs:
-            s.correct = s.problem_id not in first and s.sample_index == 0
-            s.reward = float(s.correct)
+    def fake_scores(grader, items):  # the first batch is all wrong, any other problem mixed (sample 0 right)
+        G = r.samples_per_problem
+        return [Score(float(ok), ok) for i, (p, *_) in enumerate(items) for ok in [p["id"] not in first and i % G == 0]]
 
-    monkeypatch.setattr(training, "score", fake_score)
+    monkeypatch.setattr(Grader, "scores", fake_scores)
     with Grader() as g:
         seqs, m = training.train_step(ctx, 1, g, training.StopFlag())
-    assert m["groups"] == 4 and m["groups_in_loss"] == 2  # two dropped, two refilled
-    assert m["golden_injections"] == 0  # DAPO has no golden answers
+    assert m.groups == 4 and m.groups_in_loss == 2  # two dropped, two refilled
+    assert m.golden_injections == 0  # DAPO has no golden answers
     assert len({s.problem_id for s in seqs}) == 4 and len(seqs) == 16
     dropped = [s for s in seqs if s.problem_id in first]
     assert all(s.advantage == 0.0 for s in dropped)
@@ -168,7 +168,7 @@ def test_nf4_base_with_bf16_compute_and_gradient_checkpointing_trains_lora_on_cp
     lora0 = _lora_state(ctx.model)
     with Grader() as g:
         _, m = training.train_step(ctx, 1, g, training.StopFlag())
-    assert m["golden_injections"] >= 1 and m["grad_norm"] > 0 and m["optimizer_updates"] == 2
+    assert m.golden_injections >= 1 and m.update.grad_norm > 0 and m.update.optimizer_updates == 2
     assert any(not torch.equal(lora0[k], v) for k, v in _lora_state(ctx.model).items())
 
 
@@ -283,11 +283,11 @@ def test_shared_prompt_forward_and_merged_sampler_are_exact(db, tiny_dir):
     # after an update the merged sampler computes what the policy computes
     for s, a in zip(seqs, [1.0, -1.0, 0.5] * 2):
         s.advantage = a
-    training.update(ctx.model, ctx.tok, ctx.optimizer, seqs, ctx.recipe, training.StopFlag())
+    learner.update(ctx.policy, [(0, seqs)], ctx.recipe)
     ids = torch.tensor([seqs[0].prompt_ids + seqs[0].completion_ids])
     with torch.no_grad():
         want = ctx.model(input_ids=ids).logits
-        got = training.generation_model(ctx)(input_ids=ids).logits
+        got = ctx.engine.model(input_ids=ids).logits
     lora_b = [v for k, v in _lora_state(ctx.model).items() if "lora_B" in k]
     assert any(bool(v.abs().sum() > 0) for v in lora_b)  # the deltas being merged are not zero
     assert torch.allclose(want, got, atol=1e-4)
@@ -297,7 +297,7 @@ def test_bf16_sampler_tracks_the_policy(db, tiny_dir):
     ctx = training.setup(db, tiny_recipe(tiny_dir, "model.sampler_dtype=bfloat16"), None, None, None,
                          training.NullDisplay())
     ids = torch.tensor([training.prompt(ctx, ctx.pool[0]["id"])[1]])
-    sampler = training.generation_model(ctx)
+    sampler = ctx.engine.model
     assert next(sampler.parameters()).dtype == torch.bfloat16
     with torch.no_grad(), autocast_context(ctx.model, ctx.recipe.model.autocast)():
         want = torch.log_softmax(ctx.model(input_ids=ids).logits.float(), -1)
@@ -310,8 +310,8 @@ def test_golden_answer_longer_than_the_limit_is_not_injected(db, tiny_dir):
     with Grader() as g:
         seqs, m = training.train_step(ctx, 1, g, training.StopFlag())
     # counted, not injected: the all-wrong groups stay without contrast
-    assert m["golden_too_long"] == 2 and m["golden_injections"] == 0 and not [s for s in seqs if s.is_golden]
-    assert m["sequences_in_loss"] == 0
+    assert m.golden_too_long == 2 and m.golden_injections == 0 and not [s for s in seqs if s.is_golden]
+    assert m.sequences_in_loss == 0
     # a cut golden answer (no end, usually no final answer) with reward 1 is no longer an option
     with pytest.raises(recipes.RecipeError, match="golden_too_long"):
         tiny_recipe(tiny_dir, "golden_too_long=truncate")
@@ -439,5 +439,5 @@ def test_an_nf4_qwen2_policy_trains_after_sampling_on_cpu(db, tmp_path):
     lora0 = _lora_state(ctx.model)
     with Grader() as g:
         _, m = training.train_step(ctx, 1, g, training.StopFlag())  # samples, then updates
-    assert m["golden_injections"] >= 1 and m["grad_norm"] > 0
+    assert m.golden_injections >= 1 and m.update.grad_norm > 0
     assert all(not torch.equal(lora0[k], v) for k, v in _lora_state(ctx.model).items() if "lora_B" in k)

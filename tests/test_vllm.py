@@ -23,7 +23,8 @@ import torch
 from gcpo_cli import engines, rollout, store
 from gcpo_cli import recipe as recipes
 from gcpo_cli import train as training
-from gcpo_cli.model import add_lora, completion_logprobs, load_base, resolve_model
+from gcpo_cli.logprobs import completion_logprobs
+from gcpo_cli.model import add_lora, load_base, resolve_model
 from gcpo_cli.prompts import PRESETS
 from gcpo_cli.recipe import LoraConfig, ModelConfig
 

@@ -8,20 +8,18 @@ from array import array
 
 from sqlite_utils import Database
 
+from ..records import Rollout, row
 from .db import dumps, new_id, utcnow, write
 
-# The per-step metrics that have a column of their own in `steps` (the rest of a step's metrics
-# go into its metrics_json). Named as in the schema (migrations m001, m003, m004).
-STEP_COLUMNS = (
-    "reward_mean", "all_wrong_frac", "all_correct_frac", "mixed_frac", "golden_injections",
-    "golden_too_long", "golden_logp_mean", "clip_frac", "completion_tokens_mean", "truncation_rate",
-    "grad_norm", "loss", "lr", "gen_s", "score_s", "update_s", "tokens_per_s",
-    "ratio_mean", "ratio_min", "ratio_max", "optimizer_updates",
-)
-ROLLOUT_COLUMNS = (
-    "problem_id", "sample_index", "completion", "extracted_answer", "reward", "correct",
-    "completion_tokens", "truncated", "is_golden", "advantage", "seq_ratio", "policy_version", "sampler_logprobs",
-)
+# Columns of `steps` that are not a metric: the rest of the table's columns are metrics with a
+# column of their own (migrations m001, m003, m004), read from the schema, so a metric gains a
+# column by its migration alone; every metric is also in the step's metrics_json.
+STEP_KEYS = ("id", "run_id", "step", "metrics_json", "created_at")
+
+
+def step_columns(db: Database) -> tuple[str, ...]:
+    """The metrics that have a column of their own in `steps`, in schema order."""
+    return tuple(c for c in db["steps"].columns_dict if c not in STEP_KEYS)
 
 
 def pack_logprobs(values: list[float] | None) -> bytes | None:
@@ -70,10 +68,12 @@ def restart_run(db: Database, run_id: str, *, checkpoint_step: int, recipe: dict
     return dropped
 
 
-def record_step(db: Database, run_id: str, step: int, rollouts: list[dict], metrics: dict) -> None:
-    """Every rollout of a step and the step's metrics, all or nothing."""
-    rows = [dict({c: r[c] for c in ROLLOUT_COLUMNS}, run_id=run_id, step=step) for r in rollouts]
-    step_row = {k: metrics.get(k) for k in STEP_COLUMNS}
+def record_step(db: Database, run_id: str, step: int, rollouts: list[Rollout], metrics: dict) -> None:
+    """Every rollout of a step (records.Rollout: its recorded fields are the columns) and the
+    step's metrics ({name: value}), all or nothing."""
+    rows = [dict(row(x), sampler_logprobs=pack_logprobs(x.sampler_logprobs), run_id=run_id, step=step)
+            for x in rollouts]
+    step_row = {k: metrics.get(k) for k in step_columns(db)}
     step_row.update(run_id=run_id, step=step, metrics_json=dumps(metrics), created_at=utcnow())
     with write(db):
         db["rollouts"].insert_all(rows, batch_size=500)
