@@ -14,7 +14,13 @@ evaluation share). The grader must not be gameable by a policy under RL, which l
   different answer ("3x", "3 x", "7n", "2pi", "5 i", "3e" are not 3, 7, 2, 5, 3).
 - One answer only: "3, 4", "3 or 4", "3 or five", "1 and two", "-1 or more", "3 \\pm 1" are sets
   or expressions, never equal to a single gold answer; "c or d" is no option letter; a box inside
-  the answer ("\\boxed{3} or 4") is wrong (a box around all of it is only a box).
+  the answer ("\\boxed{3} or 4") is wrong (a box around all of it is only a box), and so are two
+  boxes side by side ("\\boxed{3} or \\boxed{4}" reads "3 or 4").
+- Several parts for a gold answer of that many (a list or set: "(2,2),(6,2)", "\\{1,2,3\\}"): boxes
+  side by side, or parts joined by "and", commas or \\quad, are matched against it as a whole, with
+  each part's naming left side dropped ("(x,y) = (5,8) \\quad\\text{and}\\quad (8,5)"; issue 25).
+- A symbol keeps its case (\\Pi is not \\pi, X is not x), and digits apart are no number ("1 2" is
+  neither 12 nor 3), while digits grouped in thousands are ("1,000", "1 000", "1\\,000").
 - An equation counts by its last side only when the left side is a single variable name and
   every later side equals the last: "x = 3" and "x = 2 + 1 = 3" are 3; "4 = 3", "2x = 3" and
   "x = 4 = 3" are not. (A gold answer that is itself an equation is compared as math-verify does.)
@@ -22,10 +28,12 @@ evaluation share). The grader must not be gameable by a policy under RL, which l
   \\text{}, percent), so golds with units, letters, intervals, tuples and sets keep working.
   A unit after a gold answer's value goes as it does after a predicted one, so the two compare by
   value: "9 (apples)" (ASDiv's layout), "5 (dollars)", "18 dollars" are 9, 5, 18 (issue 13;
-  `gold_value`). Parentheses that are mathematics stay: "(1, 2)", "f(x)", "(a) 3", "3 (mod 5)".
+  `gold_value`), and so is a number with any label of words in parentheses, "12 (inches of snow)"
+  (issue 25). Parentheses that are mathematics stay: "(1, 2)", "f(x)", "(a) 3", "3 (mod 5)".
 - MathQA-style option golds (a single letter a-e) compare option letters; `grading_target` maps
   an option's stated value or "60 = c" to its letter first.
-All regular expressions here are linear in the answer's length.
+All regular expressions here are linear in the answer's length. The published table of what is
+accepted and rejected, kept equal to tests/test_grader.py's cases, is docs/grading.md.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from __future__ import annotations
 import functools
 import math
 import re
+
+from .units import gold_value, strip_unit
 
 # A longer stated answer is graded wrong without parsing: sympy on a 50k-character string is the
 # classic hang, and cutting it short instead could leave the first half of a hedge.
@@ -47,8 +57,18 @@ _HASHES = re.compile(r"####([^\n]*)")  # linear: stripped below (a [ \t]*...\S f
 # sentence (a full stop followed by space or the end, not the one inside 3.5) or line.
 _ANSWER_INTRO = re.compile(r"\banswer\s*(?:is\b|:|=)\s*:?", re.I)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
+# A "final answer" statement after the last box is the answer, when it opens like mathematics.
+_FINAL_INTRO = re.compile(r"\bfinal\s+answer\s*(?:is\b|:|=)\s*:?", re.I)
+_MATH_START = re.compile(r"[$\\\d(\[{+-]|\.\d")
+_NON_BLANK = re.compile(r"\S")
+_BARE_BOX = re.compile(r"[^\s$]{1,200}")
+# Between two boxes of one answer: spacing, math delimiters, and at most one connective.
+_GAP_FILL = r"(?:\s|\$|&|\\\\|\\[()\[\],;:! ]|\\q?quad\b)*"
+_BOX_GAP = re.compile(_GAP_FILL + r"(?P<sep>,|;|and\b|or\b|\\text\s*\{\s*(?:and|or)\s*\})?" + _GAP_FILL, re.I)
+_MAX_BOX_GAP = 80
 _OPTION = re.compile(r"^\(?\s*([a-eA-E])\s*(?:\)\s*)?(?:[).:]|$)")  # no two \s* on one run of blanks
 _BOLD = re.compile(r"^\\(?:textbf|mathbf|bf)\s*\{")
+_OPTION_WRAP = re.compile(r"^(?:option|choice|\\(?:text|mathrm|textrm|textbf|mathbf|mbox)\s*\{)\s*")  # lower case
 
 
 def _matching_braces(text: str) -> dict[int, int]:
@@ -63,54 +83,100 @@ def _matching_braces(text: str) -> dict[int, int]:
     return match
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last non-empty \\boxed{...} (or \\fbox{...}), with nested braces; None if
-    absent. An empty \\boxed{} is the prompt's own instruction echoed back, not an answer.
+def _box_spans(text: str) -> list[tuple[int, int, int, int]]:
+    """Every non-empty \\boxed{...} (or \\fbox{...}, or "\\boxed 5") in order of its start:
+    (start of the macro, end of the box, start and end of its content). An empty \\boxed{} is the
+    prompt's own instruction echoed back, not an answer.
 
     Linear time: braces are matched once for the whole text, so thousands of unclosed
-    \\boxed{ (a degenerate completion) cost no more than one."""
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    if not starts:
-        return None
-    match = _matching_braces(text) if "{" in text else {}
-    for start in reversed(starts):
+    \\boxed{ (a degenerate completion) cost no more than one, and a box's content is only tested
+    for a non-blank character, not copied."""
+    spans = []
+    match = None
+    for m in _BOXED.finditer(text):
+        start = m.end()
         if start < len(text) and text[start] == "{":
+            match = _matching_braces(text) if match is None else match
             end = match.get(start)
-            if end is not None and text[start + 1 : end].strip():
-                return text[start + 1 : end].strip()
-            continue  # unbalanced or empty: try an earlier one
-        m = re.match(r"([^\s$]+)", text[start:start + 200])  # \boxed 5
-        if m:
-            return m.group(1)
-    return None
+            if end is not None and _NON_BLANK.search(text, start + 1, end):  # unbalanced or empty: no box
+                spans.append((m.start(), end + 1, start + 1, end))
+            continue
+        bare = _BARE_BOX.match(text, start)  # \boxed 5
+        if bare:
+            spans.append((m.start(), bare.end(), start, bare.end()))
+    return spans
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last non-empty \\boxed{...} (or \\fbox{...}), with nested braces; None if
+    absent."""
+    spans = _box_spans(text)
+    return text[spans[-1][2] : spans[-1][3]].strip() if spans else None
+
+
+def _final_boxes(text: str, spans: list[tuple[int, int, int, int]]) -> str:
+    """The last box's content, or, when boxes stand side by side before it (nothing between them
+    but spacing, math delimiters and one ",", ";", "and" or "or"), all of theirs as one answer:
+    "\\boxed{(2,2)} and \\boxed{(6,2)}" -> "(2,2) and (6,2)", "\\boxed{1},\\boxed{2}" -> "1, 2",
+    "\\boxed{3} or \\boxed{4}" -> "3 or 4" (a hedge for a single-valued gold, graded wrong)."""
+    run, seps = [spans[-1]], []
+    for prev in reversed(spans[:-1]):
+        if 3 * len(run) - 2 > MAX_ANSWER_CHARS:  # a part and a separator are 3 characters at least:
+            break  # the answer is already too long to be graded, whatever else the run holds
+        gap_start, gap_end = prev[1], run[-1][0]
+        if gap_start > gap_end or gap_end - gap_start > _MAX_BOX_GAP:  # nested in it, or apart
+            break
+        gap = _BOX_GAP.fullmatch(text, gap_start, gap_end)
+        if gap is None:
+            break
+        run.append(prev)
+        sep = (gap.group("sep") or ",").lower()
+        seps.append(" and " if "and" in sep else " or " if "or" in sep else ", ")
+    parts = [_unwrap(text[start:end]) for _, _, start, end in reversed(run)]
+    return "".join(part + sep for part, sep in zip(parts, [*reversed(seps), ""]))
+
+
+def _statement(text: str, start: int) -> str | None:
+    """The answer an intro ("the answer is", "final answer:") ending at `start` states: the rest of
+    its sentence or line, without math delimiters. None when that is empty or only an empty box."""
+    tail = text[start:].lstrip()
+    end = _SENTENCE_END.search(tail)
+    ans = (tail[: end.start()] if end else tail).strip()
+    ans = ans.strip("$").strip()
+    if ans.startswith("\\(") and ans.endswith("\\)"):
+        ans = ans[2:-2].strip()
+    if _BOXED.search(ans):  # "the answer is $\\boxed{}$": only an empty box, no answer
+        return None
+    return _unwrap(ans.rstrip(".,;")) or None
 
 
 def extract_answer(text: str | None) -> str | None:
-    """The final answer a solution or completion states: the last \\boxed{}, then the last
-    `#### x` line, then the last "the answer is x". None when it states none (no last-number
-    guessing: a model must say it)."""
+    """The final answer a solution or completion states: a "final answer is $x$" statement after
+    the last \\boxed{}, else the last \\boxed{} (with the boxes side by side before it:
+    `_final_boxes`), then the last `#### x` line, then the last "the answer is x". None when it
+    states none (no last-number guessing: a model must say it)."""
     if not text:
         return None
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return _unwrap(boxed)
+    spans = _box_spans(text)
+    if spans:
+        after = max(end for _, end, _, _ in spans)
+        intro = None
+        for intro in _FINAL_INTRO.finditer(text, after):
+            pass
+        # Only a statement that opens like mathematics: "the final answer is consistent with ..."
+        # after the box is prose about the boxed answer, not another answer.
+        if intro is not None and _MATH_START.match(text[intro.end():].lstrip()[:2]):
+            stated = _statement(text, intro.end())
+            if stated is not None:
+                return stated
+        return _final_boxes(text, spans)
     hashes = [h for h in (m.strip() for m in _HASHES.findall(text)) if h]
     if hashes:
         return hashes[-1]
     intro = None
     for intro in _ANSWER_INTRO.finditer(text):
         pass
-    if intro is not None:
-        tail = text[intro.end():].lstrip()
-        end = _SENTENCE_END.search(tail)
-        ans = (tail[: end.start()] if end else tail).strip()
-        ans = ans.strip("$").strip()
-        if ans.startswith("\\(") and ans.endswith("\\)"):
-            ans = ans[2:-2].strip()
-        if _BOXED.search(ans):  # "the answer is $\\boxed{}$": only an empty box, no answer
-            return None
-        return _unwrap(ans.rstrip(".,;")) or None
-    return None
+    return _statement(text, intro.end()) if intro is not None else None
 
 
 def _unwrap(ans: str) -> str:
@@ -151,7 +217,7 @@ def option_letter(text: str | None) -> str | None:
     if not text:
         return None
     t = text.strip().lower()
-    t = re.sub(r"^(?:option|choice|\\text\{)\s*", "", t).rstrip("}").strip()
+    t = _OPTION_WRAP.sub("", t).rstrip("}").strip()
     m = _OPTION.match(t)
     return m.group(1).lower() if m else None
 
@@ -168,126 +234,29 @@ def _wrap(expr: str) -> str:
 
 
 def clean_str(s: str) -> str:
-    s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)  # [^{}]: linear on "\\text{\\text{..."
+    """An answer for comparison as text: \\text{} and \\mathrm{} unwrapped; $, \\! and \\, gone; blanks
+    gone except one between two digits ("1 2" is not 12); words of three or more letters in lower
+    case ("Yes" is "yes"), while a symbol keeps its case (\\Pi is not \\pi, X is not x)."""
+    s = _TEXT_WRAP.sub(r"\1", s)
     s = s.replace("\\!", "").replace("\\,", "").replace("$", "")
-    return re.sub(r"\s+", "", s).rstrip(".").lower()
+
+    def blank(m: re.Match) -> str:
+        return " " if 0 < m.start() and m.end() < len(s) and s[m.start() - 1].isdigit() and s[m.end()].isdigit() else ""
+
+    s = re.sub(r"\s+", blank, s)
+    return _WORD.sub(lambda m: m.group().lower(), s).rstrip(".")
 
 
-_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
+_TEXT_WRAP = re.compile(r"\\(?:text|mathrm|textrm|mbox|textnormal)\s*\{([^{}]*)\}")  # [^{}]: linear on nesting
+_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")  # not a command's name (\\Pi, \\Gamma)
+# Digits grouped in thousands by a comma, a blank, "~", "\\ " or "\\," (1,000, 1 000, 1\\,000).
+_GROUPED = r"(?<![\d.,])\d{1,3}(?:(?:,|\\[ ,]|[ ~])\d{3})+(?!\d)"
+_NUMBER = re.compile(rf"-?(?:{_GROUPED}|\d+)(?:\.\d+)?|-?\.\d+")
+# Digits apart, other than in thousands or in a mixed number (2 1/2): "1 2" is no number.
+_SPACED_DIGITS = re.compile(r"\d(?:\s|~|\\ )+\d(?!\d*\s*/)")
 _MIXED = re.compile(r"(-?)(\d+)\s+(\d+)\s*/\s*(\d+)")  # 2 1/2 (GSM8K-style mixed number)
 # A currency sign before the answer ($18, \$18, €18, Rs. 18).
 _CURRENCY = re.compile(r"^(?:\\\$|\$|€|£|¥|₹|\\(?:euro|pounds|yen)\b|(?:rs|usd|inr)\.?(?=[\s\d]))\s*", re.I)
-
-# ---------------------------------------------------------------------- units after an answer
-# The answer is tokenised in one left-to-right pass (every alternative is a bounded or
-# delimiter-stopped scan, so the whole pass is linear), then a unit is read off its end.
-_TOKEN = re.compile(
-    r"(?P<text>\\(?:text|mbox|mathrm|textrm|textnormal|textit|textbf|mathit)\s*\{[^{}]*\})"
-    r"|(?P<paren>\([^()]*\))"
-    r"|(?P<rate>[A-Za-z]+\s*/\s*[A-Za-z]+\.?)"  # km/h, m/s, miles/hour
-    r"|(?P<word>[A-Za-z]+\.?)"
-    r"|(?P<exp>\^\s*(?:\{\s*[23]\s*\}|[23])|[²³])"  # cm^2, m^{3}
-    r"|(?P<deg>(?:°|\^\s*\{?\s*\\circ\s*\}?)\s*[CFK]?(?![A-Za-z]))"
-    r"|(?P<space>\s+|~|\\[,;:! ]|\\q?quad\b)"
-    r"|(?P<other>\\[A-Za-z]+|.)",
-    re.S,
-)
-_UNIT_CHARS = re.compile(r"[A-Za-z\s./°²³^-]*")  # what a \text{} or (...) unit may contain
-_LETTERS = re.compile(r"[A-Za-z]+")
-# Words after a number that change what it says, so they are never read as a unit: connectives
-# and hedges (3 or 4, -1 or more), number words (3 five, 3 hundred), constants, Greek letters and
-# function names (2 pi, 3 sin), negations. A plural ("thirds", "hundreds") counts as its singular.
-_NOT_UNITS = frozenset("""
-    and or nor but either neither not no none nothing never plus minus times over divided than more
-    less fewer least most maybe perhaps possibly probably approximately approx about around roughly
-    nearly almost exactly between through thru till until else otherwise also then both any all each
-    every some several many few same other another only are was were equal equals
-    wrong incorrect false true invalid undefined impossible unknown infinite infinitely inf infinity
-    infty nan zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
-    fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety
-    hundred thousand million billion trillion dozen half halve third fourth fifth sixth seventh
-    eighth ninth tenth quarter hundredth thousandth millionth double triple twice thrice squared
-    cubed root sqrt power factorial percent percentage pct permille pi tau phi theta alpha beta
-    gamma delta epsilon lambda sigma omega euler sin cos tan cot csc sinh cosh tanh arcsin arccos
-    arctan log exp mod gcd lcm floor ceil abs max
-""".split())
-# Two-letter words are units only when known (a two-letter word is as often a product of two
-# variables); one letter is a variable (x, n) or a constant (e, i) unless it sits in \text{}.
-_SHORT_UNITS = frozenset("cm mm km nm dm um kg mg ml cl dl ft yd mi oz lb hr yr ms ns hz ha kb mb gb "
-                         "tb kw mw kj rs sq cu in am pm".split())
-_RATE_LETTERS = frozenset("mshgl")  # one-letter units allowed in a rate: m/s, km/h, g/l
-
-
-def _unit_word(word: str, in_text: bool = False) -> bool:
-    w = word.rstrip(".").lower()
-    singular = {w, w[:-1] if w.endswith("s") else w, w[:-2] if w.endswith("es") else w}
-    if not w or singular & _NOT_UNITS:
-        return False
-    if len(w) == 1:
-        return in_text and w not in "ie"
-    if len(w) == 2:
-        return in_text or w in _SHORT_UNITS
-    return True
-
-
-def _is_unit(kind: str, tok: str) -> bool:
-    if kind == "deg":
-        return True
-    if kind == "word":
-        return _unit_word(tok)
-    if kind == "rate":
-        return all(_unit_word(side) or side.strip().rstrip(".").lower() in _RATE_LETTERS
-                   for side in tok.split("/"))
-    inner = tok[tok.index("{") + 1 : -1] if kind == "text" else tok[1:-1]
-    words = _LETTERS.findall(inner)
-    # No digits, operators, commas: "\\text{ or } 4", "(or 4)" and "(3, 4)" are not units.
-    return bool(words) and _UNIT_CHARS.fullmatch(inner) is not None and all(
-        _unit_word(w, in_text=kind == "text") for w in words)
-
-
-def strip_unit(answer: str) -> str | None:
-    """The answer without the unit after it ("18 dollars", "5 \\text{ cm}^2", "9 (apples)",
-    "60 km/h", "90°" -> the number or expression before it); None when nothing after it reads
-    as a unit. A unit is a run, at the end, of: words of three or more letters that are not in
-    `_NOT_UNITS`, known two-letter units (cm, kg, ...), \\text{...} blocks of such words (one
-    letter allowed there: \\text{m}), a parenthesised word ("(apples)"), a rate (km/h), an
-    exponent on a unit (cm^2) and degree signs. The reading stops at the first token that is not
-    one, so "3 x", "2pi", "5 i", "7n", "3 or five", "-1 or more" keep their tail, and then
-    math-verify reads the letters as the variables and constants they are."""
-    tokens = [(m.lastgroup, m.group()) for m in _TOKEN.finditer(answer)]
-    cut, exponent = None, False
-    for i in range(len(tokens) - 1, -1, -1):
-        kind, tok = tokens[i]
-        if kind == "space":
-            continue
-        if kind == "exp" and not exponent:  # belongs to the unit on its left, if there is one
-            exponent = True
-            continue
-        if not _is_unit(kind, tok):
-            break
-        cut, exponent = i, False
-    if cut is None:
-        return None
-    while cut and tokens[cut - 1][0] == "space":  # "5 \\, \\text{cm}": the spacing goes too
-        cut -= 1
-    return "".join(tok for _, tok in tokens[:cut]) or None
-
-
-# What a gold answer's value ends in once its unit is gone: a digit, a brace (\\frac{1}{2}) or %.
-# "f(abc)" and "\\sin(abc)" would leave a bare function name: their parentheses stay.
-_VALUE_END = re.compile(r"[\d}%]\s*$")
-
-
-def gold_value(gold: str) -> str:
-    """A gold answer without the unit after its value ("9 (apples)", "5 (dollars)", "18 dollars",
-    "2.5 (cm)" -> "9", "5", "18", "2.5"); the gold as it is when nothing after it reads as a unit
-    (`strip_unit`: "(1, 2)", "f(x)", "(a) 3", "3 (mod 5)", "3 (x)") or what is left does not end
-    like a value ("\\sin(abc)")."""
-    bare = strip_unit(gold)
-    if bare and _VALUE_END.search(bare):
-        return bare.strip()
-    return gold
-
 
 def _unbox(answer: str) -> str:
     """"\\boxed{\\boxed{3}}" -> "3": a box around the whole answer is only a box. Linear: the
@@ -322,7 +291,7 @@ def _as_number(s: str) -> float | None:
     t = s.strip().replace("\\!", "").replace("\\$", "").lstrip("$").rstrip(".").strip()
     if not _NUMBER.fullmatch(t):
         return None
-    return float(t.replace(",", ""))
+    return float(re.sub(r"[^\d.-]", "", t))
 
 
 def _nesting(s: str) -> int:
@@ -382,6 +351,83 @@ def _answer_side(pred: list, timeout: int | None) -> list:
     return out
 
 
+# ------------------------------------------------------------ symbols, digits, several parts
+_GREEK = frozenset("alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi "
+                   "omicron pi varpi rho varrho sigma varsigma tau upsilon phi varphi chi psi omega".split())
+# A LaTeX command, a letter standing alone (not in a word) or a Greek character.
+_SYMBOL = re.compile(r"\\([A-Za-z]+)|(?<![A-Za-z])[A-Za-z](?![A-Za-z])|[\u0391-\u03a9\u03b1-\u03c9]")
+
+
+def _symbols(answer: str) -> set[str]:
+    """The Greek letters and one-letter names in an answer, as written (\\Pi, \\pi, x, X, E)."""
+    out = set()
+    for m in _SYMBOL.finditer(answer):
+        name = m.group(1)
+        if name is None:
+            out.add(m.group())
+        elif name.lower() in _GREEK:
+            out.add("\\" + name)
+    return out
+
+
+def _differ_in_case(gold: str, predicted: str) -> bool:
+    """Do the two name the same symbols but for case (\\Pi for \\pi, X for x)? math-verify lower-cases
+    every symbol before comparing (latex2sympy's lowercase_symbols), so it would say equal."""
+    g, p = _symbols(gold), _symbols(predicted)
+    return g != p and {x.lower() for x in g} == {x.lower() for x in p}
+
+
+def _spaced_digits(answer: str) -> bool:
+    """Are two digits only blanks apart, other than in thousands (1 000) or a mixed number (2 1/2)?"""
+    return _SPACED_DIGITS.search(re.sub(_GROUPED, "", answer)) is not None
+
+
+# An answer's parts ("(2,2),(6,2)", "\\{1,2,3\\}", "1 and 9"): split at top-level commas, semicolons, "and"
+# and \\quad. A comma before three digits groups thousands.
+_PART_SEP = re.compile(r"\\text\s*\{\s*and\s*\}|\band\b|\\q?quad\b|;|,(?!\d{3}(?!\d))", re.I)
+_SET_BRACES = re.compile(r"^\\(?:left)?\\\{(.*)\\(?:right)?\\\}$", re.S)
+# The left side of a part's equation that names what it is: "x =", "(x, y) =", "a_1 ="
+_NAMES = re.compile(r"\(?(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?\w+\}?)?(?:,(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?\w+\}?)?)*\)?")
+
+
+def _split_top(text: str, sep: re.Pattern) -> list[str]:
+    """`text` cut at the matches of `sep` outside brackets, blank pieces dropped. One pass."""
+    depth, at_depth = 0, []
+    for ch in text:
+        at_depth.append(depth)
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+    pieces, start = [], 0
+    for m in sep.finditer(text):
+        if at_depth[m.start()] == 0:
+            pieces.append(text[start : m.start()])
+            start = m.end()
+    pieces.append(text[start:])
+    return [p.strip() for p in pieces if p.strip(" \t\n~\\,;:!")]
+
+
+def _as_parts_of(gold: str, predicted: str) -> list[str]:
+    """For a gold answer of n > 1 parts, a predicted answer of n parts as one list, to be matched
+    against the gold as a whole: each part's value ("(x,y) = (5,8) \\quad\\text{and}\\quad (8,5)" ->
+    "(5,8), (8,5)"), then each part as written ("x = 2 and y = 3" -> "x = 2, y = 3"). Nothing for
+    a single-valued gold, so "3 and 4" or two boxes stay a hedge there."""
+    if _as_number(gold) is not None:
+        return []
+    braces = _SET_BRACES.match(gold)
+    n = len(_split_top(braces.group(1) if braces else gold, _PART_SEP))
+    parts = _split_top(predicted, _PART_SEP)
+    if n < 2 or len(parts) != n:
+        return []
+    values = []
+    for part in parts:
+        names, eq, value = part.partition("=")
+        values.append(value.strip() if eq and "=" not in value and _NAMES.fullmatch(re.sub(r"\s+", "", names))
+                      else part)
+    return list(dict.fromkeys([", ".join(values), ", ".join(parts)]))
+
+
 def verify_answer(gold: str, predicted: str | None, timeouts: bool = True, timeout_s: int = 5) -> bool:
     """True if `predicted` (an extracted final answer) means the same as `gold`; the rules are in
     the module docstring.
@@ -407,7 +453,8 @@ def verify_answer(gold: str, predicted: str | None, timeouts: bool = True, timeo
         if not g:
             return False
         gold_relation = any(not isinstance(x, str) and is_relation(x) for x in g)
-        for cand in _candidates(predicted):
+        readings = [*_as_parts_of(gold, predicted), predicted]
+        for cand in dict.fromkeys(c for reading in readings for c in _candidates(reading)):
             p = parse(_wrap(cand), extraction_config=_predicted_config(), parsing_timeout=t)
             if p and not gold_relation:
                 p = _answer_side(p, t)
@@ -429,8 +476,8 @@ def _several_options(text: str) -> bool:
 
 def local_verdict(gold: str | None, predicted: str | None) -> bool | None:
     """Verdicts that need no sympy (no answer, an overlong one, option letters, identical text,
-    two plain numbers, after dropping a unit from either, that are clearly equal or clearly not);
-    else None."""
+    symbols that differ only in case, digits apart, two plain numbers, after dropping a unit from
+    either, that are clearly equal or clearly not); else None."""
     if gold is None or predicted is None:
         return False
     gold, predicted = str(gold).strip(), str(predicted).strip()
@@ -446,6 +493,8 @@ def local_verdict(gold: str | None, predicted: str | None) -> bool | None:
     gold = gold_value(gold)
     if clean_str(gold) == clean_str(predicted):
         return True
+    if _differ_in_case(gold, predicted) or (_spaced_digits(predicted) and not _spaced_digits(gold)):
+        return False  # math-verify folds the case of symbols (\\Pi = \\pi) and reads "1 2" as 12 or 3
     g = _as_number(gold)
     p = _as_number(predicted) if g is not None else None
     if g is not None and p is None:
