@@ -49,7 +49,7 @@ from .errors import GcpoError
 from .evaluation import _advance, _grader, _progress
 from .fields import ID_NAMES, PROBLEM_NAMES, SOLUTION_NAMES
 from .grader import Grader
-from .ingest import _sha, load_source
+from .readers import content_hash, load_source
 from .prompts import PRESETS, Prompt
 from .samples import _Matcher
 
@@ -197,7 +197,7 @@ def teacher(model: str | None, server: str | None):
 
 def golden_id(problem_id: str, text: str) -> str:
     """As ingest names a golden answer: the same text for the same problem is one row."""
-    return _sha(problem_id, text)[:16]
+    return content_hash(problem_id, text)[:16]
 
 
 def verified_candidates(problems: list[dict], samples: list[list[Sample]], verdicts: list[bool], *, source: str,

@@ -10,7 +10,7 @@ import pytest
 from gcpo_cli.cli import app
 from gcpo_cli.errors import GcpoError
 from gcpo_cli.store import open_db
-from gcpo_cli.fields import problem_id
+from gcpo_cli.rows import problem_id
 from gcpo_cli.ingest import ensure_synthetic_set, ingest_rows, ingest_source
 
 from conftest import SHARED_DATA

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from gcpo_cli import fields
+from gcpo_cli import fields, rows
 from gcpo_cli.cli import app
 from gcpo_cli.errors import GcpoError
-from gcpo_cli.fields import build_records, detect_mapping
+from gcpo_cli.fields import detect_mapping
+from gcpo_cli.rows import validate_rows
 from gcpo_cli.ingest import ingest_rows, ingest_source, load_source
 from gcpo_cli.store import open_db
 from test_ingest import _fails, _json  # the same checks as the ingest tests
@@ -108,10 +109,10 @@ ADVERSARIAL = {
 def test_field_regexes_are_linear(name):
     text = ADVERSARIAL[name]
     with _under(1.0):
-        list(fields._STATED_OPTION.finditer(text))
-        fields._TRAILING_OPTION.search(text)  # used on a rationale's last 60 characters, linear anyway
-        fields._EMPTY_BOX.search(text)
-        fields._THOUSANDS.fullmatch(text)
+        list(rows._STATED_OPTION.finditer(text))
+        rows._TRAILING_OPTION.search(text)  # used on a rationale's last 60 characters, linear anyway
+        rows._EMPTY_BOX.search(text)
+        rows._THOUSANDS.fullmatch(text)
 
 
 # One clean row per known layout; the adversarial text goes into each text field in turn.
@@ -134,7 +135,7 @@ def test_a_one_mb_field_parses_in_under_a_second(layout, field, name):
     if layout == "gsm8k" and field == "answer":
         row[field] += "\n#### 2"
     with _under(1.0):
-        records, rejects = build_records([row], ["line 1"], mapping)
+        records, rejects = validate_rows([row], ["line 1"], mapping)
     assert len(records) + len(rejects) == 1
 
 

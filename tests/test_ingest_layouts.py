@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from gcpo_cli.cli import app
-from gcpo_cli.fields import problem_id, repeat_id, variant_id
+from gcpo_cli.rows import problem_id, repeat_id, variant_id
 from gcpo_cli.store import open_db
 from test_ingest import _fails, _json, _write_jsonl
 
