@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
+import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,6 +39,13 @@ def _worker_main(conn, timeout_s: int, memory_mb: int, reward: str | None = None
     except (ImportError, ValueError, OSError):
         pass
     logging.disable(logging.WARNING)  # math-verify logs every time-out it hits
+    # A custom reward's prints (and anything else here) must not reach the command's stdout, which
+    # the worker inherits and `--json` keeps for its one document (issue 27): they go to stderr.
+    try:
+        os.dup2(2, 1)
+    except OSError:
+        pass
+    sys.stdout = sys.stderr
     import math_verify  # noqa: F401  (the import is most of the start-up time)
 
     fn = None

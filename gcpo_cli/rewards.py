@@ -9,10 +9,14 @@ deadline if the alarm did not stop it. Whatever goes wrong (a raise, a hang, a v
 number in [0, 1]) scores 0 and comes back marked failed, so a step counts it and never hangs.
 A completion cut at the token limit scores 0 without a call, as with the built-in grader: a
 policy must not learn to run to the limit (issue 9).
+Whatever the function or its module prints goes to stderr, never stdout, which `--json` keeps for
+its one JSON document (issue 27): the import runs under `stdout_to_stderr`, and the grading worker
+sends its whole stdout there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -56,7 +60,8 @@ def load_reward(spec: str) -> Callable:
     """The function `spec` names, imported; RewardLoadError when it cannot be."""
     target, name, is_file = split_spec(spec)
     try:
-        module = _load_file(target) if is_file else _import(target)
+        with stdout_to_stderr():
+            module = _load_file(target) if is_file else _import(target)
     except RewardLoadError:
         raise
     except (Exception, SystemExit) as e:  # the user's module ran and failed
@@ -67,6 +72,28 @@ def load_reward(spec: str) -> Callable:
     if not callable(fn):
         raise RewardLoadError(f"{target}:{name} is not callable (it is a {type(fn).__name__})")
     return fn
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Within it, print() and writes to file descriptor 1 (a C library's banner) go to stderr."""
+    sys.stdout.flush()
+    saved = None
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no file descriptor 1 or 2 here: print() alone is redirected
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            try:
+                sys.stdout.flush()
+            finally:
+                os.dup2(saved, 1)
+                os.close(saved)
 
 
 def _import(module_name: str):

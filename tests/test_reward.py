@@ -5,6 +5,7 @@ counted; it never hangs a step; going gold follows its "correct" flag (or reward
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 import time
@@ -62,6 +63,21 @@ REWARDS = textwrap.dedent('''
     NOT_CALLABLE = 3
 ''')
 
+# A reward that prints, at import and in every call, to sys.stdout and to file descriptor 1.
+PRINTING = textwrap.dedent('''
+    import os, sys
+    print("printed at import")
+    os.write(1, b"written to fd 1 at import\\n")
+
+    def talk(problem, completion, gold):
+        print("printed in the reward", problem["id"])
+        os.write(1, b"written to fd 1 in the reward\\n")
+        sys.stdout.flush()
+        with open(os.environ["GCPO_TEST_REWARD_LOG"], "a") as f:
+            f.write("called\\n")
+        return 0.5
+''')
+
 
 @pytest.fixture(autouse=True)
 def reward_module(tmp_path, monkeypatch):
@@ -71,6 +87,7 @@ def reward_module(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / f"{MODULE}.py").write_text(REWARDS)
     (folder / "gcpo_test_broken.py").write_text("raise RuntimeError('broken at import')\n")
+    (folder / f"{MODULE}_printing.py").write_text(PRINTING)
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.setenv("GCPO_TEST_REWARD_LOG", str(tmp_path / "calls.jsonl"))
     sys.modules.pop(MODULE, None)
@@ -279,3 +296,37 @@ def test_a_bad_reward_on_the_command_line_is_one_clear_line(runner):
     result = runner.invoke(app, ["train", "--recipe", "tiny", "-o", "reward=gcpo_no_such_module_zz:exact"])
     assert result.exit_code == 1
     assert "recipe key 'reward'" in result.output and "Traceback" not in result.output
+
+
+# ----------------------------------------------------------------------------- a reward that prints
+
+def test_a_reward_that_prints_never_reaches_the_commands_stdout(tiny_dir, words, gcpo_home, tmp_path):
+    """`gcpo train --json` prints one JSON document, whatever the reward prints (issue 27, item 2):
+    the worker's stdout goes to stderr, and so does the reward module's import in the CLI."""
+    import subprocess
+
+    reward = tmp_path / "printing_reward.py"
+    reward.write_text(PRINTING)
+    env = {**os.environ, "GCPO_HOME": str(gcpo_home)}
+    done = subprocess.run([sys.executable, "-m", "gcpo_cli", "train", "--recipe", "tiny", "--model", tiny_dir,
+                           "--set", words, "-o", "steps=1", "-o", "max_new_tokens=120", "-o", f"reward={reward}:talk",
+                           "--json"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)  # the whole of stdout: nothing before or after the JSON
+    assert summary["status"] == "completed"
+    assert calls_made(tmp_path) > 0  # the reward ran and printed
+    assert "printed in the reward" in done.stderr and "written to fd 1 in the reward" in done.stderr
+    assert "printed at import" in done.stderr
+
+
+def test_the_grading_worker_writes_nothing_to_stdout(capfd):
+    # capfd reads file descriptor 1 itself, which the spawned worker inherits
+    with Grader(reward=f"{MODULE}_printing:talk") as g:
+        assert g.scores(items("anything")) == [Score(0.5, False)]
+    out, err = capfd.readouterr()
+    assert out == "" and "printed in the reward" in err and "written to fd 1 at import" in err
+
+
+def calls_made(tmp_path) -> int:
+    path = tmp_path / "calls.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
