@@ -233,10 +233,11 @@ def _wrap(expr: str) -> str:
     return f"${expr}$"
 
 
-def clean_str(s: str) -> str:
-    """An answer for comparison as text: \\text{} and \\mathrm{} unwrapped; $, \\! and \\, gone; blanks
-    gone except one between two digits ("1 2" is not 12); words of three or more letters in lower
-    case ("Yes" is "yes"), while a symbol keeps its case (\\Pi is not \\pi, X is not x)."""
+def _as_text(s: str) -> str:
+    """An answer for the grader's comparison as text: \\text{} and \\mathrm{} unwrapped; $, \\! and \\,
+    gone; blanks gone except one between two digits ("1 2" is not 12); words of three or more
+    letters in lower case ("Yes" is "yes"), while a symbol keeps its case (\\Pi is not \\pi, X is not
+    x)."""
     s = _TEXT_WRAP.sub(r"\1", s)
     s = s.replace("\\!", "").replace("\\,", "").replace("$", "")
 
@@ -245,6 +246,12 @@ def clean_str(s: str) -> str:
 
     s = re.sub(r"\s+", blank, s)
     return _WORD.sub(lambda m: m.group().lower(), s).rstrip(".")
+
+
+def clean_str(s: str) -> str:
+    """A looser `_as_text` that groups votes by answer string (maj@k by string, Qwen2.5-Math's way):
+    every blank gone and every letter in lower case, so "X" and "x" are one string. Never a verdict."""
+    return re.sub(r"\s+", "", _as_text(s)).lower()
 
 
 _TEXT_WRAP = re.compile(r"\\(?:text|mathrm|textrm|mbox|textnormal)\s*\{([^{}]*)\}")  # [^{}]: linear on nesting
@@ -488,10 +495,10 @@ def local_verdict(gold: str | None, predicted: str | None) -> bool | None:
         return False
     if _is_option_gold(gold):
         return option_letter(predicted) == gold.lower() and not _several_options(predicted)
-    if clean_str(gold) == clean_str(predicted):
+    if _as_text(gold) == _as_text(predicted):
         return True
     gold = gold_value(gold)
-    if clean_str(gold) == clean_str(predicted):
+    if _as_text(gold) == _as_text(predicted):
         return True
     if _differ_in_case(gold, predicted) or (_spaced_digits(predicted) and not _spaced_digits(gold)):
         return False  # math-verify folds the case of symbols (\\Pi = \\pi) and reads "1 2" as 12 or 3
