@@ -42,7 +42,7 @@ import functools
 import math
 import re
 
-from .units import gold_value, strip_unit
+from .units import as_number, bare, gold_value, spaced_digits, strip_unit
 
 # A longer stated answer is graded wrong without parsing: sympy on a 50k-character string is the
 # classic hang, and cutting it short instead could leave the first half of a hedge.
@@ -101,9 +101,9 @@ def _box_spans(text: str) -> list[tuple[int, int, int, int]]:
             if end is not None and _NON_BLANK.search(text, start + 1, end):  # unbalanced or empty: no box
                 spans.append((m.start(), end + 1, start + 1, end))
             continue
-        bare = _BARE_BOX.match(text, start)  # \boxed 5
-        if bare:
-            spans.append((m.start(), bare.end(), start, bare.end()))
+        token = _BARE_BOX.match(text, start)  # \boxed 5
+        if token:
+            spans.append((m.start(), token.end(), start, token.end()))
     return spans
 
 
@@ -256,14 +256,8 @@ def clean_str(s: str) -> str:
 
 _TEXT_WRAP = re.compile(r"\\(?:text|mathrm|textrm|mbox|textnormal)\s*\{([^{}]*)\}")  # [^{}]: linear on nesting
 _WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")  # not a command's name (\\Pi, \\Gamma)
-# Digits grouped in thousands by a comma, a blank, "~", "\\ " or "\\," (1,000, 1 000, 1\\,000).
-_GROUPED = r"(?<![\d.,])\d{1,3}(?:(?:,|\\[ ,]|[ ~])\d{3})+(?!\d)"
-_NUMBER = re.compile(rf"-?(?:{_GROUPED}|\d+)(?:\.\d+)?|-?\.\d+")
-# Digits apart, other than in thousands or in a mixed number (2 1/2): "1 2" is no number.
-_SPACED_DIGITS = re.compile(r"\d(?:\s|~|\\ )+\d(?!\d*\s*/)")
 _MIXED = re.compile(r"(-?)(\d+)\s+(\d+)\s*/\s*(\d+)")  # 2 1/2 (GSM8K-style mixed number)
-# A currency sign before the answer ($18, \$18, €18, Rs. 18).
-_CURRENCY = re.compile(r"^(?:\\\$|\$|€|£|¥|₹|\\(?:euro|pounds|yen)\b|(?:rs|usd|inr)\.?(?=[\s\d]))\s*", re.I)
+
 
 def _unbox(answer: str) -> str:
     """"\\boxed{\\boxed{3}}" -> "3": a box around the whole answer is only a box. Linear: the
@@ -282,25 +276,6 @@ def _unbox(answer: str) -> str:
     return a[start:end]
 
 
-def _bare(answer: str) -> str:
-    """The answer without math delimiters, a currency sign before it or a unit after it."""
-    a = answer.strip()
-    if len(a) > 1 and a.startswith("$") and a.endswith("$"):
-        a = a.strip("$").strip()
-    elif a.startswith("\\(") and a.endswith("\\)"):
-        a = a[2:-2].strip()
-    a = _CURRENCY.sub("", a, count=1)
-    return strip_unit(a) or a
-
-
-def _as_number(s: str) -> float | None:
-    """A plain decimal number ("1,080", "$18", "27.0", ".5") as a float; None for anything else."""
-    t = s.strip().replace("\\!", "").replace("\\$", "").lstrip("$").rstrip(".").strip()
-    if not _NUMBER.fullmatch(t):
-        return None
-    return float(re.sub(r"[^\d.-]", "", t))
-
-
 def _nesting(s: str) -> int:
     depth = deepest = 0
     for ch in s:
@@ -315,12 +290,12 @@ def _nesting(s: str) -> int:
 def _candidates(predicted: str) -> list[str]:
     """Readings of the predicted answer to try: without its currency sign and unit (see
     `strip_unit`), then as written. "2 1/2" is a mixed number (5/2, never 2 * 1/2 = 1)."""
-    bare = _bare(predicted)
-    m = _MIXED.fullmatch(bare)
+    plain = bare(predicted)
+    m = _MIXED.fullmatch(plain)
     if m:
         sign, whole, num, den = m.groups()
         return [f"{sign}\\frac{{{int(whole) * int(den) + int(num)}}}{{{den}}}"]
-    return list(dict.fromkeys([bare, predicted]))
+    return list(dict.fromkeys([plain, predicted]))
 
 
 @functools.lru_cache(maxsize=1)
@@ -384,11 +359,6 @@ def _differ_in_case(gold: str, predicted: str) -> bool:
     return g != p and {x.lower() for x in g} == {x.lower() for x in p}
 
 
-def _spaced_digits(answer: str) -> bool:
-    """Are two digits only blanks apart, other than in thousands (1 000) or a mixed number (2 1/2)?"""
-    return _SPACED_DIGITS.search(re.sub(_GROUPED, "", answer)) is not None
-
-
 # An answer's parts ("(2,2),(6,2)", "\\{1,2,3\\}", "1 and 9"): split at top-level commas, semicolons, "and"
 # and \\quad. A comma before three digits groups thousands.
 _PART_SEP = re.compile(r"\\text\s*\{\s*and\s*\}|\band\b|\\q?quad\b|;|,(?!\d{3}(?!\d))", re.I)
@@ -420,7 +390,7 @@ def _as_parts_of(gold: str, predicted: str) -> list[str]:
     against the gold as a whole: each part's value ("(x,y) = (5,8) \\quad\\text{and}\\quad (8,5)" ->
     "(5,8), (8,5)"), then each part as written ("x = 2 and y = 3" -> "x = 2, y = 3"). Nothing for
     a single-valued gold, so "3 and 4" or two boxes stay a hedge there."""
-    if _as_number(gold) is not None:
+    if as_number(gold) is not None:
         return []
     braces = _SET_BRACES.match(gold)
     n = len(_split_top(braces.group(1) if braces else gold, _PART_SEP))
@@ -500,12 +470,12 @@ def local_verdict(gold: str | None, predicted: str | None) -> bool | None:
     gold = gold_value(gold)
     if _as_text(gold) == _as_text(predicted):
         return True
-    if _differ_in_case(gold, predicted) or (_spaced_digits(predicted) and not _spaced_digits(gold)):
+    if _differ_in_case(gold, predicted) or (spaced_digits(predicted) and not spaced_digits(gold)):
         return False  # math-verify folds the case of symbols (\\Pi = \\pi) and reads "1 2" as 12 or 3
-    g = _as_number(gold)
-    p = _as_number(predicted) if g is not None else None
+    g = as_number(gold)
+    p = as_number(predicted) if g is not None else None
     if g is not None and p is None:
-        p = _as_number(_bare(predicted))
+        p = as_number(bare(predicted))
     if g is not None and p is not None:
         if math.isclose(g, p, rel_tol=1e-9, abs_tol=1e-12):
             return True
@@ -525,7 +495,7 @@ def option_for_value(problem: str, predicted: str | None) -> str | None:
     "Options: a ) 12 , b ) 16 ..."); None when there are no options or no single match."""
     if not predicted or "Options:" not in problem:
         return None
-    want_text, want_num = clean_str(predicted), _as_number(predicted)
+    want_text, want_num = clean_str(predicted), as_number(predicted)
     hits = set()
     for letter, value in _OPTION_ITEM.findall(problem.rsplit("Options:", 1)[1]):
         nums = re.findall(r"-?\d+(?:\.\d+)?", value.replace(",", ""))

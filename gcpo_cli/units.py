@@ -1,5 +1,6 @@
-"""What reads as a unit after an answer ("18 dollars", "5 \\text{ cm}^2", "9 (apples)", "60 km/h"), and a
-gold answer's value without its unit or label (`gold_value`). answers.py grades with these.
+"""Numbers and units in an answer: what reads as a unit after it ("18 dollars", "5 \\text{ cm}^2",
+"9 (apples)", "60 km/h"), a gold answer's value without its unit or label (`gold_value`), and what is
+a plain number (`as_number`: "1,080", "1 000", "$18"). answers.py grades with these.
 
 A unit is ignored, not converted. Letters that are not a unit are mathematics ("3x", "2pi", "3 or
 five" keep their tail), so a policy cannot pass a hedge or a variable off as a unit.
@@ -114,7 +115,7 @@ _VALUE_END = re.compile(r"[\d}%]\s*$")
 _LABEL = re.compile(r"[A-Za-z][A-Za-z'’. -]*")
 _NOT_LABEL = frozenset("or nor not mod modulo more less fewer than plus minus times approximately approx about "
                        "around roughly nearly almost least most".split())
-_PLAIN_VALUE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+|-?\d+\s*/\s*\d+")
+_FRACTION = re.compile(r"-?\d+\s*/\s*\d+")
 
 
 def _labelled(gold: str) -> str | None:
@@ -125,7 +126,7 @@ def _labelled(gold: str) -> str | None:
         return None
     i = text.rfind("(")
     value, label = text[:i].strip(), text[i + 1 : -1].strip()
-    if i < 0 or not _PLAIN_VALUE.fullmatch(value) or not _LABEL.fullmatch(label):
+    if i < 0 or (as_number(value) is None and not _FRACTION.fullmatch(value)) or not _LABEL.fullmatch(label):
         return None
     words = [w.lower() for w in _LETTERS.findall(label)]
     if not any(len(w) >= 3 for w in words) or _NOT_LABEL.intersection(words):
@@ -139,7 +140,41 @@ def gold_value(gold: str) -> str:
     "9"); the gold as it is when nothing after it reads as a unit (`strip_unit`) or a label
     (`_labelled`): "(1, 2)", "f(x)", "(a) 3", "3 (mod 5)", "3 (x)", or what is left does not end
     like a value ("\\sin(abc)")."""
-    bare = strip_unit(gold)
-    if bare and _VALUE_END.search(bare):
-        return bare.strip()
+    value = strip_unit(gold)
+    if value and _VALUE_END.search(value):
+        return value.strip()
     return _labelled(gold) or gold
+
+
+# ------------------------------------------------------------------------------------ numbers
+# Digits grouped in thousands by a comma, a blank, "~", "\\ " or "\\," (1,000, 1 000, 1\\,000).
+_GROUPED = r"(?<![\d.,])\d{1,3}(?:(?:,|\\[ ,]|[ ~])\d{3})+(?!\d)"
+_NUMBER = re.compile(rf"-?(?:{_GROUPED}|\d+)(?:\.\d+)?|-?\.\d+")
+# Digits apart, other than in thousands or in a mixed number (2 1/2): "1 2" is no number.
+_SPACED_DIGITS = re.compile(r"\d(?:\s|~|\\ )+\d(?!\d*\s*/)")
+# A currency sign before the answer ($18, \$18, €18, Rs. 18).
+_CURRENCY = re.compile(r"^(?:\\\$|\$|€|£|¥|₹|\\(?:euro|pounds|yen)\b|(?:rs|usd|inr)\.?(?=[\s\d]))\s*", re.I)
+
+
+def bare(answer: str) -> str:
+    """The answer without math delimiters, a currency sign before it or a unit after it."""
+    a = answer.strip()
+    if len(a) > 1 and a.startswith("$") and a.endswith("$"):
+        a = a.strip("$").strip()
+    elif a.startswith("\\(") and a.endswith("\\)"):
+        a = a[2:-2].strip()
+    a = _CURRENCY.sub("", a, count=1)
+    return strip_unit(a) or a
+
+
+def as_number(s: str) -> float | None:
+    """A plain decimal number ("1,080", "$18", "27.0", ".5") as a float; None for anything else."""
+    t = s.strip().replace("\\!", "").replace("\\$", "").lstrip("$").rstrip(".").strip()
+    if not _NUMBER.fullmatch(t):
+        return None
+    return float(re.sub(r"[^\d.-]", "", t))
+
+
+def spaced_digits(answer: str) -> bool:
+    """Are two digits only blanks apart, other than in thousands (1 000) or a mixed number (2 1/2)?"""
+    return _SPACED_DIGITS.search(re.sub(_GROUPED, "", answer)) is not None
