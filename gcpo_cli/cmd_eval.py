@@ -9,73 +9,86 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from . import evaluation as ev
-from . import samples, store
+from . import eval_targets as targets
+from . import resumable, samples, store
 from .cmd_common import (RUN_HELP, SET_HELP, DbOpt, JsonOpt, console, err_console, make_app, one_of, open_for_reading,
                          print_json)
 from .errors import GcpoError
+from .eval_metrics import MAJ_LABELS, average
 from .evaluation import GOLDEN
 from .prompts import PRESETS
 from .prompts import resolve as resolve_prompt
 
 app = make_app()
+# The table's metric columns: (header, metric key); the first is mean@k.
+COLUMNS = (("mean@{k}", "mean_at_k"), ("pass@{k}", "pass_at_k"), ("maj@{k}\neq", "maj_at_k"),
+           ("maj@{k}\nstr", "maj_at_k_exact"), ("len", "completion_tokens_mean"), ("trunc", "truncation_rate"),
+           ("no ans", "unextracted_rate"))
+LEGEND = ("maj@{k} eq: majority answer, spellings grouped by math-verify equivalence; maj@{k} str: "
+          "grouped by exact normalised string (Qwen2.5-Math's maj@k)\n"
+          "len: mean completion tokens; trunc: hit the token limit; no ans: no final answer stated")
 
 
 def _pct(v) -> str:
     return "–" if v is None else f"{v:.1%}"
 
 
-def _delta(v, base) -> str:
-    if v is None or base is None:
+def _cell(m: dict, key: str) -> str:
+    v = m.get(key)
+    if key == "completion_tokens_mean":
+        return "–" if v is None else f"{v:.0f}"
+    return _pct(v)
+
+
+def _delta_cell(d: dict | None) -> str:
+    """A paired difference: its value over its standard error, green when up, red when down."""
+    if d is None:
         return ""
-    d = (v - base) * 100
-    style = "green" if d > 0 else "red" if d < 0 else "dim"
-    return f" [{style}]({d:+.1f})[/]"
+    style = "green" if d["value"] > 0 else "red" if d["value"] < 0 else "dim"
+    se = "" if d["stderr"] is None else f"\n±{d['stderr']:.1f}"
+    return f"[{style}]{d['value']:+.1f}[/]{se}"
 
 
 def _table(results: list[dict], k: int, title: str) -> Table:
-    first = results[0]
-    single = len(results) == 1
-    golden = all(r["model"] == GOLDEN for r in results)
-    caption = None
-    if single and not golden:
-        caption = (f"maj@{k} eq: majority answer, spellings grouped by math-verify equivalence; maj@{k} str: "
-                   "grouped by exact normalised string (Qwen2.5-Math's maj@k)\n"
-                   "len: mean completion tokens; trunc: hit the token limit; no ans: no final answer stated")
-    t = Table(title=escape(title), title_justify="left", caption=caption, caption_justify="left")
+    """One row per set (and the average); compared targets get a row each, then one per
+    baseline with the paired difference of the first target minus it."""
+    first, single = results[0], len(results) == 1
+    legend = LEGEND.format(k=k) if not all(r["model"] == GOLDEN for r in results) else None
+    caption = legend
+    if not single:
+        base = results[1]["label"] if len(results) == 2 else "B"
+        caption = (f"Δ vs {base}: {first['label']} minus {base}, in points (len: in tokens), ± the standard error "
+                   "of the per-problem differences (paired over the problems both answered)"
+                   + (f"\n{legend}" if legend else ""))
+    t = Table(title=escape(title), title_justify="left", caption=escape(caption) if caption else None,
+              caption_justify="left")
     t.add_column("set")
+    if not single:
+        t.add_column("model")
     t.add_column("n", justify="right")
-    if single:
-        for name in (f"mean@{k}", f"pass@{k}", f"maj@{k}\neq", f"maj@{k}\nstr", "len", "trunc", "no ans"):
-            t.add_column(name, justify="right")
-    else:
-        for r in results:
-            t.add_column(f"{escape(r['label'])}\nmean@{k}", justify="right")
-            if k > 1:
-                t.add_column(f"{escape(r['label'])}\npass@{k}", justify="right")
+    for header, _ in COLUMNS:
+        t.add_column(header.format(k=k), justify="right")
 
-    def row(name: str, ms: list[dict]) -> list[str]:
-        cells = [name, str(ms[0].get("n_problems", 0))]
-        if single:
-            m = ms[0]
-            se = f" ± {m['stderr']:.1%}" if m.get("stderr") is not None else ""
-            tokens = m.get("completion_tokens_mean")
-            return cells + [_pct(m.get("mean_at_k")) + se, _pct(m.get("pass_at_k")), _pct(m.get("maj_at_k")),
-                            _pct(m.get("maj_at_k_exact")), "–" if tokens is None else f"{tokens:.0f}",
-                            _pct(m.get("truncation_rate")), _pct(m.get("unextracted_rate"))]
-        base = ms[0]
-        for j, m in enumerate(ms):
-            se = f" ± {m['stderr']:.1%}" if m.get("stderr") is not None and j == 0 else ""
-            cells.append(_pct(m.get("mean_at_k")) + se + (_delta(m.get("mean_at_k"), base.get("mean_at_k")) if j else ""))
-            if k > 1:
-                cells.append(_pct(m.get("pass_at_k")) + (_delta(m.get("pass_at_k"), base.get("pass_at_k")) if j else ""))
-        return cells
+    def rows(name: str, ms: list[dict]) -> None:
+        for j, (r, m) in enumerate(zip(results, ms)):
+            cells = [_cell(m, key) for _, key in COLUMNS]
+            if m.get("stderr") is not None:
+                cells[0] += f" ± {m['stderr']:.1%}"
+            label = [] if single else [escape(r["label"])]
+            t.add_row(name if j == 0 else "", *label, str(m.get("n_problems", 0)), *cells)
+        for r, m in zip(results[1:], ms[1:]):
+            d = m.get("delta")
+            if d:
+                t.add_row("", f"Δ vs {escape(r['label'])}", str(d["n_paired"]),
+                          *(_delta_cell(d.get(key)) for _, key in COLUMNS))
 
     for i, s in enumerate(first["sets"]):
-        t.add_row(*row(escape(s["set_name"]), [r["sets"][i] for r in results]))
+        if i and not single:  # each set's targets and differences together
+            t.add_section()
+        rows(escape(s["set_name"]), [r["sets"][i] for r in results])
     if len(first["sets"]) > 1 and first["average"]:
         t.add_section()
-        t.add_row(*row("[bold]average[/]", [r["average"] for r in results]))
+        rows("[bold]average[/]", [r["average"] for r in results])
     return t
 
 
@@ -105,7 +118,8 @@ def eval_cmd(
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.", min=0.0)] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.", min=0.0, max=1.0)] = 1.0,
     max_new_tokens: Annotated[Optional[int], typer.Option(
-        "--max-new-tokens", help="Most new tokens per completion.  [default: 512]", min=1, show_default=False)] = None,
+        "--max-new-tokens", help="Most new tokens per completion.  [default: a run's own (its recipe's), else 512]",
+        min=1, show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N problems of each set.", min=1,
                                                  show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
@@ -171,7 +185,8 @@ def eval_cmd(
       gcpo eval --model golden --benchmark math500
     """
     names = list(set_names or []) + list(old_data or [])
-    max_new_tokens = one_of(max_new_tokens, old_max_tokens, "--max-new-tokens") or 512
+    # None: a run's own (its recipe's, as its held-out evaluation used), else 512
+    max_new_tokens = one_of(max_new_tokens, old_max_tokens, "--max-new-tokens")
     if sum(x is not None for x in (model, run, import_file)) + bool(evaluation) != 1:
         raise GcpoError("name exactly one of --model M, --run RUN, --import FILE (with --set) or --evaluation ID")
     if step is not None and run is None:
@@ -182,42 +197,53 @@ def eval_cmd(
                         "generate nothing")
     if (import_file or evaluation) and compare:
         raise GcpoError("--compare evaluates models; it does not combine with --import or --evaluation")
-    if evaluation:
-        if names or benchmark:
-            raise GcpoError("--evaluation names stored evaluations; drop --set and --benchmark")
-        database = open_for_reading(db)
-        results = [samples.stored_result(database, ref) for ref in dict.fromkeys(evaluation)]
-        tables = [([r], _stored_title(r["sets"][0])) for r in results]  # one table each: their sets differ
-        run_params: dict = {"evaluation": [r["sets"][0]["evaluation_id"] for r in results]}
-    elif import_file:
-        if len(names) + len(benchmark or []) != 1:
-            raise GcpoError("--import grades against one set: give --set NAME once")
-        results, title, run_params = _import(store.open_db(db), import_file, names, benchmark, json_out)
-        tables, database = [(results, title)], None
-    else:
-        if not names and not benchmark:
-            raise GcpoError("name what to evaluate on: --set SET or --benchmark NAME (repeatable)")
-        if engine not in ("auto", "hf", "vllm"):
-            raise GcpoError(f"--engine {engine!r}: choose auto, hf or vllm")
-        if engine == "vllm":
-            from .engines import check_available
-
-            check_available("vllm")
-        run_params = dict(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, limit=limit,
-                          seed=seed, batch_size=batch_size, engine=engine, **chosen)
-        database = store.open_db(db)
-        results = _evaluate(database, model, run, step, names, benchmark, compare, run_params, json_out)
-        title = _generation(run_params) + ", prompt " + " / ".join(
-            dict.fromkeys(str(s["prompt"]) for r in results for s in r["sets"] if s.get("prompt")))
-        if all(r["model"] == GOLDEN for r in results):
-            title = "golden answers graded as completions"
-        tables = [(results, title)]
     if export is not None:
-        database = database or store.open_db(db)
+        samples.check_export_path(export)  # before anything runs: a typo costs nothing
+    # Ctrl-C or SIGTERM: the evaluation in flight is marked interrupted, one line says so, and the
+    # exit code is 128 + the signal's number; the same command resumes it.
+    with resumable.StopSignals() as stop:
+        try:
+            if evaluation:
+                if names or benchmark:
+                    raise GcpoError("--evaluation names stored evaluations; drop --set and --benchmark")
+                database = open_for_reading(db)
+                results = [samples.stored_result(database, ref) for ref in dict.fromkeys(evaluation)]
+                tables = [([r], _stored_title(r["sets"][0])) for r in results]  # one table each: their sets differ
+                run_params: dict = {"evaluation": [r["sets"][0]["evaluation_id"] for r in results]}
+            elif import_file:
+                if len(names) + len(benchmark or []) != 1:
+                    raise GcpoError("--import grades against one set: give --set NAME once")
+                database = store.open_db(db)
+                results, title, run_params = _import(database, import_file, names, benchmark, json_out, stop)
+                tables = [(results, title)]
+            else:
+                if not names and not benchmark:
+                    raise GcpoError("name what to evaluate on: --set SET or --benchmark NAME (repeatable)")
+                if engine not in ("auto", "hf", "vllm"):
+                    raise GcpoError(f"--engine {engine!r}: choose auto, hf or vllm")
+                if engine == "vllm":
+                    from .engines import check_available
+
+                    check_available("vllm")
+                database = store.open_db(db)
+                chosen_targets = _targets(database, model, run, step, compare)
+                run_params = dict(k=k, temperature=temperature, top_p=top_p,
+                                  max_new_tokens=max_new_tokens or _own_max_new_tokens(chosen_targets), limit=limit,
+                                  seed=seed, batch_size=batch_size, engine=engine, **chosen)
+                results = _evaluate(database, chosen_targets, names, benchmark, run_params, json_out, stop)
+                title = _generation(run_params) + ", prompt " + " / ".join(
+                    dict.fromkeys(str(s["prompt"]) for r in results for s in r["sets"] if s.get("prompt")))
+                if all(r["model"] == GOLDEN for r in results):
+                    title = "golden answers graded as completions"
+                tables = [(results, title)]
+        except resumable.Interrupted as e:
+            err_console.print(escape(e.message), highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code)
+    if export is not None:
         ids = [s["evaluation_id"] for r in results for s in r["sets"] if s.get("evaluation_id")]
         run_params["export"] = {"path": str(export), "samples": samples.export(database, ids, export)}
     if json_out:
-        print_json({"params": run_params, "metrics": ev.MAJ_LABELS, "results": results})
+        print_json({"params": run_params, "metrics": MAJ_LABELS, "results": results})
         return
     for group, title in tables:
         _print_results(group, max((s.get("k") or 1 for r in group for s in r["sets"]), default=k), title)
@@ -238,8 +264,21 @@ def _stored_title(s: dict) -> str:
     return f"evaluation {s['evaluation_id']} ({s['status']}): {what}"
 
 
-def _evaluate(database, model, run, step, names, benchmark, compare, p: dict, quiet: bool) -> list[dict]:
-    """Generate, grade and store: the model (or run) and every --compare target on every set."""
+def _targets(database, model, run, step, compare) -> list[targets.Target]:
+    """The model (or run) and every --compare target, each checked before anything loads."""
+    chosen = [targets.run_target(database, run, step) if run else targets.Target(model, model)]
+    return chosen + [targets.parse_target(database, c, _is_model_name) for c in compare or []]
+
+
+def _own_max_new_tokens(chosen: list[targets.Target]) -> int:
+    """Without --max-new-tokens: the first run's own limit (its recipe's), for every target, so a
+    comparison is at one length; without a run, 512."""
+    return next((t.max_new_tokens for t in chosen if t.max_new_tokens), targets.DEFAULT_MAX_NEW_TOKENS)
+
+
+def _evaluate(database, chosen_targets: list[targets.Target], names, benchmark, p: dict, quiet: bool,
+              stop: resumable.StopSignals) -> list[dict]:
+    """Generate, grade and store: every target on every set."""
     from .grader import Grader
 
     chosen = None
@@ -248,26 +287,26 @@ def _evaluate(database, model, run, step, names, benchmark, compare, p: dict, qu
     if p["k"] > 1 and p["temperature"] == 0:
         err_console.print(f"[yellow]note:[/] temperature 0 is greedy: the {p['k']} samples of a problem are "
                           "identical (pass@k = mean@k); sample with --temperature > 0")
-    targets = [ev.run_target(database, run, step) if run else ev.Target(model, model)]
-    targets += [ev.parse_target(database, c, _is_model_name) for c in compare or []]
     with Grader() as grader:
-        names = names + [ev.resolve_benchmark(database, b, grader) for b in benchmark or []]
+        names = names + [targets.resolve_benchmark(database, b, grader) for b in benchmark or []]
         sets = dict(store.set_problems(database, name, p["limit"]) for name in dict.fromkeys(names))
         empty = [n for n, ps in sets.items() if not ps]
         if empty:
             raise GcpoError(f"set '{empty[0]}' has no problems")
-        return ev.compare([ev.result(t, ev.evaluate_target(database, t, sets, grader, chosen, p, progress=not quiet))
-                           for t in targets])
+        return targets.compare(database, [
+            targets.result(t, targets.evaluate_target(database, t, sets, grader, chosen, p, not quiet, stop))
+            for t in chosen_targets])
 
 
-def _import(database, path: Path, names: list[str], benchmark, quiet: bool) -> tuple[list[dict], str, dict]:
+def _import(database, path: Path, names: list[str], benchmark, quiet: bool,
+            stop: resumable.StopSignals) -> tuple[list[dict], str, dict]:
     from .grader import Grader
 
     with Grader() as grader:
-        set_name = names[0] if names else ev.resolve_benchmark(database, benchmark[0], grader)
-        r = samples.import_samples(database, path, set_name, grader=grader, progress=not quiet)
+        set_name = names[0] if names else targets.resolve_benchmark(database, benchmark[0], grader)
+        r = samples.import_samples(database, path, set_name, grader=grader, progress=not quiet, stop=stop)
     result = dict(label=r["model"], model=r["model"], run_id=None, run_step=None, adapter=None, sets=[r],
-                  average=ev.average([r]))
+                  average=average([r]))
     return [result], f"samples imported from {path.name}, graded by gcpo", {"import": str(path), "set": r["set_name"]}
 
 
@@ -280,8 +319,11 @@ def _print_results(results: list[dict], k: int, title: str) -> None:
         console.print(f"[bold]{escape(results[0]['label'])}[/]", highlight=False)
     for r in results:
         for s in r["sets"]:
-            if s.get("status") not in (None, "completed"):
-                console.print(f"evaluation {s['evaluation_id']} is {s['status']}: its {s['n_problems']} finished "
+            status = s.get("status")
+            if status not in (None, "completed"):
+                what = ("died (its process was killed; the same command resumes it)" if status == "died"
+                        else f"is {status}")
+                console.print(f"evaluation {s['evaluation_id']} {what}: its {s['n_problems']} finished "
                               "problems are shown", highlight=False)
     console.print(_table(results, k, title))
     for r in results:

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import golden as gold
-from . import store
+from . import resumable, store
 from .cmd_common import SET_HELP, DbOpt, JsonOpt, console, err_console, make_app, open_for_reading, print_json
 from .errors import GcpoError
 from .prompts import PRESETS
@@ -102,10 +102,17 @@ def generate_cmd(
     database = store.open_db(db)
     store.resolve_set(database, set_name)  # an unknown set fails before a model loads
     t = gold.teacher(teacher, teacher_server)
-    with Grader() as grader:
-        out = gold.generate_golden(database, set_name, t, k=k, temperature=temperature, top_p=top_p,
-                                   max_new_tokens=limit_tokens, seed=seed, prompt=chosen, only_missing=only_missing,
-                                   limit=limit, batch_size=batch_size, progress=not json_out, grader=grader)
+    # Ctrl-C or SIGTERM: the generation is marked interrupted, one line says so (exit code 128 +
+    # the signal's number), and the same command resumes it.
+    with resumable.StopSignals() as stop, Grader() as grader:
+        try:
+            out = gold.generate_golden(database, set_name, t, k=k, temperature=temperature, top_p=top_p,
+                                       max_new_tokens=limit_tokens, seed=seed, prompt=chosen,
+                                       only_missing=only_missing, limit=limit, batch_size=batch_size,
+                                       progress=not json_out, grader=grader, stop=stop)
+        except resumable.Interrupted as e:
+            err_console.print(escape(e.message), highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code)
     if json_out:
         print_json(out)
         return

@@ -39,19 +39,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import store
+from . import resumable, store
 from .answers import extract_answer
 from .errors import GcpoError
-from .evaluation import _advance, _grader, _progress
 from .fields import ID_NAMES, PROBLEM_NAMES, SOLUTION_NAMES
 from .grader import Grader
 from .readers import content_hash, load_source
 from .prompts import PRESETS, Prompt
-from .samples import _Matcher
+from .samples import ProblemMatcher
 
 SOURCES = ("dataset", "teacher", "any")
 SERVER_TIMEOUT = 600  # seconds for one request: k long samples of a large model take a while
@@ -235,9 +234,11 @@ def attempt_summary(attempts: list[dict], k: int) -> dict:
 def generate_golden(db, set_ref: str, teacher, *, k: int = 8, temperature: float = 0.7, top_p: float = 1.0,
                     max_new_tokens: int = 512, seed: int = 0, prompt: Prompt | None = None,
                     only_missing: bool = False, limit: int | None = None, batch_size: int = 32,
-                    progress: bool = True, grader: Grader | None = None) -> dict:
+                    progress: bool = True, grader: Grader | None = None,
+                    stop: resumable.StopSignals | None = None) -> dict:
     """Sample, grade and store the teacher's solutions for a set (the module docstring); returns
-    the generation's summary with coverage before and after."""
+    the generation's summary with coverage before and after. A resumable job (resumable.run)
+    recorded in golden_generations; `stop`: the command's Ctrl-C/SIGTERM handling."""
     if k < 1 or max_new_tokens < 1 or batch_size < 1:
         raise GcpoError("--k, --max-new-tokens and --batch-size must be at least 1")
     set_name, problems = store.set_problems(db, set_ref, limit)
@@ -251,33 +252,35 @@ def generate_golden(db, set_ref: str, teacher, *, k: int = 8, temperature: float
         problems = [p for p in problems if p["id"] not in have]
     params = dict(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, limit=limit,
                   only_missing=only_missing, server=teacher.server, **prompt.params())
-    gen_id, done = store.open_generation(db, set_name=set_name, teacher=teacher.label, params=params)
-    provenance = store.dumps(dict(params, generation_id=gen_id))
-    todo = [p for p in problems if p["id"] not in done]
     per_batch = max(1, batch_size // k)
-    try:
-        with ExitStack() as stack:
-            grader = _grader(stack, grader)
-            stack.enter_context(teacher.seeded(seed))
-            prog = stack.enter_context(_progress(progress, f"{teacher.label} · {set_name}", len(todo) + len(done),
-                                                 len(done)))
-            for start in range(0, len(todo), per_batch):
-                chunk = todo[start:start + per_batch]
-                samples = teacher.sample([p["text"] for p in chunk], prompt, k=k, max_new_tokens=max_new_tokens,
-                                         temperature=temperature, top_p=top_p, seed=seed, batch_size=per_batch * k)
-                verdicts = grader.verdicts([(p["text"], p["answer"], extract_answer(s.text), s.truncated)
-                                            for p, ss in zip(chunk, samples) for s in ss])
-                attempts, rows = verified_candidates(chunk, samples, verdicts, source=f"teacher:{teacher.label}",
-                                                     model=teacher.label, params_json=provenance)
-                store.write_attempts(db, gen_id, attempts, rows)
-                _advance(prog, len(chunk))
-    except BaseException:
-        store.mark_generation_interrupted(db, gen_id)
-        raise
-    summary = attempt_summary(store.generation_attempts(db, gen_id), k)
-    summary.update(candidates=store.generation_candidates(db, gen_id), resumed=len(done))
-    store.finish_generation(db, gen_id, summary)
-    return dict(generation_id=gen_id, set_name=set_name, teacher=teacher.label, params=params, **summary,
+
+    def opened() -> tuple[str, set[str]]:
+        return store.open_generation(db, set_name=set_name, teacher=teacher.label, params=params)
+
+    def sample(chunk: list[dict], grader: Grader) -> tuple[list[dict], list[list[Sample]], list[bool]]:
+        samples = teacher.sample([p["text"] for p in chunk], prompt, k=k, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_p=top_p, seed=seed, batch_size=per_batch * k)
+        verdicts = grader.verdicts([(p["text"], p["answer"], extract_answer(s.text), s.truncated)
+                                    for p, ss in zip(chunk, samples) for s in ss])
+        return chunk, samples, verdicts
+
+    def write(gen_id: str, graded: tuple) -> None:
+        provenance = store.dumps(dict(params, generation_id=gen_id))
+        attempts, rows = verified_candidates(*graded, source=f"teacher:{teacher.label}", model=teacher.label,
+                                             params_json=provenance)
+        store.write_attempts(db, gen_id, attempts, rows)
+
+    def finish(gen_id: str, resumed: int) -> dict:
+        summary = attempt_summary(store.generation_attempts(db, gen_id), k)
+        summary.update(candidates=store.generation_candidates(db, gen_id), resumed=resumed)
+        store.finish_generation(db, gen_id, summary)
+        return summary
+
+    ledger = resumable.Ledger("golden generation", opened, write,
+                              lambda gen_id: store.mark_generation_interrupted(db, gen_id), finish)
+    out = resumable.run(db, ledger, problems, sample, chunk_size=per_batch, label=f"{teacher.label} · {set_name}",
+                        grader=grader, progress=progress, stop=stop, contexts=(teacher.seeded(seed),))
+    return dict(generation_id=out.id, set_name=set_name, teacher=teacher.label, params=params, **out.summary,
                 coverage_before=before, coverage_after=coverage(db, set_name))
 
 
@@ -313,7 +316,7 @@ def import_golden(db, path: str | Path, set_ref: str, *, solution: str | None = 
                         " name it with --solution FIELD")
     if id_f is None and text_f is None:
         raise GcpoError(f"{loaded.label}: no problem id or problem text field; name one with --id or --problem")
-    match = _Matcher(store.set_problems_with_sources(db, s["id"]), s["name"])
+    match = ProblemMatcher(store.set_problems_with_sources(db, s["id"]), s["name"])
     found, unmatched, empty = [], [], 0
     for where, row, why in loaded.items():
         if why is not None:
@@ -331,9 +334,8 @@ def import_golden(db, path: str | Path, set_ref: str, *, solution: str | None = 
         raise GcpoError(f"{loaded.label}: no row matches a problem of set '{s['name']}' by id or text"
                         + (f" ({unmatched[0]['where']}: {unmatched[0]['reason']})" if unmatched else ""))
     before = coverage(db, s["name"])
-    with ExitStack() as stack:
-        verdicts = _grader(stack, grader).verdicts([(p["text"], p["answer"], extract_answer(t), False)
-                                                    for _, p, t in found])
+    with nullcontext(grader) if grader is not None else Grader() as g:
+        verdicts = g.verdicts([(p["text"], p["answer"], extract_answer(t), False) for _, p, t in found])
     params = store.dumps({"file": str(path), "sha256": loaded.fingerprint[:16], "fields": {
         "solution": sol_f, "id": id_f, "problem": text_f}})
     rows = {}

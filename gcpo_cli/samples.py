@@ -22,15 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import store
+from . import resumable, store
 from .answers import extract_answer
 from .errors import GcpoError
-from .evaluation import _advance, _finish, _grader, _params, _progress, _store, average, stored_samples, summarize
+from .eval_metrics import average, summarize
+from .evaluation import Ungraded, problem_params, run_evaluation, stored_samples
 from .grader import Grader
 
 IMPORT_CHUNK = 64  # problems graded and stored per transaction
@@ -44,13 +43,39 @@ def _line(r: dict) -> dict:
             "completion_tokens": r["completion_tokens"], "finish_reason": "length" if r["truncated"] else "stop"}
 
 
+def _partial(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial")
+
+
+def check_export_path(path: str | Path) -> None:
+    """A GcpoError naming what is wrong unless `export` can write `path`: checked before an
+    evaluation runs, so a typo costs nothing. Writing (and removing) the partial file it will
+    write is the one test that covers a missing folder, a file in its place, permissions and a
+    read-only disk alike."""
+    path = Path(path)
+    where = f"--export {path}"
+    if path.is_dir():
+        raise GcpoError(f"{where}: is a folder; give a file name such as samples.jsonl")
+    parent = path.parent
+    if not parent.exists():
+        raise GcpoError(f"{where}: no such folder {parent}; create it first")
+    if not parent.is_dir():
+        raise GcpoError(f"{where}: {parent} is not a folder")
+    tmp = _partial(path)
+    try:
+        with open(tmp, "a", encoding="utf-8"):
+            pass
+        tmp.unlink()
+    except OSError as e:
+        raise GcpoError(f"{where}: cannot write there ({e.strerror or e})") from None
+
+
 def export(db, evaluation_ids: list[str], path: str | Path) -> int:
     """Writes the stored samples of the evaluations to `path` as JSON lines and returns how many.
     The file is written beside its target and renamed into place: never half-written."""
     path = Path(path)
-    if path.is_dir():
-        raise GcpoError(f"--export {path}: is a folder; give a file name such as samples.jsonl")
-    tmp = path.with_name(f".{path.name}.partial")
+    check_export_path(path)
+    tmp = _partial(path)
     n = 0
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -75,7 +100,8 @@ def stored_result(db, ref: str) -> dict:
     stored = stored_samples(db, row["id"])
     metrics = recorded | summarize(stored, params.get("k") or max(map(len, stored), default=1))
     s = dict(evaluation_id=row["id"], model=row["model"], set_name=row["set_name"], run_id=row["run_id"],
-             run_step=row["run_step"], status=row["status"], params=params, **metrics)
+             run_step=row["run_step"], status=resumable.status(db, row["id"], row["status"]), params=params,
+             **metrics)
     return dict(label=row["model"], model=row["model"], run_id=row["run_id"], run_step=row["run_step"],
                 adapter=None, sets=[s], average=average([s]))
 
@@ -98,7 +124,7 @@ def _norm(text: str) -> str:
     return " ".join(str(text).split())
 
 
-class _Matcher:
+class ProblemMatcher:
     """A line's problem: gcpo's id, else the source file's own id, else the exact text (then the
     text with whitespace normalised). Several problems with one text need an id."""
 
@@ -154,7 +180,7 @@ def read_samples(path: Path, raw: bytes, problems: list[dict], set_name: str) ->
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise GcpoError(f"{path}: not UTF-8 text; --import reads JSON lines") from None
-    match, out, unmatched = _Matcher(problems, set_name), [], []
+    match, out, unmatched = ProblemMatcher(problems, set_name), [], []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -187,7 +213,7 @@ def read_samples(path: Path, raw: bytes, problems: list[dict], set_name: str) ->
 
 
 def import_samples(db, path: str | Path, set_ref: str, *, grader: Grader | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, stop: resumable.StopSignals | None = None) -> dict:
     """Grades the samples of a JSON-lines file with gcpo's grader and stores them as the
     evaluation "import:FILE NAME" of the set; returns its metrics as `evaluate_problems` does,
     with "file_verdicts" (how often gcpo agrees with the file's own `correct`, where it has one).
@@ -208,30 +234,15 @@ def import_samples(db, path: str | Path, set_ref: str, *, grader: Grader | None 
     order = [p for p in problems if p["id"] in by]  # the set's order
     k = max(len(v) for v in by.values())
     label = f"import:{path.name}"
-    params = _params(order, imported=path.name, sha256=hashlib.sha256(raw).hexdigest()[:16], k=k)
-    ev_id, done = store.open_evaluation(db, model=label, set_name=s["name"], params=params, run_id=None,
-                                        run_step=None)
-    todo = [p for p in order if p["id"] not in done]
-    t0 = time.perf_counter()
-    try:
-        with ExitStack() as stack:
-            grader = _grader(stack, grader)
-            prog = stack.enter_context(_progress(progress, f"{label} · {s['name']}", len(order), len(done)))
-            for start in range(0, len(todo), IMPORT_CHUNK):
-                chunk = todo[start:start + IMPORT_CHUNK]
-                _store(db, ev_id, grader, [(p, j, x.completion, extract_answer(x.completion), x.completion_tokens,
-                                            x.truncated, x.prompt)
-                                           for p in chunk for j, x in enumerate(by[p["id"]])])
-                _advance(prog, len(chunk))
-    except BaseException:
-        store.mark_evaluation_interrupted(db, ev_id)
-        raise
-    seconds = time.perf_counter() - t0
-    metrics = _finish(db, ev_id, order, k, {})
-    return dict(evaluation_id=ev_id, model=label, set_name=s["name"], run_id=None, run_step=None, **metrics,
-                resumed=len(done), seconds=round(seconds, 3),
-                problems_per_s=len(todo) / seconds if todo and seconds else None, tokens_per_s=None,
-                file_verdicts=_agreement(db, ev_id, by, order))
+    params = problem_params(order, imported=path.name, sha256=hashlib.sha256(raw).hexdigest()[:16], k=k)
+
+    def sample(chunk: list[dict]) -> list[Ungraded]:
+        return [Ungraded(p, j, x.completion, extract_answer(x.completion), x.completion_tokens, x.truncated, x.prompt)
+                for p in chunk for j, x in enumerate(by[p["id"]])]
+
+    result = run_evaluation(db, order, sample, label=label, set_name=s["name"], params=params, k=k,
+                            chunk_size=IMPORT_CHUNK, grader=grader, progress=progress, stop=stop)
+    return dict(result, file_verdicts=_agreement(db, result["evaluation_id"], by, order))
 
 
 def _agreement(db, evaluation_id: str, by: dict[str, list[Imported]], order: list[dict]) -> dict | None:

@@ -199,11 +199,11 @@ def test_training_and_evaluation_grade_through_one_path():
 def test_a_quantised_run_is_evaluated_on_its_nf4_base_with_the_adapter(db, tiny_dir, monkeypatch, runner):
     import bitsandbytes as bnb
 
-    from gcpo_cli import evaluation, model
+    from gcpo_cli import eval_targets, model
     from gcpo_cli.cli import app
 
     summary = training.train(db, recipes.load("tiny", [f"model.name={tiny_dir}", "model.quant=nf4", "steps=1"]))
-    target = evaluation.run_target(db, summary["run_id"], None)
+    target = eval_targets.run_target(db, summary["run_id"], None)
     assert (target.quant, target.dtype) == ("nf4", "float32")
     loaded = {}
     real = model.load_for_inference

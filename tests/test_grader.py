@@ -369,16 +369,16 @@ def test_verdicts_map_options_and_fail_truncated_completions():
 
 def test_evaluation_stores_a_truncated_sample_as_incorrect(db):
     from gcpo_cli import store
-    from gcpo_cli.evaluation import _store
+    from gcpo_cli.evaluation import Ungraded, graded_rows
 
     problems = [{"id": f"p{i}", "text": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(3)]
     for p in problems:
         db["problems"].insert(dict(p, metadata_json="{}", created_at="2025-01-01T00:00:00Z"))
     ev_id, _ = store.open_evaluation(db, model="m", set_name="s", params={}, run_id=None, run_step=None)
     with Grader() as g:
-        _store(db, ev_id, g, [(problems[0], 0, "... \\boxed{0}", "0", 9, False),
-                              (problems[1], 0, "... \\boxed{2}", "2", 9, True),
-                              (problems[2], 0, "... \\boxed{4x}", "4x", 9, False)])
+        store.write_results(db, ev_id, graded_rows(g, [Ungraded(problems[0], 0, "... \\boxed{0}", "0", 9, False),
+                                                        Ungraded(problems[1], 0, "... \\boxed{2}", "2", 9, True),
+                                                        Ungraded(problems[2], 0, "... \\boxed{4x}", "4x", 9, False)]))
     rows = {r["problem_id"]: r for r in db["eval_results"].rows}
     assert [rows[p]["correct"] for p in ("p0", "p1", "p2")] == [1, 0, 0]
     assert rows["p1"]["truncated"] == 1

@@ -111,7 +111,7 @@ def test_eval_of_an_adapter_on_cpu_merges_it_as_the_hf_path_does(tmp_path, polic
     """On a CPU `gcpo eval --engine vllm` of an unquantised run serves its adapter merged into a
     copy of the base (vLLM's CPU LoRA costs 5x the base): the same greedy tokens as the hf path
     (fp32 here), which differ from the base's, and no merged copy left behind."""
-    from gcpo_cli import evaluation, model
+    from gcpo_cli import eval_targets, model
 
     pm, tok = policy
     perturb(pm, 3)
@@ -119,8 +119,8 @@ def test_eval_of_an_adapter_on_cpu_merges_it_as_the_hf_path_does(tmp_path, polic
     monkeypatch.setattr(model, "fast_bf16", lambda device: False)  # fp32 on both paths: exact
     problems = [{"id": str(i), "text": t} for i, t in enumerate(PROBLEMS)]
     p = dict(engine="vllm", max_new_tokens=24, seed=0)
-    target = evaluation.Target("run:x@1", "smollm2-135m", str(tmp_path / "adapter"), "x", 1)
-    engine, _ = evaluation.inference_engine(target, p, PRESETS["boxed"], {"s": problems})
+    target = eval_targets.Target("run:x@1", "smollm2-135m", str(tmp_path / "adapter"), "x", 1)
+    engine, _ = eval_targets.inference_engine(target, p, PRESETS["boxed"], {"s": problems})
     assert engine.lora_r is None and engine.request is None  # merged: no LoRA request
     assert not list((gcpo_home / "cache").glob(".merged-*"))
     prompts = [PRESETS["boxed"].render(tok, x["text"]) for x in problems]
