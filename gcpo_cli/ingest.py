@@ -39,7 +39,6 @@ the golden answer (counted in `solution_lists`); a list answer is rows._listed_a
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping as MappingABC
 from dataclasses import asdict, dataclass, field
 
 from . import store
@@ -51,7 +50,7 @@ from .readers import Loaded, content_hash, load_source, load_synthetic
 from .rows import ValidRow, repeat_id, validate_row, variant_id
 from .texts import field_limit
 
-CHUNK = 2000  # records looked up in the database at a time
+CHUNK = 2000  # rows looked up, graded and staged at a time
 # Part of every ingest's fingerprint: the rules that turn rows into problems. When they change, a
 # source ingested under the old ones is read once more (adding what they lost, e.g. rows merged
 # into another problem of the same text, golden answers from list-valued solutions) and is then a
@@ -143,41 +142,52 @@ def ingest_loaded(db, loaded: Loaded, set_name: str, *, mapping: Mapping | None 
 
 def _ingest_rows(db, loaded: Loaded, set_name: str, mapping: Mapping, fingerprint: str, skip_invalid: bool,
                  grader: Grader, report: IngestReport) -> None:
-    kept: _Kept | None = _Kept(db, grader)
-    rejects: list[tuple[str, str]] = []
-    n_rejects = 0
-    used, pending = used_fields(mapping), []
-    for where, row, why in loaded.items():
-        if why is None:
-            try:
-                record = validate_row(row, where, mapping, used, loaded.max_field_bytes)
-            except ValueError as e:
-                why = str(e)
-        if why is not None:
-            n_rejects += 1
-            if skip_invalid or n_rejects == 1:
-                rejects.append((where, why))
-            if not skip_invalid:
-                kept, pending = None, []  # this ingest will fail: keep nothing, count what else is wrong
-            continue
-        if kept is None:
-            continue
-        pending.append(record)
-        if len(pending) >= CHUNK:
-            kept.add(pending)
-            pending = []
-    if n_rejects and not skip_invalid:
-        w, why = rejects[0]
-        n = n_rejects - 1
-        more = f" (and {n} more invalid row{'s' * (n > 1)})" if n else ""
-        raise GcpoError(f"{loaded.label}: {w}: {why}{more}; fix the file or pass --skip-invalid to skip "
-                         "invalid rows; nothing was written")
-    kept.add(pending)
-    report.rejected = n_rejects
-    report.rejects = [{"where": w, "reason": why} for w, why in rejects]
-    if not kept.records:
-        raise GcpoError(f"{loaded.label}: every row is invalid; nothing was written")
-    _write(db, set_name, loaded.source, fingerprint, kept, report, grader)
+    staged = _Staged(db, grader)
+    try:
+        rejects: list[tuple[str, str]] = []
+        n_rejects = 0
+        used, pending = used_fields(mapping), []
+        for where, row, why in loaded.items():
+            if why is None:
+                try:
+                    record = validate_row(row, where, mapping, used, loaded.max_field_bytes)
+                except ValueError as e:
+                    why = str(e)
+            if why is not None:
+                n_rejects += 1
+                if skip_invalid or n_rejects == 1:
+                    rejects.append((where, why))
+                if not skip_invalid:
+                    pending = []  # this ingest will fail: stage nothing more, count what else is wrong
+                continue
+            if n_rejects and not skip_invalid:
+                continue
+            pending.append(record)
+            if len(pending) >= CHUNK:
+                staged.add(pending)
+                pending = []
+        if n_rejects and not skip_invalid:
+            w, why = rejects[0]
+            n = n_rejects - 1
+            more = f" (and {n} more invalid row{'s' * (n > 1)})" if n else ""
+            raise GcpoError(f"{loaded.label}: {w}: {why}{more}; fix the file or pass --skip-invalid to skip "
+                            "invalid rows; nothing was written")
+        staged.add(pending)
+        if not staged.records:
+            raise GcpoError(f"{loaded.label}: every row is invalid; nothing was written")
+        report.rejected = n_rejects
+        report.rejects = [{"where": w, "reason": why} for w, why in rejects]
+        report.variants = [{"where": w, "id": pid, "same_text_as": base, "answer": a, "other_answer": h}
+                           for w, pid, base, h, a in staged.variants]
+        report.solution_lists = staged.listed
+        report.golden_total, report.golden_verified = staged.golden_total, staged.golden_verified
+        report.mismatches = staged.mismatches
+        counts = dict(records=staged.records, rows_read=report.rows_read, rejected=report.rejected,
+                      golden_verified=report.golden_verified, golden_total=report.golden_total)
+        written = staged.stage.commit(set_name, loaded.source, fingerprint, counts)
+    finally:
+        staged.stage.close()
+    report.added, report.present, report.new_problems = written["added"], written["present"], written["new_problems"]
 
 
 def ingest_source(db, source: str, set_name: str, *, split: str | None = None,
@@ -210,67 +220,41 @@ def ensure_synthetic_set(db, name: str | None = None, count: int = 200, seed: in
     return name
 
 
+class _Staged:
+    """Valid rows turned into the problems they are, CHUNK rows at a time in source order, and
+    staged (store.IngestStage: memory stays flat whatever the source's size, issue 27 item 11)
+    with their golden answers, graded here, before the write's transaction opens: math-verify may
+    take seconds, the write lock must not wait on it. Keeps what the report lists: the rows that
+    became problems of their own because their text was another problem's with another answer,
+    and the golden answers that did not verify.
 
-_PROBLEM_KEYS = ("id", "text", "answer", "metadata", "source_id", "known")
-_NO_METADATA: dict = {}  # shared by every problem without metadata; never mutated
-
-
-class _Problem(MappingABC):
-    """One problem as store.write_ingest reads it ({id, text, answer, metadata, source_id, known})
-    in a third of a dict's memory: a file of small rows keeps millions of these until the write."""
-
-    __slots__ = _PROBLEM_KEYS
-
-    def __init__(self, id, text, answer, metadata, source_id, known):
-        self.id, self.text, self.answer, self.metadata = id, text, answer, metadata
-        self.source_id, self.known = source_id, known
-
-    def __getitem__(self, key):
-        if key in _PROBLEM_KEYS:
-            return getattr(self, key)
-        raise KeyError(key)
-
-    def __iter__(self):
-        return iter(_PROBLEM_KEYS)
-
-    def __len__(self) -> int:
-        return len(_PROBLEM_KEYS)
-
-
-class _Kept:
-    """What the write needs, gathered record by record in source order: each problem's first
-    occurrence (as the row store.write_ingest takes), golden answers, and the rows that became
-    problems of their own because their text was already another problem's with another answer.
-
-    Which problem a record is (looked up CHUNK records at a time): its text's id when that text is
-    new, or is held (in the database, or earlier in the source) with the same answer; otherwise
-    `variant_id(text, answer)`. "The same answer" is identical text, else math-verify's verdict
-    (`grader`, before the write opens its transaction), so "0.5" after "1/2" is a repeat, and a
-    problem two data sets spell differently is still stored once."""
+    Which problem a row is: its text's id when that text is new, or is held (in the database, or
+    earlier in the source) with the same answer; otherwise `variant_id(text, answer)`; the n-th
+    repeat of either within the source is `repeat_id(id, n)`. "The same answer" is identical
+    text, else math-verify's verdict, so "0.5" after "1/2" is a repeat, and a problem two data
+    sets spell differently is still stored once."""
 
     def __init__(self, db, grader: Grader):
         self.db, self.grader = db, grader
-        self.stored: dict[str, str] = {}  # answers the database already holds, for the ids met
-        self.problems: dict[str, _Problem] = {}
-        self.answers: dict[str, str] = {}  # one copy of each answer text ("2" is the answer of many problems)
-        self.golden: list[tuple[str, str, str | None, str]] = []  # (problem id, solution, final, where)
+        self.stage = store.IngestStage(db)
         self.variants: list[tuple[str, str, str, str, str]] = []  # (where, id, text's id, its answer, answer)
-        self.seen: dict[str, int] = {}  # problem id -> rows of this source that were it so far
+        self.mismatches: list[dict] = []  # {where, id, answer, golden}
         self.listed = 0  # golden answers taken from a list of solutions
-        self.records = 0
+        self.records = self.golden_total = self.golden_verified = 0
 
     def add(self, records: list[ValidRow]) -> None:
         if not records:
             return
-        self.stored.update(store.stored_answers(self.db, {r.id for r in records if r.id not in self.problems}))
-        # The answer each record's text already has. It is the database's, else that of the text's
-        # first record in the source, which is always that text's problem: so it is known before
+        texts = {r.id for r in records}
+        stored = store.stored_answers(self.db, texts)
+        staged = self.stage.answers(texts - stored.keys())
+        # The answer each record's text already has: the database's, else that of the text's
+        # first record in the source, which is always that text's problem. So it is known before
         # any verdict, and verdicts can be asked for the whole chunk at once.
         held: list[str | None] = []
         firsts: dict[str, str] = {}
         for r in records:
-            first = self.problems.get(r.id)
-            answer = self.stored.get(r.id) or (first.answer if first is not None else firsts.get(r.id))
+            answer = stored.get(r.id) or staged.get(r.id) or firsts.get(r.id)
             if answer is None:
                 firsts[r.id] = r.answer
             held.append(answer)
@@ -279,45 +263,28 @@ class _Kept:
         ask = [i for i, v in enumerate(same) if v is None and held[i] is not None]
         for i, ok in zip(ask, self.grader.grade([(held[i], records[i].answer) for i in ask])):
             same[i] = ok
-        ids = [r.id if h is None or ok else variant_id(r.text, r.answer) for r, h, ok in zip(records, held, same)]
-        for i, pid in enumerate(ids):  # a repeat within the source is a problem of its own
-            n = self.seen.get(pid, 0)
-            self.seen[pid] = n + 1
-            if n:
-                ids[i] = repeat_id(pid, n)
-        other = {pid for pid, r in zip(ids, records) if pid != r.id and pid not in self.problems}
-        if other:
-            self.stored.update(store.stored_answers(self.db, other))
-        for r, pid, h in zip(records, ids, held):
-            self.records += 1
-            answer = self.answers.setdefault(r.answer, r.answer) if len(r.answer) < 16 else r.answer
-            self.problems[pid] = _Problem(pid, r.text, answer, r.metadata or _NO_METADATA, r.source_id,
-                                          pid in self.stored)
+        bases = [r.id if h is None or ok else variant_id(r.text, r.answer) for r, h, ok in zip(records, held, same)]
+        seen = self.stage.repeats(bases)  # rows of this source that were each problem so far
+        ids = []
+        for base in bases:  # a repeat within the source is a problem of its own
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            ids.append(repeat_id(base, n) if n else base)
+        stored.update(store.stored_answers(self.db, {pid for pid, r in zip(ids, records) if pid != r.id}))
+        problems, golden, pairs = [], [], []
+        for r, pid, base, h in zip(records, ids, bases, held):
+            problems.append((pid, base, r.text, r.answer, store.dumps(r.metadata or {}), r.source_id))
             if pid == variant_id(r.text, r.answer):  # not a repeat of one
                 self.variants.append((r.where, pid, r.id, h, r.answer))
             if r.solution:
-                self.golden.append((pid, r.solution, r.final, r.where))
+                golden.append((pid, r.solution, r.final, r.where))
+                pairs.append((stored.get(pid, r.answer), r.final))
                 self.listed += r.listed
-
-
-def _write(db, set_name: str, source: str, fingerprint: str, kept: _Kept, report: IngestReport,
-           grader: Grader) -> None:
-    golden = kept.golden
-    pairs = [(kept.stored.get(pid, kept.problems[pid].answer), final) for pid, _, final, _ in golden]
-    # Grade before the transaction opens: math-verify may take seconds, the write lock must not.
-    verdicts = grader.grade(pairs)
-    report.variants = [{"where": w, "id": pid, "same_text_as": base, "answer": a, "other_answer": h}
-                       for w, pid, base, h, a in kept.variants]
-    report.solution_lists = kept.listed
-    report.golden_total, report.golden_verified = len(golden), sum(verdicts)
-    report.mismatches = [{"where": w, "id": pid, "answer": a, "golden": final}
-                         for (pid, _, final, w), (a, _), ok in zip(golden, pairs, verdicts) if not ok]
-    del pairs
-    golden_rows = [dict(id=content_hash(pid, solution)[:16], problem_id=pid, text=solution, final_answer=final,
-                        source=f"dataset:{source}", verified=int(ok))
-                   for (pid, solution, final, _), ok in zip(golden, verdicts)]
-    kept.golden = golden = []
-    counts = dict(records=kept.records, rows_read=report.rows_read, rejected=report.rejected,
-                  golden_verified=report.golden_verified, golden_total=report.golden_total)
-    written = store.write_ingest(db, set_name, source, fingerprint, list(kept.problems.values()), golden_rows, counts)
-    report.added, report.present, report.new_problems = written["added"], written["present"], written["new_problems"]
+        verdicts = self.grader.grade(pairs)
+        self.records += len(records)
+        self.golden_total += len(golden)
+        self.golden_verified += sum(verdicts)
+        self.mismatches += [{"where": w, "id": pid, "answer": a, "golden": final}
+                            for (pid, _, final, w), (a, _), ok in zip(golden, pairs, verdicts) if not ok]
+        self.stage.add(problems, [(content_hash(pid, solution)[:16], pid, solution, final, int(ok))
+                                  for (pid, solution, final, _), ok in zip(golden, verdicts)])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -278,9 +279,10 @@ def _peak_rss_kb(path: Path, db: Path) -> int:
 
 
 def test_memory_follows_the_rows_kept_not_the_file(tmp_path):
-    """30 MB of small rows whose problems are mostly repeats: today's reader held the file, its
-    text, every parsed row and every record (~11x the file); a streamed read keeps the problems
-    it writes. Peak RSS over a tiny ingest's must stay under the file's size."""
+    """30 MB of small rows, every one a problem (repeats are problems too): the first reader held
+    the file, its text, every parsed row and every record (~11x the file); a streamed read that
+    kept every problem until the write still grew by 5x the file (issue 27 item 11). Problems are
+    staged chunk by chunk: peak RSS over a tiny ingest's must stay under the file's size."""
     tiny = _write_lines(tmp_path / "tiny.jsonl", [GOOD])
     base = _peak_rss_kb(tiny, tmp_path / "tiny.db")
     line = '{"problem": "What is %d + %d? Give the sum of the two whole numbers.", "answer": "%d", "note": "%s"}'
@@ -296,6 +298,49 @@ def test_memory_follows_the_rows_kept_not_the_file(tmp_path):
     peak = _peak_rss_kb(tmp_path / "big.jsonl", tmp_path / "big.db")
     grown_mb = (peak - base) / 1024
     assert grown_mb < 30, f"peak RSS grew by {grown_mb:.0f} MB for a 30 MB file"
+
+
+ENDLESS = textwrap.dedent("""
+    import resource, subprocess, sys
+    # An endless writer into the FIFO (the shell blocks opening it until ingest reads), or none
+    # when the input is a symlink to /dev/zero.
+    writer = (subprocess.Popen(["sh", "-c", 'exec yes "$0" > "$1"', sys.argv[3], sys.argv[1]])
+              if sys.argv[3] else None)
+    from gcpo_cli.cli import app
+    try:
+        app(["ingest", sys.argv[1], "--set", "endless", "--db", sys.argv[2], "--max-input-bytes", "300000000"],
+            standalone_mode=False)
+    finally:
+        if writer is not None:
+            writer.kill()
+            writer.wait()
+        print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+""")
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+def test_an_endless_input_stops_at_the_cap_without_filling_memory(kind, tmp_path):
+    """A symlink to /dev/zero, or a FIFO fed by `yes`, under a 300 MB input cap: it was read whole
+    into memory before the cap refused it (RSS grew by the cap; 2.2 GB with the default 2 GiB
+    cap). A pipe is now copied to a temporary file in 1 MiB chunks, stopping at the cap, and a
+    text format stops at its first NUL byte (/dev/zero): one clear error, flat memory."""
+    tiny = _write_lines(tmp_path / "tiny.jsonl", [GOOD])
+    base = _peak_rss_kb(tiny, tmp_path / "tiny.db")
+    path = tmp_path / "endless.jsonl"
+    if kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    else:
+        os.mkfifo(path)
+    out = subprocess.run([sys.executable, "-c", ENDLESS, str(path), str(tmp_path / "e.db"),
+                          GOOD if kind == "fifo" else ""], capture_output=True, text=True, timeout=300)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {path}: " + ("line 1: a NUL byte: binary data, not text; nothing was written"
+                                            if kind == "dev-zero" else
+                                            "the input passes the 300,000,000-byte input limit "
+                                            "(GCPO_MAX_INPUT_BYTES); nothing was written")], out.stderr[-2000:]
+    grown_mb = (int(out.stderr.rsplit("MAXRSS", 1)[1].split()[0]) - base) / 1024
+    assert grown_mb < 100, f"peak RSS grew by {grown_mb:.0f} MB reading an endless input under a 300 MB cap"
+    assert _counts(tmp_path / "e.db") == {}
 
 
 # ---------------------------------------------------------------- point 5: silently wrong input

@@ -4,6 +4,7 @@
     migrations   the schema, append-only
     resolve      what a user types -> a run, a set or a problem, one way everywhere
     problems     sets, problems, golden answers, ingests
+    staging      an ingest's rows staged chunk by chunk, then written in one transaction
     golden       golden answers made, imported and chosen by `gcpo golden`; coverage
     runs         runs, steps, rollouts
     evaluations  evaluations and their samples
@@ -22,8 +23,8 @@ from .evaluations import resolve as resolve_evaluation  # noqa: F401
 from .evaluations import samples as evaluation_samples  # noqa: F401
 from .evaluations import set_problems_with_sources  # noqa: F401
 from .problems import (golden_answers, has_problems, list_problems, list_sets, prior_ingest,  # noqa: F401
-                       problem_texts, require_set_name, set_problems, set_sources, stored_answers, verified_golden,
-                       write_ingest)
+                       problem_texts, require_set_name, set_problems, set_sources, stored_answers, verified_golden)
+from .staging import IngestStage  # noqa: F401
 from .golden import (active_golden, candidates as golden_candidates, coverage as golden_coverage,  # noqa: F401
                      finish_generation, generation_attempts, generation_candidates, golden_rollouts,
                      mark_generation_interrupted, open_generation, problem_sets, problems_with_verified,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlite_utils import Database
 
 from ..errors import GcpoError
-from .db import dumps, rows_in, utcnow, write
+from .db import rows_in
 from .golden import active_golden, coverage
 from .resolve import resolve_set
 
@@ -102,48 +102,6 @@ def prior_ingest(db: Database, set_name: str, fingerprint: str) -> dict | None:
     return next(db.query("SELECT i.added, i.present, i.rejected FROM ingests i JOIN problem_sets s ON s.id = i.set_id"
                          " WHERE s.name = ? AND i.fingerprint = ? ORDER BY i.id LIMIT 1", [set_name, fingerprint]),
                 None)
-
-
-def write_ingest(db: Database, set_name: str, source: str, fingerprint: str, problems: list[dict],
-                 golden: list[dict], counts: dict) -> dict:
-    """One ingest, all or nothing: the set (created if new), the problems it did not hold, their
-    golden answers and the ingest's record. `problems`: {id, text, answer, metadata, source_id}
-    in source order, first occurrence of each id only; `golden`: golden_answers rows. Returns
-    {added, present, new_problems}."""
-    now = utcnow()
-    with write(db):
-        row = db.execute("SELECT id FROM problem_sets WHERE name = ?", [set_name]).fetchone()
-        set_id = row[0] if row else db.conn.execute(
-            "INSERT INTO problem_sets (name, description, created_at) VALUES (?,?,?)",
-            [set_name, f"ingested from {source}", now]).lastrowid
-        members = {r[0] for r in db.execute("SELECT problem_id FROM set_problems WHERE set_id = ?", [set_id])}
-        start = db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM set_problems WHERE set_id = ?",
-                           [set_id]).fetchone()[0]
-        new = [p for p in problems if p["id"] not in members]
-        before = db.execute("SELECT COUNT(*) FROM problems").fetchone()[0]
-        db.conn.executemany(
-            "INSERT OR IGNORE INTO problems (id, text, answer, metadata_json, created_at) VALUES (?,?,?,?,?)",
-            [(p["id"], p["text"], p["answer"], dumps(p["metadata"]), now) for p in new])
-        new_problems = db.execute("SELECT COUNT(*) FROM problems").fetchone()[0] - before
-        # A problem met again (MATH train after its rllm copy) gains the keys it lacked, e.g. MATH's
-        # `level` for the curriculum; keys it already has keep their first value.
-        db.conn.executemany("UPDATE problems SET metadata_json = json_patch(?, metadata_json) WHERE id = ?",
-                            [(dumps(p["metadata"]), p["id"]) for p in problems if p.get("known") and p["metadata"]])
-        db.conn.executemany(
-            "INSERT OR IGNORE INTO set_problems (set_id, problem_id, position, source_id) VALUES (?,?,?,?)",
-            [(set_id, p["id"], start + i, p["source_id"]) for i, p in enumerate(new)])
-        db.conn.executemany(
-            "INSERT OR IGNORE INTO golden_answers (id, problem_id, text, final_answer, source, verified,"
-            " created_at) VALUES (:id, :problem_id, :text, :final_answer, :source, :verified, :created_at)",
-            [dict(g, created_at=now) for g in golden])
-        added = len(new)
-        present = counts["records"] - added
-        db.conn.execute(
-            "INSERT INTO ingests (set_id, source, fingerprint, rows_read, added, present, rejected,"
-            " golden_verified, golden_total, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [set_id, source, fingerprint, counts["rows_read"], added, present, counts["rejected"],
-             counts["golden_verified"], counts["golden_total"], now])
-    return dict(added=added, present=present, new_problems=new_problems)
 
 
 def require_set_name(name: str | None) -> str:
