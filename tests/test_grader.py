@@ -60,7 +60,8 @@ ACCEPTED = {
     "Several parts, for a gold answer of that many parts, match it as a whole": [
         ("(2,2),(6,2)", "(2,2) and (6,2)"), ("(2,2),(6,2)", "(6,2) \\text{ and } (2,2)"),
         ("(5,8),(8,5)", "(x,y) = (5,8) \\quad\\text{and}\\quad (8,5)"), ("\\{1,2,3\\}", "1, 2, 3"),
-        ("\\{1,2,3\\}", "1, 2 and 3"), ("x=2, y=3", "x = 2 \\text{ and } y = 3"), ("1, -1", "x = 1 \\text{ and } x = -1"),
+        ("\\{1,2,3\\}", "1, 2 and 3"), ("x=2, y=3", "x = 2 \\text{ and } y = 3"),
+        ("1, -1", "x = 1 \\text{ and } x = -1"),
     ],
 }
 
