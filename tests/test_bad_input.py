@@ -57,6 +57,13 @@ CASES = {
     "seed too large": (["train", "--recipe", "tiny", "-o", "seed=99999999999"], "'seed'"),
     "set named null": (["train", "--recipe", "tiny", "--set", "null"], "unknown set 'null'"),
     "set named empty": (["train", "--recipe", "tiny", "--set", ""], "needs a name"),
+    # Issue 27 item 9: a 100,000-character name took 52 s to ingest 2 rows; a newline split its
+    # row in `gcpo sets`.
+    "set name too long": (["ingest", "synthetic:arithmetic", "--set", "n" * 201],
+                          "201 characters long; the most is 200"),
+    "set name with a newline": (["ingest", "synthetic:arithmetic", "--set", "a\nb"], "control character U+000A"),
+    "set name with an escape": (["ingest", "synthetic:arithmetic", "--set", "a\x1b[2Jb"], "control character U+001B"),
+    "train set name with a newline": (["train", "--recipe", "tiny", "--set", "s\nx"], "control character U+000A"),
 }
 USAGE = {  # refused by the option parser itself (exit 2), before anything runs
     "problems limit 1e20": ["problems", "--set", "s", "--limit", "100000000000000000000"],

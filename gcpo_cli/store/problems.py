@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlite_utils import Database
 
-from ..errors import GcpoError
+from ..texts import check_set_name
 from .db import rows_in
 from .golden import active_golden, coverage
 from .resolve import resolve_set
@@ -105,6 +105,5 @@ def prior_ingest(db: Database, set_name: str, fingerprint: str) -> dict | None:
 
 
 def require_set_name(name: str | None) -> str:
-    if not name or not name.strip():
-        raise GcpoError("the set needs a name (--set NAME)")
-    return name
+    """The name of a set to create or add to, as texts.check_set_name allows (issue 27 item 9)."""
+    return check_set_name(name)
