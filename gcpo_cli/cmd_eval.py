@@ -72,8 +72,8 @@ def _table(results: list[dict], k: int, title: str) -> Table:
     def rows(name: str, ms: list[dict]) -> None:
         for j, (r, m) in enumerate(zip(results, ms)):
             cells = [_cell(m, key) for _, key in COLUMNS]
-            if m.get("stderr") is not None:
-                cells[0] += f" ± {m['stderr']:.1%}"
+            if m.get("stderr") is not None:  # beside a comparison's deltas: below, in points as theirs are
+                cells[0] += f" ± {m['stderr']:.1%}" if single else f"\n[dim]±{100 * m['stderr']:.1f}[/]"
             label = [] if single else [escape(r["label"])]
             t.add_row(name if j == 0 else "", *label, str(m.get("n_problems", 0)), *cells)
         for r, m in zip(results[1:], ms[1:]):
