@@ -638,6 +638,7 @@ def test_ctrl_c_during_eval_marks_it_interrupted_in_one_line(runner, db, monkeyp
 @pytest.mark.parametrize("where,message", [
     ("missing/samples.jsonl", "no such folder"),
     ("a-file/samples.jsonl", "is not a folder"),
+    ("/sys/samples.jsonl", "cannot write there"),  # sysfs: no new files, even for root
 ])
 def test_export_to_a_bad_path_fails_before_anything_is_evaluated(runner, db, sums, tmp_path, where, message):
     (tmp_path / "a-file").write_text("x")
