@@ -51,6 +51,7 @@ from .grader import Grader
 from .readers import content_hash, load_source
 from .prompts import PRESETS, Prompt
 from .samples import ProblemMatcher
+from .texts import checked_text
 
 SOURCES = ("dataset", "teacher", "any")
 SERVER_TIMEOUT = 600  # seconds for one request: k long samples of a large model take a while
@@ -212,6 +213,10 @@ def verified_candidates(problems: list[dict], samples: list[list[Sample]], verdi
             text = s.text.strip()
             gid = golden_id(p["id"], text)
             if ok and gid not in seen:
+                try:  # injected as the model's response: texts.py's validation (issue 27), else never stored
+                    checked_text(text, "the teacher's completion")
+                except ValueError:
+                    continue
                 seen.add(gid)
                 rows.append(dict(id=gid, problem_id=p["id"], text=text, final_answer=extract_answer(text),
                                  source=source, model=model, params_json=params_json, completion_tokens=s.tokens))
@@ -322,9 +327,13 @@ def import_golden(db, path: str | Path, set_ref: str, *, solution: str | None = 
         if why is not None:
             raise GcpoError(f"{loaded.label}: {where}: {why}; nothing was imported")
         text = row.get(sol_f)
-        if not isinstance(text, str) or not text.strip():
+        if text is None or isinstance(text, str) and not text.strip():
             empty += 1
             continue
+        try:  # the validation ingest applies (texts.py): a golden answer is injected as the model's response
+            checked_text(text, f"field {sol_f!r}", max_bytes=loaded.max_field_bytes)
+        except ValueError as e:
+            raise GcpoError(f"{loaded.label}: {where}: {e}; nothing was imported") from None
         p, why = match({"problem_id": row.get(id_f) if id_f else None, "problem": row.get(text_f) if text_f else None})
         if p is None:
             unmatched.append({"where": where, "reason": why})

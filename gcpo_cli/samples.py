@@ -31,6 +31,7 @@ from .errors import GcpoError
 from .eval_metrics import average, summarize
 from .evaluation import Ungraded, problem_params, run_evaluation, stored_samples
 from .grader import Grader
+from .texts import checked_text
 
 IMPORT_CHUNK = 64  # problems graded and stored per transaction
 
@@ -202,6 +203,12 @@ def read_samples(path: Path, raw: bytes, problems: list[dict], set_name: str) ->
         finish = _field(obj, "finish_reason", (str,), '"stop" or "length"', where)
         correct = _field(obj, "correct", (bool, int), "true or false", where)
         prompt = _field(obj, "prompt", (str,), "text", where)
+        try:  # stored, never shown to a model: texts.py's rules but chat tokens (issue 27 item 4)
+            for key, value in (("completion", completion), ("prompt", prompt)):
+                if value is not None:
+                    checked_text(value, repr(key), to_model=False)
+        except ValueError as e:
+            raise GcpoError(f"{where}: {e}") from None
         out.append(Imported(problem, completion, prompt, tokens, finish == "length",
                             None if correct is None else bool(correct), n))
     if unmatched:

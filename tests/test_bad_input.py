@@ -3,11 +3,13 @@ non-zero exit, with the database unchanged (issue 10, point 6)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from conftest import JsonHandler, LocalServer
 from gcpo_cli.cli import app
 
 TABLES = ("problems", "problem_sets", "set_problems", "golden_answers", "ingests", "runs", "steps", "rollouts",
@@ -109,3 +111,92 @@ def test_gcpo_home_that_is_a_file_is_one_line(args, runner, tmp_path):
     r = runner.invoke(app, args, env={"GCPO_HOME": str(home)})
     assert r.exit_code == 1 and r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1
     assert home.read_text() == "x"
+
+
+# ------------------------------------- issue 27 items 3 and 4: one validation for every text in
+
+def _first_problem(db: Path) -> tuple[str, str]:
+    """(id, answer) of the first problem of set s."""
+    with sqlite3.connect(db) as c:
+        return c.execute("SELECT p.id, p.answer FROM problems p JOIN set_problems sp ON sp.problem_id = p.id"
+                         " ORDER BY sp.position LIMIT 1").fetchone()
+
+
+def _one_error_line(r, says: str) -> None:
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.output
+
+
+SOLUTIONS = {  # a solution `gcpo golden import` must refuse, as ingest refuses it in a row
+    "chat token": (lambda good: good + "<|im_end|>",
+                   "field 'solution' holds the chat special token '<|im_end|>', which would reach the model"),
+    "lone surrogate": (lambda good: "\ud800 " + good, "field 'solution' holds a lone surrogate (U+D800)"),
+    "3 MB": (lambda good: "x" * 3_000_000, "field 'solution' is 3,000,000 bytes, over the 1,048,576-byte limit"),
+    "NaN": (lambda good: float("nan"), "field 'solution' is NaN, not text"),
+    "a number": (lambda good: 4.5, "field 'solution' is a number (4.5), not text"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SOLUTIONS))
+def test_golden_import_validates_solutions_as_ingest_does(case, home, runner, tmp_path):
+    """Golden answers are injected as the model's own response: `<|im_end|>` in one was stored as
+    verified, a lone surrogate gave a 53-line traceback, a 3 MB one was stored, and NaN was
+    reported as "no row matches a problem". Each is one line naming the line; nothing is stored."""
+    pid, answer = _first_problem(home)
+    make, says = SOLUTIONS[case]
+    path = tmp_path / "solutions.jsonl"
+    good = json.dumps({"problem_id": pid, "solution": f"So it is \\boxed{{{answer}}}."})
+    path.write_text(good + "\n" + json.dumps({"problem_id": pid, "solution": make(f"\\boxed{{{answer}}}")}) + "\n")
+    before = state(home)
+    r = runner.invoke(app, ["golden", "import", str(path), "--set", "s"])
+    _one_error_line(r, f"solutions.jsonl: line 2: {says}")
+    assert state(home) == before
+
+
+@pytest.mark.parametrize("key", ["completion", "prompt"])
+def test_eval_import_of_a_lone_surrogate_is_one_line_and_leaves_no_evaluation(key, home, runner, tmp_path):
+    """Issue 27 item 4: an 83-line traceback, and an `interrupted` evaluation left behind. The
+    samples are validated before the evaluation's row is opened."""
+    pid, answer = _first_problem(home)
+    path = tmp_path / "samples.jsonl"
+    sample = {"problem_id": pid, "completion": f"So it is \\boxed{{{answer}}}.", "prompt": "Solve it."}
+    bad = dict(sample, **{key: "\udc80" + sample[key]})
+    path.write_text(json.dumps(sample) + "\n" + json.dumps(bad) + "\n")
+    before = state(home)
+    r = runner.invoke(app, ["eval", "--import", str(path), "--set", "s"])
+    _one_error_line(r, f"samples.jsonl line 2: '{key}' holds a lone surrogate (U+DC80)")
+    assert state(home) == before  # no evaluation row at all, not even an interrupted one
+
+
+class Unusable(JsonHandler):
+    """A teacher server whose three correct completions are one usable, one with a chat token and
+    one with a lone surrogate (a JSON "\\ud800" escape in its reply)."""
+
+    def do_GET(self):
+        self.send(200, {"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        texts = ["\\boxed{4}", "\\boxed{4}<|im_end|><|im_start|>user", "\ud800 \\boxed{4}"]
+        self.send(200, {"choices": [dict(index=i, finish_reason="stop", text=t) for i, t in enumerate(texts)
+                                    ][: body.get("n", 1)]})
+
+
+def test_golden_generate_stores_only_completions_that_pass_the_validation(home, runner, tmp_path):
+    """A teacher's completion is validated before it is stored: one holding `<|im_end|>` was
+    stored as a verified candidate (and injected), one with a lone surrogate ended the generation
+    in a traceback."""
+    four = tmp_path / "four.jsonl"
+    four.write_text(json.dumps({"problem": "What is 2 + 2?", "answer": "4"}) + "\n")
+    assert runner.invoke(app, ["ingest", str(four), "--set", "four"]).exit_code == 0
+    server = LocalServer(Unusable)
+    try:
+        r = runner.invoke(app, ["golden", "generate", "--set", "four", "--teacher-server", server.url,
+                                "--teacher", "stand-in", "--k", "3", "--prompt", "raw", "--json"])
+    finally:
+        server.close()
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["candidates"] == 1
+    with sqlite3.connect(home) as c:
+        assert c.execute("SELECT text, origin, verified FROM golden_answers WHERE origin = 'teacher'").fetchall() == [
+            ("\\boxed{4}", "teacher", 1)]
