@@ -2,7 +2,9 @@
 a validated problem (rows.py) and write them in one transaction.
 
 However read, the write is one transaction: an invalid row writes nothing unless --skip-invalid,
-and every message names the line (or row).
+and every message names the line (or row). Rows are turned into problems, graded and staged a
+chunk at a time (store.IngestStage), so memory stays flat whatever the source's size, and the
+write lock is held only while the staged rows are copied in.
 
 Refused, naming the line (rows: skipped and reported with --skip-invalid), by rows.py under
 texts.py's rules (the one validation of every text that reaches the model or the database):
