@@ -33,6 +33,7 @@ from typing import Any
 
 from .errors import GcpoError
 from .grader import Grader
+from .store.evaluations import database_file
 
 # ------------------------------------------------------------------------------------ stopping
 
@@ -100,7 +101,7 @@ class StopSignals:
 def _lock_file(db, job_id: str) -> Path | None:
     """`<database>-locks/<job id>.lock`, beside the database's -wal and -shm files, so every
     process that opens the database finds it; None for an in-memory database."""
-    name = next((row[2] for row in db.conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+    name = database_file(db)
     return Path(f"{name}-locks") / f"{job_id}.lock" if name else None
 
 

@@ -36,6 +36,12 @@ def open_evaluation(db: Database, *, model: str, set_name: str, params: dict, ru
     return evaluation_id, done
 
 
+def database_file(db: Database) -> str:
+    """The file the database lives in ("" for one in memory): the locks of the jobs that write
+    evaluations and golden generations lie beside it (resumable.py)."""
+    return next((row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"), "")
+
+
 def prompt_id(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
