@@ -195,7 +195,9 @@ def list_cmd(
     origin: Annotated[Optional[str], typer.Option(help=ORIGIN_HELP, show_default=False)] = None,
     active: Annotated[bool, typer.Option("--active", help="Only the active one of each problem and origin.")] = False,
     tokenizer: Annotated[Optional[str], typer.Option(help=TOKENIZER_HELP, show_default=False)] = None,
-    limit: Annotated[int, typer.Option(help="Most rows shown (--json has them all).", min=1)] = 50,
+    limit: Annotated[Optional[int], typer.Option(
+        help="Most rows shown, --json included.  [default: 50 in the table, all with --json]", min=1,
+        show_default=False)] = None,
     json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
@@ -207,7 +209,9 @@ def list_cmd(
     if origin is not None and origin not in gold.SOURCES[:2]:
         raise GcpoError(f"--origin {origin!r}: dataset or teacher")
     database = open_for_reading(db)
-    out = gold.list_golden(database, set_name, origin=origin, active_only=active, tokenizer=tokenizer)
+    if limit is None and not json_out:
+        limit = 50
+    out = gold.list_golden(database, set_name, origin=origin, active_only=active, tokenizer=tokenizer, limit=limit)
     if json_out:
         print_json(out)
         return
@@ -216,14 +220,14 @@ def list_cmd(
         console.print(f"No golden answers in set {escape(out['set_name'])} match.")
         return
     t = CompactTable("problem", "origin", "from", "status", ">tokens", "used", "text",
-                     title=f"Golden answers of {out['set_name']}: {len(rows)}")
-    for r in rows[:limit]:
+                     title=f"Golden answers of {out['set_name']}: {out['total']}")
+    for r in rows:
         t.add_row(r["problem_id"][:8], r["origin"], _from(r),
                   ("active" if r["active"] else "verified") if r["verified"] else "UNVERIFIED",
                   r["tokens"] if r["tokens"] is not None else r["completion_tokens"], _usage(r), one_line(r["text"]))
     console.print(t)
-    if len(rows) > limit:
-        console.print(f"… and {len(rows) - limit} more (--limit, or --json for all)")
+    if out["total"] > len(rows):
+        console.print(f"… and {out['total'] - len(rows)} more (--limit)")
     if tokenizer is None:
         console.print("tokens: the teacher's own count; --tokenizer MODEL counts under another", style="dim")
 

@@ -420,9 +420,10 @@ def injection_stats(candidates: list[dict], injected: list[dict], groups: list[d
 
 
 def list_golden(db, set_ref: str, *, problem: str | None = None, origin: str | None = None,
-                active_only: bool = False, tokenizer: str | None = None) -> dict:
+                active_only: bool = False, tokenizer: str | None = None, limit: int | None = None) -> dict:
     """A set's golden answers (or one problem's, or the one a golden id names) with provenance,
-    verification, tokens under `tokenizer` and their use in training."""
+    verification, tokens under `tokenizer` and their use in training: the first `limit` of them
+    (all when None), and "total", how many match."""
     s = store.resolve_set(db, set_ref) if set_ref else None
     only = None
     if problem is not None:
@@ -438,11 +439,13 @@ def list_golden(db, set_ref: str, *, problem: str | None = None, origin: str | N
     usage = injection_stats(rows, store.golden_rollouts(db, pids), store.sampled_groups(db, pids))
     rows = [r for r in rows if (only is None or r["id"] == only) and (origin is None or r["origin"] == origin)
             and (not active_only or r["active"])]
+    total = len(rows)
+    rows = rows[:limit] if limit is not None else rows  # before counting tokens: only those shown
     tok = load_tokenizer(tokenizer) if tokenizer else None
     for r in rows:
         r["tokens"] = response_tokens(tok, r["text"]) if tok is not None else None
         r.update(usage[r["id"]])
-    return dict(set_name=s["name"], tokenizer=tokenizer, golden_answers=rows,
+    return dict(set_name=s["name"], tokenizer=tokenizer, golden_answers=rows, total=total,
                 coverage=coverage(db, s["name"]))
 
 

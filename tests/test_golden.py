@@ -380,3 +380,16 @@ def test_the_embedded_teacher_stores_only_what_the_grader_verifies(runner, db):
 
         assert all(grader.verdicts([(answers[g["problem_id"]]["text"], answers[g["problem_id"]]["answer"],
                                      extract_answer(g["text"]), False) for g in rows]))
+
+
+def test_golden_list_limit_applies_to_json_too(runner, db):
+    """issue 26 section 5: `golden list --limit 3 --json` returned every row."""
+    _set(db, "many", [dict(id=f"p{i}", problem=f"What is {i} + 1?", answer=str(i + 1),
+                           solution=f"{i} + 1 = \\boxed{{{i + 1}}}") for i in range(5)])
+    listed = _json(runner.invoke(app, ["golden", "list", "--set", "many", "--limit", "3", "--json"]))
+    assert len(listed["golden_answers"]) == 3 and listed["total"] == 5
+    everything = _json(runner.invoke(app, ["golden", "list", "--set", "many", "--json"]))
+    assert len(everything["golden_answers"]) == 5 and everything["total"] == 5  # no --limit: all of them
+    table = runner.invoke(app, ["golden", "list", "--set", "many", "--limit", "2"])
+    assert table.exit_code == 0 and "Golden answers of many: 5" in table.output
+    assert "… and 3 more" in table.output
