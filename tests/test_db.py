@@ -154,3 +154,80 @@ def test_no_sql_outside_the_store():
             if SQL.search(line):
                 offenders.append(f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+# ----------------------------------------------------------------------------- a database that goes away
+def _wait_for_step(db_path: Path, step: int, proc, timeout: float = 180) -> str:
+    """The id of the run once its step `step` is committed (polled read-only)."""
+    import sqlite3
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.3)
+        try:
+            with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as c:
+                row = c.execute("SELECT run_id, MAX(step) FROM steps").fetchone()
+        except sqlite3.OperationalError:
+            continue
+        if row and row[1] is not None and row[1] >= step:
+            return row[0]
+    raise AssertionError(f"no step {step} within {timeout} s")
+
+
+def test_a_database_deleted_under_a_running_training_stops_it_in_one_line(tmp_path):
+    """Issue 27 item 1: with gcpo.db and its WAL removed mid-run, training went on, printed
+    `completed`, exited 0, and every record was gone. It must stop, say so, keep its checkpoints."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    db_path = home / "gcpo.db"
+    env = {**os.environ, "GCPO_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "gcpo_cli", "train", "--recipe", "tiny", "--steps", "40",
+                             "-o", "max_new_tokens=8", "--db", str(db_path), "--json"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_id = _wait_for_step(db_path, 2, proc)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, (out[-500:], err[-2000:])
+    assert "completed" not in out and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err[-2000:]
+    assert "deleted or replaced" in errors[0] and str(db_path) in errors[0]
+    assert (home / "runs" / run_id / "checkpoints" / "step-2" / "adapter").is_dir()
+
+
+def test_a_database_replaced_or_losing_its_wal_refuses_the_next_write(tmp_path):
+    """A backup copied over the file, or the WAL removed, is caught by the next write (in process)."""
+    import os
+    import shutil
+
+    import pytest
+
+    from gcpo_cli.store import write
+    from gcpo_cli.store.db import DatabaseGone
+
+    path = tmp_path / "x.db"
+    db = open_db(path)
+    with write(db):
+        db["problem_sets"].insert({"name": "kept", "created_at": "2025-01-01T00:00:00Z"})
+    shutil.copy(path, tmp_path / "backup.db")
+    os.replace(tmp_path / "backup.db", path)
+    with pytest.raises(DatabaseGone, match="deleted or replaced"):
+        with write(db):
+            db["problem_sets"].insert({"name": "lost", "created_at": "2025-01-01T00:00:00Z"})
+    db.close()
+    other = open_db(tmp_path / "y.db")
+    os.unlink(tmp_path / "y.db-wal")
+    with pytest.raises(DatabaseGone):
+        with write(other):
+            other["problem_sets"].insert({"name": "lost", "created_at": "2025-01-01T00:00:00Z"})

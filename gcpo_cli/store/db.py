@@ -1,14 +1,22 @@
 """The database connection and the pieces every query shares: ids, JSON, timestamps,
-transactions and chunked `IN (...)` lookups."""
+transactions and chunked `IN (...)` lookups.
+
+A connection keeps writing to the file it opened even after that file is deleted or replaced
+(issue 27: a training whose gcpo.db was removed ran on, reported `completed` and kept nothing).
+So open_db notes which files it opened (device and inode of the database and its WAL), and every
+write transaction checks, before it begins and after it commits, that the path still names them.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 import math
+import os
 import secrets
 import sqlite3
 import time
+import weakref
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +32,14 @@ from .migrations import migrations
 IN_CHUNK = 900
 
 
+class DatabaseGone(GcpoError):
+    """The database file this process writes to was deleted or replaced under it."""
+
+
+# Per open_db connection: its path and the (device, inode) of the database file and its WAL.
+_OPENED: "weakref.WeakKeyDictionary[Database, tuple]" = weakref.WeakKeyDictionary()
+
+
 def open_db(path: str | Path | None = None) -> Database:
     """WAL (so inspect reads while train writes), foreign keys, a 30 s busy timeout, migrations.
     A path that cannot hold a database is a GcpoError that says why, with nothing created."""
@@ -35,10 +51,35 @@ def open_db(path: str | Path | None = None) -> Database:
     except OSError as e:
         raise GcpoError(f"cannot create the folder for the database {path}: {e.strerror}") from None
     try:
-        return _open(path)
+        db = _open(path)
     except sqlite3.DatabaseError as e:
         why = "not a SQLite database" if "not a database" in str(e) else str(e)
         raise GcpoError(f"cannot use {path} as the gcpo database: {why}") from None
+    _OPENED[db] = (path, _identity(path), _identity(Path(f"{path}-wal")))
+    return db
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_alive(db: Database) -> None:
+    """DatabaseGone when the path `db` was opened from no longer names the files it opened: what
+    the connection writes then lands in a file no one else can read. The WAL counts too: SQLite
+    removes it only when the last connection closes, and this one is open. Connections not made
+    by open_db (in memory, tests) are not checked."""
+    opened = _OPENED.get(db)
+    if opened is None:
+        return
+    path, main, wal = opened
+    if _identity(path) != main or (wal is not None and _identity(Path(f"{path}-wal")) != wal):
+        raise DatabaseGone(f"the database {path} was deleted or replaced while this command was writing to it: "
+                           "stopped (what it wrote there is lost; files already saved, such as checkpoints, "
+                           "are kept)")
 
 
 @functools.cache
@@ -74,6 +115,7 @@ def write(db: Database) -> Iterator[Database]:
         with db.atomic():
             yield db
         return
+    check_alive(db)  # never write into a file that has gone
     db.conn.execute("BEGIN IMMEDIATE")
     try:
         yield db
@@ -82,6 +124,7 @@ def write(db: Database) -> Iterator[Database]:
             db.conn.execute("ROLLBACK")
         raise
     db.conn.execute("COMMIT")
+    check_alive(db)  # nor report a commit as kept when the file went during it
 
 
 @contextmanager
