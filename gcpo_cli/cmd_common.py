@@ -59,7 +59,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 # A problem set is --set everywhere (--name and --data are its old spellings, hidden for a release).
 SET_HELP = "Problem set (its name, or a unique prefix; see gcpo sets)."
 # A run is --run/-r everywhere it is read; `train --resume RUN` continues one.
-RUN_HELP = "Run id, or a unique prefix (see gcpo runs)."
+RUN_HELP = "Run id, a unique prefix, or latest (the newest; see gcpo runs)."
 
 
 def print_json(obj) -> None:

@@ -149,8 +149,9 @@ def eval_cmd(
                          "problem) against --set with gcpo's grader, instead of generating.",
         show_default=False, dir_okay=False)] = None,
     evaluation: Annotated[Optional[list[str]], typer.Option(
-        "--evaluation", "-e", help="A stored evaluation's id (or prefix; repeatable): show it again, and with "
-                                   "--export write its samples. Finished or not; nothing is generated.",
+        "--evaluation", "-e", help="A stored evaluation's id, prefix or latest (repeatable; see gcpo evals): "
+                                   "show it again, and with --export write its samples. Finished or not; nothing "
+                                   "is generated.",
         show_default=False)] = None,
     json_out: JsonOpt = False,
     db: DbOpt = None,
@@ -178,9 +179,9 @@ def eval_cmd(
 
       gcpo eval --model smollm2-135m --set gsm8k --prompt qwen25-math-cot --export samples.jsonl
 
-      gcpo eval --run 01jq3v... --set arithmetic --compare smollm2-135m
+      gcpo eval --run latest --set arithmetic --compare smollm2-135m
 
-      gcpo eval --evaluation 01jq4a... --export samples.jsonl
+      gcpo eval --evaluation latest --export samples.jsonl
 
       gcpo eval --import other-harness.jsonl --set gsm8k
 
@@ -334,3 +335,49 @@ def _print_results(results: list[dict], k: int, title: str) -> None:
             mean = "" if f["mean_at_k"] is None else f"the file's own mean@{k} is {f['mean_at_k']:.1%}; "
             console.print(f"{mean}gcpo's grader agrees with the file's verdicts on {f['agree']} of {f['samples']} "
                           "samples", highlight=False)
+
+
+@app.command("evals")
+def evals_cmd(
+    limit: Annotated[int, typer.Option("--limit", help="Show at most N evaluations (newest first), --json "
+                                                       "included.", min=1, max=100_000)] = 20,
+    json_out: JsonOpt = False,
+    db: DbOpt = None,
+) -> None:
+    """List evaluations, newest first: id, model (a run's checkpoint as run:ID@STEP), set, k,
+    prompt preset (golden: a set's golden answers graded; import: another harness's samples),
+    date (UTC), status and mean@k with its standard error.
+
+    Status: running (a process is evaluating it now), completed, interrupted (Ctrl-C or
+    SIGTERM), died (it was running when its process was killed); the command that started an
+    unfinished one resumes it, and its mean@k is over the problems it finished (n: finished of
+    planned). An id, a unique prefix or `latest` shows one again: gcpo eval --evaluation ID.
+
+    Examples:
+
+      gcpo evals --limit 5
+
+      gcpo eval --evaluation latest --export samples.jsonl
+    """
+    rows = samples.listed(open_for_reading(db), limit)
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no evaluations yet: run one with gcpo eval --model smollm2-135m --benchmark gsm8k")
+        return
+    t = Table(box=None, pad_edge=False, collapse_padding=True, header_style="bold underline")  # fits 80 columns
+    for col, justify in (("id", "left"), ("model", "left"), ("set", "left"), ("k", "right"), ("prompt", "left"),
+                         ("date", "left"), ("status", "left"), ("n", "right"), ("mean@k", "right")):
+        # ids are what people copy: never squeezed; the model and set names give way first
+        t.add_column(col, no_wrap=True, overflow="ellipsis", justify=justify, min_width=16 if col == "id" else None)
+    for r in rows:
+        mean = "–" if r.get("mean_at_k") is None else _pct(r["mean_at_k"])
+        if r.get("stderr") is not None:
+            mean += f" ±{100 * r['stderr']:.1f}"
+        done = str(r.get("n_problems") or 0)
+        if r["status"] != "completed" and r["problems"]:
+            done += f"/{r['problems']}"
+        t.add_row(r["id"], escape(r["model"]), escape(r["set_name"]), str(r["k"] or "–"), escape(r["prompt"]),
+                  (r["created_at"] or "")[:16].replace("T", " "), r["status"], done, mean)
+    console.print(t)

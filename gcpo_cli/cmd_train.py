@@ -102,8 +102,8 @@ def train_cmd(
         "--rollout-server", metavar="URL", show_default=False,
         help="Sample from a running `vllm serve BASE --enable-lora` instead (README: vLLM); each update's "
              "adapter is loaded into it by path from GCPO_HOME/cache/adapters. Recipe key rollout_server.")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run RUN from its last checkpoint.",
-                                                  metavar="RUN")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        "--resume", help="Continue run RUN (id, prefix or latest) from its last checkpoint.", metavar="RUN")] = None,
     dist_timeout: Annotated[int, typer.Option(
         "--dist-timeout", metavar="SECONDS", min=1,
         help="Under torchrun or accelerate launch: how long a rank waits for the others within a step "

@@ -91,20 +91,52 @@ def export(db, evaluation_ids: list[str], path: str | Path) -> int:
     return n
 
 
-def stored_result(db, ref: str) -> dict:
-    """A stored evaluation (id or prefix), shaped as `evaluation.result` shapes a fresh one. Its
-    metrics are recomputed from the samples it kept, so an interrupted one shows what it has and
-    one recorded before a metric existed (maj_at_k_exact) gains it."""
-    row = store.resolve_evaluation(db, ref)
+def _metrics(db, row: dict) -> dict:
+    """A stored evaluation's metrics, recomputed from the samples it kept, so an interrupted one
+    shows what it has and one recorded before a metric existed (maj_at_k_exact) gains it."""
     params = row["params"] if isinstance(row["params"], dict) else {}
     recorded = row["metrics"] if isinstance(row["metrics"], dict) else {}
     stored = stored_samples(db, row["id"])
-    metrics = recorded | summarize(stored, params.get("k") or max(map(len, stored), default=1))
+    return recorded | summarize(stored, params.get("k") or max(map(len, stored), default=1))
+
+
+def stored_result(db, ref: str) -> dict:
+    """A stored evaluation (id, prefix or `latest`), shaped as `evaluation.result` shapes a fresh
+    one, with its metrics recomputed from its samples."""
+    row = store.resolve_evaluation(db, ref)
+    params = row["params"] if isinstance(row["params"], dict) else {}
     s = dict(evaluation_id=row["id"], model=row["model"], set_name=row["set_name"], run_id=row["run_id"],
              run_step=row["run_step"], status=resumable.status(db, row["id"], row["status"]), params=params,
-             **metrics)
+             **_metrics(db, row))
     return dict(label=row["model"], model=row["model"], run_id=row["run_id"], run_step=row["run_step"],
                 adapter=None, sets=[s], average=average([s]))
+
+
+def kind(params: dict) -> str:
+    """How an evaluation's completions came to be: its prompt preset (generated), "golden" or
+    "import"."""
+    if params.get("golden"):
+        return "golden"
+    if params.get("imported"):
+        return "import"
+    return str(params.get("prompt") or "boxed")  # generated before presets were recorded: boxed
+
+
+def listed(db, limit: int) -> list[dict]:
+    """What `gcpo evals` shows, newest first: each evaluation's id, model (a run's checkpoint as
+    run:ID@STEP, with run_id and run_step), set, k, prompt (kind), status as the user should see
+    it ("died": marked running, no process holds it), dates, the problems it planned and its
+    metrics (an unfinished one's over the problems it finished)."""
+    out = []
+    for row in store.list_evaluations(db, limit):
+        params = row["params"] if isinstance(row["params"], dict) else {}
+        status = resumable.status(db, row["id"], row["status"])
+        metrics = row["metrics"] if status == "completed" and isinstance(row["metrics"], dict) else _metrics(db, row)
+        out.append(dict(id=row["id"], model=row["model"], run_id=row["run_id"], run_step=row["run_step"],
+                        set_name=row["set_name"], k=params.get("k") or metrics.get("k"), prompt=kind(params),
+                        status=status, created_at=row["created_at"], updated_at=row["updated_at"],
+                        problems=params.get("problems"), **{key: v for key, v in metrics.items() if key != "k"}))
+    return out
 
 
 # ------------------------------------------------------------------------------------- import

@@ -16,6 +16,8 @@ outside this package writes SQL (tests/test_db.py checks).
 
 from .db import dumps, finite, loads, new_id, open_db, rows_in, snapshot, utcnow, write  # noqa: F401
 from .evaluations import finish as finish_evaluation  # noqa: F401
+from .evaluations import listing as list_evaluations  # noqa: F401
+from .evaluations import set_size  # noqa: F401
 from .evaluations import mark_interrupted as mark_evaluation_interrupted  # noqa: F401
 from .evaluations import open_evaluation, write_results  # noqa: F401
 from .evaluations import results as evaluation_results  # noqa: F401

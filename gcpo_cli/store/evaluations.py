@@ -10,7 +10,7 @@ from sqlite_utils import Database
 
 from ..errors import GcpoError
 from .db import dumps, loads, new_id, utcnow, write
-from .resolve import MAX_CANDIDATES, clip, fit, glob_prefix
+from .resolve import LATEST, MAX_CANDIDATES, clip, fit, glob_prefix
 
 
 def open_evaluation(db: Database, *, model: str, set_name: str, params: dict, run_id: str | None,
@@ -95,10 +95,33 @@ def for_run(db: Database, run_id: str) -> list[dict]:
     return rows
 
 
+def listing(db: Database, limit: int) -> list[dict]:
+    """The newest `limit` evaluations, newest first, with their parameters and metrics decoded
+    (metrics None until one finishes)."""
+    rows = list(db.query("SELECT id, model, run_id, run_step, set_name, status, params_json, metrics_json,"
+                         " created_at, updated_at FROM evaluations ORDER BY created_at DESC, id DESC LIMIT ?",
+                         [limit]))
+    for r in rows:
+        r["params"], r["metrics"] = loads(r.pop("params_json")) or {}, loads(r.pop("metrics_json"))
+    return rows
+
+
+def set_size(db: Database, set_name: str) -> int | None:
+    """How many problems the set holds now (None: no such set any more)."""
+    row = db.execute("SELECT COUNT(sp.problem_id) FROM problem_sets ps LEFT JOIN set_problems sp ON sp.set_id = ps.id"
+                     " WHERE ps.name = ? GROUP BY ps.id", [set_name]).fetchone()
+    return None if row is None else row[0]
+
+
 def resolve(db: Database, ref: str) -> dict:
-    """An evaluation's row (params and metrics decoded), by exact id or unique prefix."""
+    """An evaluation's row (params and metrics decoded), by exact id, `latest` (the newest) or
+    unique prefix."""
     ref = ref.strip()
     ids = [r[0] for r in db.execute("SELECT id FROM evaluations WHERE id = ?", [ref])] if ref else []
+    if not ids and ref == LATEST:
+        ids = [r[0] for r in db.execute("SELECT id FROM evaluations ORDER BY created_at DESC, id DESC LIMIT 1")]
+        if not ids:
+            raise GcpoError("no evaluations recorded yet, so no latest evaluation (gcpo eval ...)")
     if not ids and ref:
         ids = [r[0] for r in db.execute("SELECT id FROM evaluations WHERE id GLOB ? ORDER BY created_at DESC"
                                         " LIMIT ?", [glob_prefix(ref), MAX_CANDIDATES + 1])]

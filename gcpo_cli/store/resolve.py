@@ -1,7 +1,8 @@
 """What a user types -> the row it names: runs, sets and problems, one way everywhere.
 
-Each accepts the exact id (or name), else a unique prefix; a problem also its source file's own id
-or words from its text. Prefixes go through GLOB with its wildcards escaped (LIKE would read `_`
+Each accepts the exact id (or name), else a unique prefix; a run (and an evaluation,
+evaluations.resolve) also `latest`, the newest; a problem also its source file's own id or words
+from its text. Prefixes go through GLOB with its wildcards escaped (LIKE would read `_`
 and `%` in what the user typed as wildcards, and is case-insensitive). Errors name the closest
 candidates in one line that fits 80 columns after "error: ".
 """
@@ -15,6 +16,7 @@ from sqlite_utils import Database
 from ..errors import GcpoError
 
 MAX_CANDIDATES = 20
+LATEST = "latest"  # the newest run or evaluation, wherever an id is accepted
 
 
 def glob_prefix(ref: str) -> str:
@@ -77,11 +79,16 @@ def resolve_problem(db: Database, ref: str) -> str:
 
 
 def resolve_run(db: Database, ref: str) -> dict:
-    """The run's row, by exact id or unique prefix."""
+    """The run's row, by exact id, `latest` (the newest) or unique prefix."""
     ref = ref.strip()
     row = db["runs"].get(ref) if ref and db.execute("SELECT 1 FROM runs WHERE id = ?", [ref]).fetchone() else None
     if row:
         return row
+    if ref == LATEST:
+        newest = _column(db, "SELECT id FROM runs ORDER BY created_at DESC, id DESC LIMIT 1", [])
+        if not newest:
+            raise GcpoError("no runs recorded yet, so no latest run (gcpo train --recipe ...)")
+        return db["runs"].get(newest[0])
     ids = _column(db, "SELECT id FROM runs WHERE id GLOB ? ORDER BY created_at DESC LIMIT ?",
                   [glob_prefix(ref), MAX_CANDIDATES + 1]) if ref else []
     if len(ids) == 1:
