@@ -11,6 +11,7 @@ from rich.table import Table
 
 from . import eval_targets as targets
 from . import resumable, samples, store
+from . import sample_layouts as layouts
 from .cmd_common import (RUN_HELP, SET_HELP, DbOpt, JsonOpt, console, err_console, make_app, one_of, open_for_reading,
                          print_json)
 from .errors import GcpoError
@@ -145,9 +146,17 @@ def eval_cmd(
         "--export", help="Write every graded sample of this evaluation to FILE.jsonl, one JSON line each, for "
                          "another harness to re-grade.", show_default=False, dir_okay=False)] = None,
     import_file: Annotated[Optional[Path], typer.Option(
-        "--import", help="Grade another system's samples (JSON lines with a completion and its problem_id or "
-                         "problem) against --set with gcpo's grader, instead of generating.",
+        "--import", help="Grade another system's samples against --set with gcpo's grader, instead of "
+                         "generating: gcpo's JSON lines (a completion and its problem_id or problem), an lm-eval "
+                         "--log_samples file or a Qwen2.5-Math evaluation output, told apart by their fields.",
         show_default=False, dir_okay=False)] = None,
+    completion_field: Annotated[Optional[str], typer.Option(
+        "--completion-field", metavar="FIELD", help="With --import: the field holding the completion (a text, or "
+                                                    "a list of texts: one problem's samples); a.b reaches into "
+                                                    "an object.", show_default=False)] = None,
+    problem_field: Annotated[Optional[str], typer.Option(
+        "--problem-field", metavar="FIELD", help="With --import: the field holding the problem's text or id "
+                                                 "(e.g. doc.question).", show_default=False)] = None,
     evaluation: Annotated[Optional[list[str]], typer.Option(
         "--evaluation", "-e", help="A stored evaluation's id, prefix or latest (repeatable; see gcpo evals): "
                                    "show it again, and with --export write its samples. Finished or not; nothing "
@@ -171,7 +180,9 @@ def eval_cmd(
     Samples as JSON lines: --export FILE writes them (problem_id, set, prompt, completion,
     extracted_answer, gold, correct, completion_tokens, finish_reason "stop" or "length") after
     the evaluation; --evaluation ID --export FILE writes those of one already stored, finished
-    or interrupted; --import FILE --set NAME grades such a file from another harness.
+    or interrupted; --import FILE --set NAME grades such a file, an lm-eval --log_samples file
+    (samples_TASK_DATE.jsonl) or a Qwen2.5-Math evaluation output (told apart by their fields),
+    or with --completion-field and --problem-field any other JSON lines.
 
     Examples:
 
@@ -183,7 +194,9 @@ def eval_cmd(
 
       gcpo eval --evaluation latest --export samples.jsonl
 
-      gcpo eval --import other-harness.jsonl --set gsm8k
+      gcpo eval --import lm-eval-out/MODEL/samples_gsm8k_2025-01-20T10-11-12.jsonl --set gsm8k
+
+      gcpo eval --import outputs.jsonl --set gsm8k --completion-field response --problem-field question
 
       gcpo eval --model golden --benchmark math500
     """
@@ -198,6 +211,8 @@ def eval_cmd(
     if (import_file or evaluation) and any(v is not None for v in chosen.values()):
         raise GcpoError("--prompt, --template and --system-prompt shape generation; --import and --evaluation "
                         "generate nothing")
+    if (completion_field or problem_field) and not import_file:
+        raise GcpoError("--completion-field and --problem-field name the fields of an --import file")
     if (import_file or evaluation) and compare:
         raise GcpoError("--compare evaluates models; it does not combine with --import or --evaluation")
     if export is not None:
@@ -217,7 +232,8 @@ def eval_cmd(
                 if len(names) + len(benchmark or []) != 1:
                     raise GcpoError("--import grades against one set: give --set NAME once")
                 database = store.open_db(db)
-                results, title, run_params = _import(database, import_file, names, benchmark, json_out, stop)
+                results, title, run_params = _import(database, import_file, names, benchmark, json_out, stop,
+                                                     completion_field, problem_field)
                 tables = [(results, title)]
             else:
                 if not names and not benchmark:
@@ -301,16 +317,19 @@ def _evaluate(database, chosen_targets: list[targets.Target], names, benchmark, 
             for t in chosen_targets])
 
 
-def _import(database, path: Path, names: list[str], benchmark, quiet: bool,
-            stop: resumable.StopSignals) -> tuple[list[dict], str, dict]:
+def _import(database, path: Path, names: list[str], benchmark, quiet: bool, stop: resumable.StopSignals,
+            completion_field: str | None, problem_field: str | None) -> tuple[list[dict], str, dict]:
     from .grader import Grader
 
     with Grader() as grader:
         set_name = names[0] if names else targets.resolve_benchmark(database, benchmark[0], grader)
-        r = samples.import_samples(database, path, set_name, grader=grader, progress=not quiet, stop=stop)
+        r = samples.import_samples(database, path, set_name, grader=grader, progress=not quiet, stop=stop,
+                                   completion_field=completion_field, problem_field=problem_field)
     result = dict(label=r["model"], model=r["model"], run_id=None, run_step=None, adapter=None, sets=[r],
                   average=average([r]))
-    return [result], f"samples imported from {path.name}, graded by gcpo", {"import": str(path), "set": r["set_name"]}
+    read_as = "" if r["layout"] == layouts.GCPO else f" ({layouts.DESCRIBED[r['layout']]})"
+    return [result], f"samples imported from {path.name}{read_as}, graded by gcpo", {
+        "import": str(path), "set": r["set_name"], "layout": r["layout"]}
 
 
 def _print_results(results: list[dict], k: int, title: str) -> None:

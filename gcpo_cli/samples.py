@@ -5,7 +5,8 @@ lighteval, a script) to re-grade; `gcpo eval --import FILE --set NAME` grades an
 samples with gcpo's grader and stores them as an evaluation, so two graders can be compared on
 the same completions. One line per sample; export writes every field, import needs only a
 completion and its problem (`problem_id`, gcpo's id or the source file's own, else `problem`,
-its text):
+its text). Import also reads lm-eval's `--log_samples` files and Qwen2.5-Math's evaluation
+outputs as they are, and any JSON lines whose fields are named (sample_layouts.py):
 
     {"evaluation_id": "01jq...", "model": "tiny", "set": "gsm8k", "problem_id": "3f2a9c...",
      "source_id": "17", "problem": "...", "sample_index": 0, "prompt": "<|im_start|>user\\n...",
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import resumable, store
+from . import sample_layouts as layouts
 from .answers import extract_answer
 from .errors import GcpoError
 from .eval_metrics import average, summarize
@@ -197,66 +199,77 @@ class ProblemMatcher:
         return None, f"{what} is not in set '{self.set_name}'"
 
 
-def _field(obj: dict, key: str, kinds: tuple, what: str, where: str):
-    value = obj.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise GcpoError(f"{where}: '{key}' must be {what}, got {json.dumps(value)[:40]}")
-    return value
-
-
-def read_samples(path: Path, raw: bytes, problems: list[dict], set_name: str) -> list[Imported]:
-    """Every line of an import file, matched to its problem; the first bad line is an error that
-    names it (nothing is stored until the whole file reads)."""
+def _json_lines(path: Path, raw: bytes) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-blank line; a line that is no JSON object is an error."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise GcpoError(f"{path}: not UTF-8 text; --import reads JSON lines") from None
-    match, out, unmatched = ProblemMatcher(problems, set_name), [], []
+    out = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        where = f"{path.name} line {n}"
         try:
             obj = json.loads(line)
         except ValueError:
-            raise GcpoError(f"{where}: not a JSON object (--import reads JSON lines, one sample a line)") from None
+            obj = None
         if not isinstance(obj, dict):
-            raise GcpoError(f"{where}: not a JSON object (--import reads JSON lines, one sample a line)")
-        completion = obj.get("completion")
-        if not isinstance(completion, str):
-            raise GcpoError(f"{where}: no 'completion' text")
-        problem, why = match(obj)
-        if problem is None:
-            unmatched.append((where, why))
-            continue
-        tokens = _field(obj, "completion_tokens", (int,), "a whole number", where)
-        finish = _field(obj, "finish_reason", (str,), '"stop" or "length"', where)
-        correct = _field(obj, "correct", (bool, int), "true or false", where)
-        prompt = _field(obj, "prompt", (str,), "text", where)
-        try:  # stored, never shown to a model: texts.py's rules but chat tokens (issue 27 item 4)
-            for key, value in (("completion", completion), ("prompt", prompt)):
-                if value is not None:
-                    checked_text(value, repr(key), to_model=False)
-        except ValueError as e:
-            raise GcpoError(f"{where}: {e}") from None
-        out.append(Imported(problem, completion, prompt, tokens, finish == "length",
-                            None if correct is None else bool(correct), n))
-    if unmatched:
-        more = f" (and {len(unmatched) - 1} more lines)" if len(unmatched) > 1 else ""
-        raise GcpoError(f"{unmatched[0][0]}: {unmatched[0][1]}{more}")
-    if not out:
-        raise GcpoError(f"{path}: no samples (one JSON object a line, each with a completion and its problem)")
+            raise GcpoError(f"{path.name} line {n}: not a JSON object (--import reads JSON lines, one sample a line)")
+        out.append((n, obj))
     return out
 
 
+def _match(match: ProblemMatcher, record: layouts.Record) -> tuple[dict | None, str]:
+    if not record.either:
+        return match({"problem_id": record.problem_id, "problem": record.problem})
+    for obj in ({"problem_id": record.problem_id}, {"problem": record.problem}):  # an id, else a text
+        found, _ = match(obj)
+        if found is not None:
+            return found, ""
+    value = record.problem if len(record.problem) <= 40 else record.problem[:39] + "…"
+    return None, f"{value!r} is neither a problem id nor a problem text of set '{match.set_name}'"
+
+
+def read_samples(path: Path, raw: bytes, problems: list[dict], set_name: str, *, completion_field: str | None = None,
+                 problem_field: str | None = None) -> tuple[list[Imported], str]:
+    """Every sample of an import file, matched to its problem, and the file's layout
+    (sample_layouts.py: detected from its fields unless `completion_field` names the completion).
+    The first bad line is an error that names it (nothing is stored until the whole file reads)."""
+    lines = _json_lines(path, raw)
+    if not lines:
+        raise GcpoError(f"{path}: no samples (one JSON object a line, each with a completion and its problem)")
+    layout = layouts.detect(lines[0][1], completion_field)
+    records = layouts.read(layout, lines, path.name, completion_field=completion_field, problem_field=problem_field)
+    match, out, unmatched = ProblemMatcher(problems, set_name), [], []
+    for record in records:
+        where = f"{path.name} line {record.line}"
+        problem, why = _match(match, record)
+        if problem is None:
+            unmatched.append((where, why))
+            continue
+        try:  # stored, never shown to a model: texts.py's rules but chat tokens (issue 27 item 4)
+            if record.prompt is not None:
+                checked_text(record.prompt, "'prompt'", to_model=False)
+            for x in record.samples:
+                checked_text(x.completion, repr(completion_field or "completion"), to_model=False)
+        except ValueError as e:
+            raise GcpoError(f"{where}: {e}") from None
+        out.extend(Imported(problem, x.completion, record.prompt, x.completion_tokens, x.truncated, x.correct,
+                            record.line) for x in record.samples)
+    if unmatched:
+        more = f" (and {len(unmatched) - 1} more lines)" if len(unmatched) > 1 else ""
+        raise GcpoError(f"{unmatched[0][0]}: {unmatched[0][1]}{more}")
+    return out, layout
+
+
 def import_samples(db, path: str | Path, set_ref: str, *, grader: Grader | None = None,
-                   progress: bool = True, stop: resumable.StopSignals | None = None) -> dict:
-    """Grades the samples of a JSON-lines file with gcpo's grader and stores them as the
-    evaluation "import:FILE NAME" of the set; returns its metrics as `evaluate_problems` does,
-    with "file_verdicts" (how often gcpo agrees with the file's own `correct`, where it has one).
-    Importing the same file again after an interruption resumes it."""
+                   progress: bool = True, stop: resumable.StopSignals | None = None,
+                   completion_field: str | None = None, problem_field: str | None = None) -> dict:
+    """Grades the samples of a JSON-lines file (gcpo's, lm-eval's or Qwen2.5-Math's layout, or
+    the fields named) with gcpo's grader and stores them as the evaluation "import:FILE NAME" of
+    the set; returns its metrics as `evaluate_problems` does, with "layout" and "file_verdicts"
+    (how often gcpo agrees with the file's own verdicts, where it has them). Importing the same
+    file again after an interruption resumes it."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -266,14 +279,18 @@ def import_samples(db, path: str | Path, set_ref: str, *, grader: Grader | None 
     problems = store.set_problems_with_sources(db, s["id"])
     if not problems:
         raise GcpoError(f"set '{s['name']}' has no problems")
-    imported = read_samples(path, raw, problems, s["name"])
+    imported, layout = read_samples(path, raw, problems, s["name"], completion_field=completion_field,
+                                    problem_field=problem_field)
     by: dict[str, list[Imported]] = {}
     for x in imported:
         by.setdefault(x.problem["id"], []).append(x)
     order = [p for p in problems if p["id"] in by]  # the set's order
     k = max(len(v) for v in by.values())
     label = f"import:{path.name}"
-    params = problem_params(order, imported=path.name, sha256=hashlib.sha256(raw).hexdigest()[:16], k=k)
+    # gcpo's own layout keeps the parameters imports had before layouts, so those resume.
+    read_as = {} if layout == layouts.GCPO and not problem_field and not completion_field else dict(
+        layout=layout, completion_field=completion_field, problem_field=problem_field)
+    params = problem_params(order, imported=path.name, sha256=hashlib.sha256(raw).hexdigest()[:16], k=k, **read_as)
 
     def sample(chunk: list[dict]) -> list[Ungraded]:
         return [Ungraded(p, j, x.completion, extract_answer(x.completion), x.completion_tokens, x.truncated, x.prompt)
@@ -281,7 +298,7 @@ def import_samples(db, path: str | Path, set_ref: str, *, grader: Grader | None 
 
     result = run_evaluation(db, order, sample, label=label, set_name=s["name"], params=params, k=k,
                             chunk_size=IMPORT_CHUNK, grader=grader, progress=progress, stop=stop)
-    return dict(result, file_verdicts=_agreement(db, result["evaluation_id"], by, order))
+    return dict(result, layout=layout, file_verdicts=_agreement(db, result["evaluation_id"], by, order))
 
 
 def _agreement(db, evaluation_id: str, by: dict[str, list[Imported]], order: list[dict]) -> dict | None:
