@@ -5,7 +5,9 @@ command module, and cli.py only assembles the command modules' apps."""
 from __future__ import annotations
 
 import functools
+import inspect
 import json
+import re
 import sqlite3
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from . import paths, store
 from .errors import GcpoError
@@ -22,10 +25,72 @@ console = SafeConsole()
 err_console = SafeConsole(stderr=True)
 
 
+# ----------------------------------------------------------------------------- help
+# What the help's type column says, click's way (Typer 0.29 writes the Python type: `<str>`,
+# `<int range>`, and `<bool>` beside every flag).
+_TYPE_NAMES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH"}
+
+
+def _type_column(param, ctx) -> str:
+    """Nothing for a flag or an argument (its name column says it), the metavar where one is
+    given, else TEXT, INTEGER, FLOAT, PATH or the choices."""
+    if getattr(param, "is_flag", False) or param.param_type_name == "argument":
+        return ""
+    if param.metavar is not None:
+        return param.metavar
+    label = (type(param).display_type_rich(param, ctx) or "").strip("<>")
+    label = re.sub(r"^list\[(.*)\]$", r"\1", label).removesuffix(" range")
+    return _TYPE_NAMES.get(label, label)
+
+
+class _PlainTypes:
+    """Gives every parameter of a command (the help option included) `_type_column` as its
+    display_type_rich, the one hook Typer's rich help reads the type column from."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            param.display_type_rich = functools.partial(_type_column, param)
+        return params
+
+
+class _Command(_PlainTypes, TyperCommand):
+    pass
+
+
+class _Group(_PlainTypes, TyperGroup):
+    pass
+
+
+def reflow(text: str | None) -> str | None:
+    """Help text as Typer's rich mode prints it well: rich keeps single newlines, so a paragraph
+    wrapped by hand at 100 columns came out at 80 as long and short lines in turn. Prose lines
+    join into one per paragraph (rich wraps it to the terminal); indented lines (examples) and
+    bullets stay lines of their own."""
+    if not text:
+        return text
+    paragraphs = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.split("\n"):
+            if lines and line.strip() and not line[0].isspace() and not lines[-1][:1].isspace() \
+                    and not line.startswith(("- ", "* ", "• ")):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+# ----------------------------------------------------------------------------- apps
 class _App(typer.Typer):
-    """A Typer app whose commands turn a GcpoError into one line on stderr and exit code 1."""
+    """A Typer app whose commands turn a GcpoError into one line on stderr and exit code 1, with
+    help reflowed and the type column as click writes it."""
 
     def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", _Command)
+        if kwargs.get("help"):
+            kwargs["help"] = reflow(kwargs["help"])
         register = super().command(*args, **kwargs)
 
         def decorator(fn):
@@ -40,6 +105,7 @@ class _App(typer.Typer):
                     err_console.print(f"[bold red]error:[/] {escape(clean(why))}", highlight=False, soft_wrap=True)
                     raise typer.Exit(1)
 
+            wrapper.__doc__ = reflow(fn.__doc__)
             register(wrapper)
             return fn
 
@@ -47,13 +113,17 @@ class _App(typer.Typer):
 
 
 def make_app(**kwargs) -> typer.Typer:
+    kwargs.setdefault("cls", _Group)
+    if kwargs.get("help"):
+        kwargs["help"] = reflow(kwargs["help"])
     return _App(add_completion=False, rich_markup_mode="rich", pretty_exceptions_show_locals=False, **kwargs)
 
 
 # Options with one spelling everywhere.
 DbOpt = Annotated[
     Optional[Path],
-    typer.Option("--db", help="SQLite database file (default: $GCPO_HOME/gcpo.db).", show_default=False),
+    typer.Option("--db", metavar="FILE", help="SQLite database file (default: $GCPO_HOME/gcpo.db).",
+                 show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 # A problem set is --set everywhere (--name and --data are its old spellings, hidden for a release).

@@ -115,27 +115,30 @@ def ingest_cmd(
     source: Annotated[str, typer.Argument(
         help="A .jsonl/.json/.csv/.parquet file, a folder saved by datasets, hf:ORG/NAME, "
              "or synthetic:arithmetic.", show_default=False, metavar="SOURCE")],
-    set_name: Annotated[Optional[str], typer.Option("--set", "-s", help="Problem set to add the rows to (created if new).",
-                                                    show_default=False)] = None,
-    split: Annotated[Optional[str], typer.Option(help="Split of a hub dataset or datasets folder.")] = None,
-    subset: Annotated[Optional[str], typer.Option(help="Subset (config) of a hub dataset.")] = None,
+    set_name: Annotated[Optional[str], typer.Option(
+        "--set", "-s", metavar="NAME", help="Problem set to add the rows to (created if new).",
+        show_default=False)] = None,
+    split: Annotated[Optional[str], typer.Option(
+        metavar="NAME", help="Split of a hub dataset or datasets folder.")] = None,
+    subset: Annotated[Optional[str], typer.Option(metavar="NAME", help="Subset (config) of a hub dataset.")] = None,
     problem: Annotated[Optional[str], typer.Option(
-        help='Problem field, or a template of fields: "{Body} {Question}".')] = None,
+        metavar="FIELD", help='Problem field, or a template of fields: "{Body} {Question}".')] = None,
     solution: Annotated[Optional[str], typer.Option(
-        help="Worked-solution field (becomes the golden answer; a list: its first non-empty item); "
+        metavar="FIELD", help="Worked-solution field (becomes the golden answer; a list: its first non-empty item); "
              "'none' for none.")] = None,
     answer: Annotated[Optional[str], typer.Option(
-        help="Final-answer field (default: detected; else the solution's last \\boxed{}).")] = None,
+        metavar="FIELD", help="Final-answer field (default: detected; else the solution's last \\boxed{}).")] = None,
     id_: Annotated[Optional[str], typer.Option(
-        "--id", help="Field with the source's own problem id.")] = None,
-    count: Annotated[int, typer.Option(help="synthetic: number of problems.", min=1)] = 200,
-    seed: Annotated[int, typer.Option(help="synthetic: random seed.")] = 0,
-    levels: Annotated[str, typer.Option(help='synthetic: difficulty levels, e.g. "2" or "1-3".')] = "1-5",
+        "--id", metavar="FIELD", help="Field with the source's own problem id.")] = None,
+    count: Annotated[int, typer.Option(metavar="N", help="synthetic: number of problems.", min=1)] = 200,
+    seed: Annotated[int, typer.Option(metavar="N", help="synthetic: random seed.")] = 0,
+    levels: Annotated[str, typer.Option(
+        metavar="LEVELS", help='synthetic: difficulty levels, e.g. "2" or "1-3".')] = "1-5",
     max_field_bytes: Annotated[Optional[int], typer.Option(
-        help="Largest text field accepted, in bytes (default: GCPO_MAX_FIELD_BYTES or 1 MiB).", min=1,
+        metavar="BYTES", help="Largest text field accepted, in bytes (default: GCPO_MAX_FIELD_BYTES or 1 MiB).", min=1,
         show_default=False)] = None,
     max_input_bytes: Annotated[Optional[int], typer.Option(
-        help="Largest input accepted, in bytes (default: GCPO_MAX_INPUT_BYTES or 2 GiB).", min=1,
+        metavar="BYTES", help="Largest input accepted, in bytes (default: GCPO_MAX_INPUT_BYTES or 2 GiB).", min=1,
         show_default=False)] = None,
     skip_invalid: Annotated[bool, typer.Option(
         "--skip-invalid", help="Write the valid rows and report each skipped one.")] = False,
@@ -147,7 +150,12 @@ def ingest_cmd(
 ) -> None:
     """Add problems to a set from a file, a datasets folder, the hub or a generator.
 
-    Finds the problem, worked solution and final answer on its own (flags override; on a terminal it asks when unsure), checks each worked solution's final answer against the answer with math-verify, and writes everything in one transaction. Every distinct row is a problem: rows with the same text and another answer are kept apart, and so are repeated rows (benchmarks count them). A solution given as a list gives its first non-empty item as the golden answer. Re-ingesting the same source is a no-op; a problem in two sets is stored once.
+    Finds the problem, worked solution and final answer on its own (flags override; on a terminal
+    it asks when unsure), checks each worked solution's final answer against the answer with
+    math-verify, and writes everything in one transaction. Every distinct row is a problem: rows
+    with the same text and another answer are kept apart, and so are repeated rows (benchmarks
+    count them). A solution given as a list gives its first non-empty item as the golden answer.
+    Re-ingesting the same source is a no-op; a problem in two sets is stored once.
 
     Example: gcpo ingest data/gsm8k/test.jsonl --set gsm8k-test
     """
@@ -184,7 +192,11 @@ def ingest_cmd(
 def sets_cmd(json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """List problem sets with their size, golden-answer coverage and verified share.
 
-    Golden: share of problems with a golden answer. Verified: share of those whose golden answer's final answer matched the problem's answer. Teacher: share of problems with a verified golden answer from gcpo golden (generated or imported). --json gives "coverage": problems with a verified golden answer from the dataset, a teacher, and either, as gcpo golden report counts them.
+    Golden: share of problems with a golden answer. Verified: share of those whose golden answer's
+    final answer matched the problem's answer. Teacher: share of problems with a verified golden
+    answer from gcpo golden (generated or imported). --json gives "coverage": problems with a
+    verified golden answer from the dataset, a teacher, and either, as gcpo golden report counts
+    them.
 
     Example: gcpo sets --json
     """
@@ -214,15 +226,17 @@ def sets_cmd(json_out: JsonOpt = False, db: DbOpt = None) -> None:
 
 @app.command("problems")
 def problems_cmd(
-    set_name: Annotated[str, typer.Option("--set", "-s", help=SET_HELP, show_default=False)],
-    search: Annotated[Optional[str], typer.Option(help="Full-text search in the problem text.")] = None,
-    limit: Annotated[int, typer.Option(help="Most problems to show.", min=1, max=1_000_000)] = 20,
+    set_name: Annotated[str, typer.Option("--set", "-s", metavar="NAME", help=SET_HELP, show_default=False)],
+    search: Annotated[Optional[str], typer.Option(
+        metavar="WORDS", help="Full-text search in the problem text.")] = None,
+    limit: Annotated[int, typer.Option(metavar="N", help="Most problems to show.", min=1, max=1_000_000)] = 20,
     json_out: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
     """List a set's problems: id, text preview, answer and golden-answer status.
 
-    Golden status: verified (a worked solution whose final answer matches), unverified (one that does not), or none. --json rows carry the full text, answer and metadata.
+    Golden status: verified (a worked solution whose final answer matches), unverified (one that
+    does not), or none. --json rows carry the full text, answer and metadata.
 
     Example: gcpo problems --set gsm8k-test --search "ducks eggs" --limit 5
     """

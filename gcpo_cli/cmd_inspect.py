@@ -37,7 +37,7 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-# Typer's rich help keeps single newlines, so paragraphs are one string each.
+# Rich markup in the help ([bold]); cmd_common.reflow keeps the indented example lines apart.
 HELP = (
     "Show what a problem went through, what a run learned, or how hard a set is.\n\n"
     "The problem view gives, per run, the pass count (k of G) at each appearance as a sparkline, "
@@ -58,13 +58,13 @@ HELP = (
 @app.command("inspect", help=HELP)
 def inspect_cmd(
     problem: Annotated[Optional[str], typer.Option(
-        "--problem", "-p", help="Problem id, unambiguous id prefix, source id, or words from its text.",
+        "--problem", "-p", metavar="ID", help="Problem id, unambiguous id prefix, source id, or words from its text.",
         show_default=False)] = None,
     run: Annotated[Optional[str], typer.Option(
-        "--run", "-r", help=RUN_HELP + " Alone: the run's view; with --problem or --set: "
+        "--run", "-r", metavar="RUN", help=RUN_HELP + " Alone: the run's view; with --problem or --set: "
         "limit them to this run.", show_default=False)] = None,
     set_name: Annotated[Optional[str], typer.Option(
-        "--set", "-s", help=SET_HELP + " Its measured difficulty and the problems that most "
+        "--set", "-s", metavar="NAME", help=SET_HELP + " Its measured difficulty and the problems that most "
         "need golden answers.", show_default=False)] = None,
     full: Annotated[bool, typer.Option(
         "--full", help="Show everything: every completion, every listed problem, the whole recipe.")] = False,
@@ -130,7 +130,7 @@ def _picker(db, console: Console) -> None:
         raise GcpoError("no runs recorded yet; pass --problem ID or --set NAME")
     while True:
         console.print("Runs, newest first:")
-        render.render_run_list(console, runs)
+        _run_list(console, runs)
         ans = _ask(console, "Run (number or id prefix, q quits)")
         if ans is None or ans.lower() == "q":
             return
@@ -205,8 +205,7 @@ def _show_page(db, console: Console, run_id: str, order: list[str], story: dict[
     ids = order[page * PAGE:(page + 1) * PAGE]
     texts = store.problem_texts(db, ids)
     console.print(f"Problems of run {run_id} ({len(order)}), page {page + 1}:", markup=False)
-    render.render_problem_list(console, [(page * PAGE + i + 1, p, story[p], texts.get(p, ""))
-                                         for i, p in enumerate(ids)])
+    _problem_list(console, [(page * PAGE + i + 1, p, story[p], texts.get(p, "")) for i, p in enumerate(ids)])
     return page + 1 if (page + 1) * PAGE < len(order) else 0
 
 
@@ -241,3 +240,20 @@ def _show_problem(db, console: Console, run_id: str, order: list[str], story: di
     with store.snapshot(db):
         h = hist.problem_history(db, pid, run_id)
     render.render_problem(console, h)
+
+
+# ----------------------------------------------------------------------------- picker lists
+def _run_list(console: Console, runs: list[dict]) -> None:
+    t = render.CompactTable(">#", "run", "algorithm", ">step", "status", "set")
+    for i, r in enumerate(runs, 1):
+        t.add_row(str(i), r["id"], r["algorithm"] or "-",
+                  f"{r['last_step'] if r['last_step'] is not None else '-'}/{r['steps_planned'] or '-'}",
+                  r["status"] or "-", r["set_name"] or "-")
+    console.print(t)
+
+
+def _problem_list(console: Console, rows: list[tuple[int, str, str, str]]) -> None:
+    t = render.CompactTable(">#", "problem", "story", "text")
+    for i, pid, story, text in rows:
+        t.add_row(str(i), render.short(pid, 16), story, render.one_line(text))
+    console.print(t)

@@ -37,6 +37,12 @@ def plot(kind: str, data: dict, path: Path) -> None:
         plt.close(fig)
 
 
+def _whole_steps(ax) -> None:
+    """Ticks on whole steps only. MaxNLocator keeps to integers only where it finds two of them
+    in view (min_n_ticks): around a single step it fell back to 2.85 ... 3.15."""
+    ax.xaxis.get_major_locator().set_params(integer=True, min_n_ticks=1)
+
+
 def _plot_problem(plt, h: dict):
     runs = h["runs"] or [None]
     fig, axes = plt.subplots(len(runs), 1, figsize=(9, 2.6 * len(runs)), squeeze=False, layout="constrained")
@@ -59,7 +65,7 @@ def _plot_problem(plt, h: dict):
             ax.scatter(r["regressed_steps"], [0] * len(r["regressed_steps"]), marker="x", color="red",
                        label="regressed", zorder=4)
         ax.set_ylim(-0.08, 1.05)
-        ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole numbers
+        _whole_steps(ax)
         ax.set_ylabel("k / G")
         ax.set_title(f"run {r['run_id']} ({r['algorithm'] or '-'})", fontsize=9, loc="left")
         ax.legend(fontsize=7, loc="upper left")
@@ -73,13 +79,13 @@ def _plot_run(plt, h: dict):
     fig, axes = plt.subplots(len(curves), 1, figsize=(9, 1.9 * len(curves)), sharex=True, squeeze=False,
                              layout="constrained")
     for ax, (key, name) in zip(axes[:, 0], curves):
-        pts = [(s["step"], s[key]) for s in h["steps"] if s.get(key) is not None]
+        pts = [(s["step"], v) for s in h["steps"] if (v := render.step_value(s, key)) is not None]
         if pts:
             ax.plot(*zip(*pts), lw=1)
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         ax.set_ylabel(name, fontsize=8)
-    axes[-1, 0].xaxis.get_major_locator().set_params(integer=True)
+    _whole_steps(axes[-1, 0])
     axes[-1, 0].set_xlabel("step")
     r = h["run"]
     fig.suptitle(f"run {r['id']} ({r['algorithm'] or '-'}, {r['model'] or '-'})", fontsize=10)

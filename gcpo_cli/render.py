@@ -251,7 +251,7 @@ def _render_problem_run(console: Console, r: dict, w: int) -> None:
     g_max = max(s["n"] for s in steps)
     console.print(Text.assemble(
         ("run ", "bold"), (r["run_id"], "bold"),
-        f"  {r['algorithm'] or '-'} · {r['appearances']} appearances, steps "
+        f"  {r['algorithm'] or '-'} · {r['status'] or '-'} · {r['appearances']} appearances, steps "
         f"{r['first_step']}-{r['last_step']}, G={g_max}"), overflow="ellipsis", no_wrap=True)
     spark_w = w - label - 2
     regressed = set(r["regressed_steps"])
@@ -349,6 +349,13 @@ RUN_CURVES = [("reward_mean", "reward mean"), ("all_wrong_frac", "all-wrong shar
               ("sampler_logp_abs_diff", "sampler |Δ log p|")]
 
 
+def step_value(step: dict, key: str):
+    """A metric of a step row: its column, else its metrics_json (where a metric without a column
+    of its own, such as sampler_logp_abs_diff, lives); None when the step did not record it."""
+    value = step.get(key)
+    return value if value is not None else (step.get("metrics_json") or {}).get(key)
+
+
 def _flatten(d, prefix=""):
     if isinstance(d, dict):
         for k, v in d.items():
@@ -399,7 +406,7 @@ def _curves(console: Console, steps: list[dict], full: bool) -> None:
     label = max(len(name) for _, name in curves) + 1
     rows = []
     for key, name in curves:
-        vals = [s[key] if s.get(key) is not None else (s.get("metrics_json") or {}).get(key) for s in steps]
+        vals = [step_value(s, key) for s in steps]
         present = [v for v in vals if v is not None]
         stats = (f"{num(present[0])} -> {num(present[-1])} [{num(min(present))}, {num(max(present))}]"
                  if present else "no data")
@@ -499,20 +506,3 @@ def render_set(console: Console, h: dict, full: bool = False) -> None:
     if len(h["need_golden"]) < h["need_golden_total"]:
         console.print(Text(f"  +{h['need_golden_total'] - len(h['need_golden'])} more "
                            "(--full or --json lists all)", style="dim"))
-
-
-# ----------------------------------------------------------------------------- picker lists
-def render_run_list(console: Console, runs: list[dict]) -> None:
-    t = CompactTable(">#", "run", "algorithm", ">step", "status", "set")
-    for i, r in enumerate(runs, 1):
-        t.add_row(str(i), r["id"], r["algorithm"] or "-",
-                  f"{r['last_step'] if r['last_step'] is not None else '-'}/{r['steps_planned'] or '-'}",
-                  r["status"] or "-", r["set_name"] or "-")
-    console.print(t)
-
-
-def render_problem_list(console: Console, rows: list[tuple[int, str, str, str]]) -> None:
-    t = CompactTable(">#", "problem", "story", "text")
-    for i, pid, story, text in rows:
-        t.add_row(str(i), short(pid, 16), story, one_line(text))
-    console.print(t)

@@ -4,6 +4,8 @@ The fixture database tells a known story, so every assertion is about a fact a u
   a1b2c3d4 (37 * 8 = 296, verified golden answer), run A: steps 1-2 all wrong with the golden
     answer injected, solved at step 3 (graduated), 4 of 4 at step 4, all wrong again at step 5
     (regression, golden injected), 1 of 4 at step 6. Wrong answers: 286 most often, then 306.
+    As the trainer records it, an injected golden answer is one extra row (sample index G) and
+    the wrong rollout it displaced stays recorded (advantage NULL): G=4 groups of 5 rows.
     Run B (later): solved from its first appearance. Evaluation of A@6: 2 of 4 (partial).
   a1b2ffff (2 + 2): always 4 of 4 in run A; evaluation 4 of 4 (solved).
   c0ffee00 (a word problem, no golden answer): all wrong at every step, never solved, nothing to
@@ -32,8 +34,8 @@ EVAL = "01evalcccc000003"
 P1, P2, P3, P4 = "a1b2c3d4", "a1b2ffff", "c0ffee00", "d00d0000"
 G = 4
 
-# run A, problem P1: per step the sampled answers (a golden answer replaces the last one when
-# all are wrong; the table below lists what the model produced).
+# run A, problem P1: per step the sampled answers (when all are wrong, the golden answer is
+# added as row G and the last one is displaced from the loss; the table lists what the model produced).
 P1_STEPS = {
     1: ["286", "286", "306", "286"],
     2: ["286", "306", "286", "12"],
@@ -45,19 +47,23 @@ P1_STEPS = {
 
 
 def _group(run, step, pid, answers, truth, golden_text=None):
+    """A group as train.go_gold records it: G sampled rows, and when all are wrong and a golden
+    answer exists, the golden answer as row G with the last sampled row displaced (advantage NULL)."""
     rows = []
-    all_wrong = all(a != truth for a in answers)
+    inject = bool(golden_text) and all(a != truth for a in answers)
     for i, a in enumerate(answers):
-        golden = bool(golden_text) and all_wrong and i == len(answers) - 1  # the last wrong one
-        ok = golden or a == truth
         rows.append({
             "run_id": run, "step": step, "problem_id": pid, "sample_index": i,
-            "completion": golden_text if golden
-            else f"Let me compute. I get {a}.\nThe answer is \\boxed{{{a}}}.",
-            "extracted_answer": truth if golden else a, "reward": 1.0 if ok else 0.0,
-            "correct": int(ok), "completion_tokens": 20, "truncated": 0, "is_golden": int(golden),
-            "advantage": 0.0, "seq_ratio": 1.0,
+            "completion": f"Let me compute. I get {a}.\nThe answer is \\boxed{{{a}}}.",
+            "extracted_answer": a, "reward": float(a == truth), "correct": int(a == truth),
+            "completion_tokens": 20, "truncated": 0, "is_golden": 0,
+            "advantage": None if inject and i == len(answers) - 1 else 0.0, "seq_ratio": 1.0,
         })
+    if inject:
+        rows.append({"run_id": run, "step": step, "problem_id": pid, "sample_index": len(answers),
+                     "completion": golden_text, "extracted_answer": truth, "reward": 1.0, "correct": 1,
+                     "completion_tokens": 20, "truncated": 0, "is_golden": 1, "advantage": 1.0,
+                     "seq_ratio": 1.0})
     return rows
 
 
@@ -75,7 +81,8 @@ def build(db) -> None:
                                    for i, p in enumerate([P1, P2, P3, P4])])
     gold = "8 * 37 = 8 * 30 + 8 * 7 = 240 + 56 = 296. The answer is \\boxed{296}."
     db["golden_answers"].insert({"id": "ga1", "problem_id": P1, "text": gold, "final_answer": "296",
-                                 "source": "human", "verified": 1, "created_at": now})
+                                 "source_file": "human.jsonl", "origin": "dataset", "verified": 1,
+                                 "created_at": now})
     for rid, created, algo in ((RUN_A, "2025-01-01T00:00:00Z", "gcpo"),
                                (RUN_B, "2025-01-02T00:00:00Z", "grpo")):
         db["runs"].insert({"id": rid, "recipe": "tiny", "recipe_json": json.dumps(
@@ -90,9 +97,14 @@ def build(db) -> None:
     for step in (1, 2):
         rows += _group(RUN_B, step, P1, ["296", "296", "296", "286"], "296", gold)
     db["rollouts"].insert_all(rows)
-    db["steps"].insert_all([{"run_id": RUN_A, "step": s, "reward_mean": 0.3 + s / 20, "all_wrong_frac": 0.5,
-                             "golden_injections": 1, "completion_tokens_mean": 20.0 + s, "tokens_per_s": 100.0 * s,
-                             "created_at": now} for s in P1_STEPS])
+    steps = []
+    for s in P1_STEPS:  # as store.record_step writes them: every metric in metrics_json, most in a column
+        metrics = {"reward_mean": 0.3 + s / 20, "all_wrong_frac": 0.5, "golden_injections": 1,
+                   "completion_tokens_mean": 20.0 + s, "tokens_per_s": 100.0 * s, "clip_frac": 0.01 * s,
+                   "ratio_max": 1.0 + s / 100, "optimizer_updates": 1}
+        steps.append({"run_id": RUN_A, "step": s, **metrics, "created_at": now, "metrics_json": json.dumps(
+            {**metrics, "sampler_logp_abs_diff": 0.001 * s})})  # this one has no column
+    db["steps"].insert_all(steps)
     db["evaluations"].insert({"id": EVAL, "model": "tiny-model", "run_id": RUN_A, "run_step": 6,
                               "set_name": "demo", "params_json": "{}", "metrics_json": '{"avg@4": 0.5}',
                               "status": "finished", "created_at": now, "updated_at": now})
@@ -153,11 +165,13 @@ def test_problem_view_tells_the_story(story, runner):
     assert "solved from its first appearance (step 1)" in out  # run B
     # k of G sparkline for run A: 0,0,2,4,0,1 of 4 -> ·, ·, half, full, ·, quarter; events line
     assert "··▄█·▂" in out
+    assert "6 appearances, steps 1-6, G=4" in out  # the golden row is no sample (issue 26: G=5)
+    assert "last 1 of 4" in out
     assert re.search(r"events\s+GG\^ x", out)
-    # wrong answers over training (286 x12, 306 x6, 12 x1 ...) and evaluation (286 x2)
-    counts = dict(re.findall(r"^\s*(\d+)\s+(\S+)\s*$", out.split("Most common wrong answers")[1], re.M)[:3])
-    assert list(counts.items())[:2] == [("14", "286"), ("4", "306")]
-    assert "12" not in counts.values()  # the answer the golden one replaced is not counted
+    # wrong answers over training (286 x13, 306 x5, 12 x1: displaced rows are the model's answers
+    # too) and evaluation (286 x2)
+    counts = re.findall(r"^\s*(\d+)\s+(\S+)\s*$", out.split("Most common wrong answers")[1], re.M)[:3]
+    assert counts == [("15", "286"), ("5", "306"), ("1", "12")]
     assert re.search(rf"{EVAL[:12]}.*2/4\s+partial", out)
     assert "A wrong completion" in out and "answer 286" in out
     assert f"Latest correct completion: run {RUN_B} step 2" in out
@@ -178,9 +192,9 @@ def test_problem_json_has_the_whole_history(story, runner):
     assert a["golden_steps"] == [1, 2, 5]
     assert a["graduated_step"] == 3 and a["first_solved_step"] == 3
     assert a["regressed_steps"] == [5]
-    assert a["pass_rate"] == round(7 / 21, 4)  # golden rollouts are not the model's samples
+    assert a["pass_rate"] == round(7 / 24, 4)  # golden rollouts are not the model's samples
     assert b["graduated_step"] is None and b["first_solved_step"] == 1
-    assert h["wrong_answers"][:2] == [{"answer": "286", "count": 14}, {"answer": "306", "count": 4}]
+    assert h["wrong_answers"][:2] == [{"answer": "286", "count": 15}, {"answer": "306", "count": 5}]
     model_evals = [e for e in h["evaluations"] if not e["golden_check"]]
     assert model_evals == [{**model_evals[0], "k": 2, "n": 4, "verdict": "partial"}]
     assert [e["verdict"] for e in h["evaluations"] if e["golden_check"]] == ["solved"]
@@ -192,10 +206,10 @@ def test_problem_json_has_the_whole_history(story, runner):
 def test_problem_limited_to_one_run_and_full(story, runner):
     h = json.loads(ok(inspect(runner, "--problem", P1, "--run", "01runa", "--json", "--full")))
     assert [r["run_id"] for r in h["runs"]] == [RUN_A]
-    assert len(h["completions"]) == 6 * G and sum(c["is_golden"] for c in h["completions"]) == 3
+    assert len(h["completions"]) == 6 * G + 3 and sum(c["is_golden"] for c in h["completions"]) == 3
     assert len(h["eval_completions"]) == 4
     out = ok(inspect(runner, "--problem", P1, "--run", RUN_A, "--full"))
-    assert out.count("sample ") >= 6 * G + 4  # every completion has its own header
+    assert out.count("sample ") >= 6 * G + 3 + 4  # every completion has its own header
     assert out.count(": GOLDEN, answer 296") == 3
     assert_fits(out)
 
@@ -454,3 +468,101 @@ def test_arc_and_sparkline_helpers():
     assert len(pass_sparkline([0] * 500 + [8] * 500, [8] * 1000, 10)) == 10
     assert pass_sparkline([0] * 500 + [8] * 500, [8] * 1000, 10) == "·····█████"
     assert sparkline([1, 2, 3, None, 5], 5) == "▁▃▅ █"  # min..max onto 8 blocks; gaps blank
+
+
+# ----------------------------------------------------------------------------- issue 26 section 5
+def test_a_run_whose_process_died_shows_died_and_a_live_one_running(story, runner, gcpo_home):
+    """A run marked running whose lock no process holds died (kill -9): inspect says so in the run
+    view, the problem view and the picker, as gcpo runs does; one that is held says running."""
+    from gcpo_cli import checkpoints
+
+    dead, live = gcpo_home / "runs" / RUN_A, gcpo_home / "runs" / RUN_B
+    dead.mkdir(parents=True)
+    (dead / "run.lock").write_text('{"pid": 999999}')  # left behind by a killed process
+    with story.conn:
+        story.execute("UPDATE runs SET status = 'running', out_dir = ? WHERE id = ?", [str(dead), RUN_A])
+        story.execute("UPDATE runs SET status = 'running', out_dir = ? WHERE id = ?", [str(live), RUN_B])
+    lock = checkpoints.lock(live, RUN_B)  # this process trains run B
+    try:
+        assert json.loads(ok(inspect(runner, "--run", RUN_A, "--json")))["run"]["status"] == "died"
+        assert json.loads(ok(inspect(runner, "--run", RUN_B, "--json")))["run"]["status"] == "running"
+        assert f"Run {RUN_A}  gcpo · died · step 6 of 6" in ok(inspect(runner, "--run", RUN_A))
+        runs = json.loads(ok(inspect(runner, "--problem", P1, "--json")))["runs"]
+        assert [(r["run_id"], r["status"]) for r in runs] == [(RUN_A, "died"), (RUN_B, "running")]
+        listed = ok(inspect(runner, "--problem", P1))
+        assert f"run {RUN_A}  gcpo · died ·" in listed and f"run {RUN_B}  grpo · running ·" in listed
+        from gcpo_cli import cmd_inspect as ci
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ci, "_interactive", lambda: True)
+            picker = ok(runner.invoke(app, ["inspect"], input="q\n", env={"COLUMNS": "80"}))
+        assert re.search(rf"2\s+{RUN_A}\s+gcpo\s+6/6\s+died", picker), picker
+        assert re.search(rf"1\s+{RUN_B}\s+grpo\s+6/6\s+running", picker), picker
+    finally:
+        lock.close()
+    assert json.loads(ok(inspect(runner, "--run", RUN_B, "--json")))["run"]["status"] == "died"
+
+
+def _svg(runner, tmp_path, name, *args):
+    """`inspect ... --plot NAME.svg` with text kept as text, so a test can read the chart's words."""
+    import matplotlib
+
+    path = tmp_path / f"{name}.svg"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(matplotlib.rcParams, "svg.fonttype", "none")
+        ok(inspect(runner, *args, "--plot", str(path)))
+    return path.read_text()
+
+
+def test_plot_run_panels_read_metrics_the_terminal_shows(story, runner, tmp_path):
+    """sampler |Δ log p| lives in metrics_json only: the terminal showed it, the chart said no data."""
+    pytest.importorskip("matplotlib")
+    out = ok(inspect(runner, "--run", RUN_A))
+    assert re.search(r"sampler \|Δ log p\|\s+[▁▂▃▄▅▆▇█]{6}\s+0\.001 -> 0\.006", out), out
+    svg = _svg(runner, tmp_path, "run", "--run", RUN_A)
+    assert "sampler |Δ log p|" in svg and "no data" not in svg
+
+
+def test_plot_of_a_problem_seen_once_has_whole_step_ticks(story, runner, tmp_path):
+    """One appearance at step 3 gave ticks 2.85, 2.90 ... 3.15; steps are whole numbers."""
+    pytest.importorskip("matplotlib")
+    story["rollouts"].insert_all(_group(RUN_B, 3, P4, ["6", "5", "6", "6"], "6"))
+    svg = _svg(runner, tmp_path, "once", "--problem", P4)
+    ticks = re.findall(r'<g id="xtick_\d+">.*?<text[^>]*>([^<]*)</text>', svg, re.S)
+    assert ticks and all(t.strip().lstrip("\u2212-").isdigit() for t in ticks), ticks
+    assert "3" in ticks
+
+
+def test_a_problem_given_by_its_exact_text_wins_over_other_matches(story, runner):
+    """Issue 26: `--problem "What is 9 + 3?"` said ambiguous (20+ full-text matches)."""
+    story["problems"].insert_all([{"id": f"ab{i:06d}", "text": f"What is 9 + 3 + {i}?", "answer": str(12 + i)}
+                                  for i in range(25)] + [{"id": "fe000000", "text": "What is 9 + 3?", "answer": "12"}])
+    for ref in ("What is 9 + 3?", "  What is 9 + 3?\n"):
+        assert json.loads(ok(inspect(runner, "--problem", ref, "--json")))["problem"]["id"] == "fe000000"
+    line = one_line_error(inspect(runner, "--problem", "What is 9 + 3"))  # words only: still ambiguous
+    assert line.startswith("error: ambiguous problem")
+
+
+# ----------------------------------------------------------------------------- help
+COMMANDS = [["ingest"], ["sets"], ["problems"], ["inspect"], ["train"], ["runs"], ["export"], ["eval"],
+            ["evals"], ["golden"], *[["golden", c] for c in ("generate", "import", "list", "show", "report")], []]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "gcpo")
+def test_help_shows_no_type_placeholders_for_flags(runner, command):
+    """Typer 0.29 labels every option with its Python type: `--json <bool>`, `--run <str>`."""
+    r = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80", "NO_COLOR": "1"})
+    assert r.exit_code == 0, r.output
+    assert not re.findall(r"<(bool|str|int|float|path)[^>]*>", r.output), r.output
+    assert re.search(r"--help\s+Show this message", r.output)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "gcpo")
+def test_help_paragraphs_fill_80_columns(runner, command):
+    """A docstring wrapped by hand at 100 columns reflowed at 80 into long and short lines in turn:
+    each prose line of a paragraph is as full as the next word allows."""
+    r = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80", "NO_COLOR": "1"})
+    lines = [line.rstrip() for line in r.output.split("\n╭")[0].splitlines()]
+    for line, after in zip(lines, lines[1:]):
+        if re.match(r" \S", line) and re.match(r" \S", after) and not line.startswith(" Usage:"):
+            assert len(line) + len(after.split()[0]) >= 79, f"short line: {line!r} before {after!r}"

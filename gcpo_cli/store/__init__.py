@@ -33,4 +33,5 @@ from .golden import (active_golden, candidates as golden_candidates, coverage as
                      resolve_golden, sampled_groups, write_attempts, write_imported)
 from .resolve import resolve_problem, resolve_run, resolve_set  # noqa: F401
 from .runs import (create_run, get_run, list_runs, pack_logprobs, pass_rates, record_step, restart_run,  # noqa: F401
-                   rewards, set_checkpoint, set_environment, set_status, step_columns, unpack_logprobs)
+                   rewards, run_status, set_checkpoint, set_environment, set_status, step_columns,
+                   unpack_logprobs)

@@ -6,7 +6,8 @@ scan rather than a row fetch per rollout. The dicts returned here are exactly wh
 prints; render.py draws them.
 
 Definitions, per run, over a problem's appearances (its groups) ordered by step:
-  k of n     correct rollouts among the group's n, not counting the golden answer (GA)
+  k of n     correct rollouts among the group's n sampled ones (G of the recipe): an injected
+             golden answer (GA) is an extra row (train.go_gold), in neither
   solved     k >= 1
   golden     a GA was injected into the group (every sampled answer was wrong)
   graduated  the first solved step, when the problem had unsolved appearances before it
@@ -21,6 +22,7 @@ from .db import loads as _loads
 from .db import rows_in
 from .problems import problem_texts
 from .resolve import resolve_set
+from .runs import run_status
 
 # The golden rollout never counts as the model solving the problem; NULL flags count as 0.
 _K = "ifnull(sum(CASE WHEN is_golden = 1 THEN 0 ELSE correct END), 0)"
@@ -61,7 +63,7 @@ def arc(groups: list[tuple[int, int, int, int]]) -> dict:
         "regressed_steps": regressed,
         "pass_rate": round(k_sum / sampled, 4) if sampled else None,
         "last_k": groups[-1][1] if groups else None,
-        "last_n": groups[-1][2] if groups else None,
+        "last_n": groups[-1][2] - groups[-1][3] if groups else None,
     }
 
 
@@ -69,7 +71,7 @@ def verdict(k: int, n: int) -> str:
     return "solved" if n and k == n else "partial" if k else "failed"
 
 
-_RUN_COLS = "id, recipe, model, algorithm, set_name, seed, status, steps_planned, last_step, created_at"
+_RUN_COLS = "id, recipe, model, algorithm, set_name, seed, status, steps_planned, last_step, out_dir, created_at"
 
 
 # ----------------------------------------------------------------------------- problem view
@@ -133,10 +135,10 @@ def _problem_runs(db: Database, problem_id: str, rfilter: str, rparams: list) ->
         runs.append({
             "run_id": rid,
             "algorithm": m.get("algorithm"), "model": m.get("model"),
-            "set_name": m.get("set_name"), "status": m.get("status"),
+            "set_name": m.get("set_name"), "status": run_status(m),
             "created_at": m.get("created_at"),
             **arc(groups),
-            "steps": [{"step": s, "k": k, "n": n, "golden": bool(g)} for s, k, n, g in groups],
+            "steps": [{"step": s, "k": k, "n": n - g, "golden": bool(g)} for s, k, n, g in groups],
         })
     runs.sort(key=lambda r: (r["created_at"] or "", r["run_id"]))
     return runs
@@ -209,6 +211,7 @@ def _completions(db, problem_id, rfilter, rparams, efilter, eparams) -> tuple[li
 def run_history(db: Database, run_id: str) -> dict:
     run = list(db.query("SELECT * FROM runs WHERE id = ?", [run_id]))[0]
     run["recipe_json"] = _loads(run["recipe_json"])
+    run["status"] = run_status(run)
     steps = _step_rows(db, run_id)
     per_step, problems = _scan_groups(db, run_id)
     return {

@@ -57,7 +57,9 @@ def _column(db: Database, sql: str, params: list) -> list:
 
 
 def resolve_problem(db: Database, ref: str) -> str:
-    """Exact id, then a source id from the ingested file, then an id prefix, then full-text."""
+    """Exact id, then a source id from the ingested file, then an id prefix, then full-text: a
+    problem whose whole text is `ref` first (pasting a problem's text names it, however many
+    others hold its words), else those holding every word of it."""
     ref = ref.strip()
     if not ref:
         raise GcpoError("empty problem id; pass an id, an id prefix or words from its text")
@@ -68,9 +70,13 @@ def resolve_problem(db: Database, ref: str) -> str:
     if not ids:
         ids = _column(db, "SELECT id FROM problems WHERE id GLOB ? ORDER BY id LIMIT ?",
                       [glob_prefix(ref), MAX_CANDIDATES + 1])
+    fts = ("SELECT problems.id FROM problems_fts JOIN problems ON problems.rowid = problems_fts.rowid"
+           " WHERE problems_fts MATCH ?")
+    if not ids and fts_query(ref):  # the index narrows to the rows with every word; then the whole text
+        ids = _column(db, f"{fts} AND trim(problems.text, char(32, 9, 10, 13)) = ? ORDER BY problems.id LIMIT ?",
+                      [fts_query(ref), ref, MAX_CANDIDATES + 1])
     if not ids and fts_query(ref):
-        ids = _column(db, "SELECT problems.id FROM problems_fts JOIN problems ON problems.rowid = problems_fts.rowid"
-                          " WHERE problems_fts MATCH ? ORDER BY rank LIMIT ?", [fts_query(ref), MAX_CANDIDATES + 1])
+        ids = _column(db, f"{fts} ORDER BY rank LIMIT ?", [fts_query(ref), MAX_CANDIDATES + 1])
     if len(ids) == 1:
         return ids[0]
     if not ids:

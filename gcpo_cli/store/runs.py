@@ -8,6 +8,7 @@ from array import array
 
 from sqlite_utils import Database
 
+from ..checkpoints import is_live
 from ..records import Rollout, row
 from .db import dumps, new_id, utcnow, write
 
@@ -93,12 +94,21 @@ def set_environment(db: Database, run_id: str, environment: dict) -> None:
 
 
 def set_status(db: Database, run_id: str, status: str, error: str | None = None) -> None:
-    """running -> completed | interrupted | failed (with the error that ended it)."""
+    """running -> completed | interrupted | failed (with the error that ended it). What a user is
+    shown is run_status's reading of it."""
     fields = dict(status=status, updated_at=utcnow())
     if error is not None:
         fields["error"] = error[:500]
     with write(db):
         db["runs"].update(run_id, fields)
+
+
+def run_status(run: dict) -> str | None:
+    """A run's status as every view shows it: "died" for one recorded running whose lock no
+    process holds (killed with -9, power lost: checkpoints.lock); else the recorded status.
+    The recorded one stays what the trainer reasons with (resume, the run's lock)."""
+    status = run.get("status")
+    return "died" if status == "running" and not is_live(run.get("out_dir")) else status
 
 
 def get_run(db: Database, run_id: str) -> dict:
@@ -110,12 +120,14 @@ def rewards(db: Database, run_id: str) -> list[float]:
 
 
 def list_runs(db: Database, limit: int = 20) -> list[dict]:
-    """The newest runs, each with its reward per step (recipe_json left out)."""
+    """The newest runs, each with its reward per step (recipe_json left out) and its status as
+    run_status reads it."""
     runs = list(db.query("SELECT id, recipe, model, algorithm, set_name, seed, status, steps_planned, last_step,"
                          " checkpoint_step, out_dir, error, created_at, updated_at FROM runs"
                          " ORDER BY created_at DESC, id DESC LIMIT ?", [limit]))
     for r in runs:
         r["reward_mean_per_step"] = rewards(db, r["id"])
+        r["status"] = run_status(r)
     return runs
 
 
