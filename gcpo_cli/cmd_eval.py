@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import eval_targets as targets
-from . import resumable, samples, store
+from . import results_folder, resumable, samples, store
 from . import sample_layouts as layouts
 from .cmd_common import (RUN_HELP, SET_HELP, DbOpt, JsonOpt, console, err_console, make_app, one_of, open_for_reading,
                          print_json)
@@ -142,6 +142,11 @@ def eval_cmd(
         "--compare", help="Another model, RUN or RUN@STEP to evaluate side by side (repeatable), on every "
                            "column, with the first minus it in points and its paired standard error.",
         show_default=False)] = None,
+    output_path: Annotated[Optional[Path], typer.Option(
+        "--output-path", help="Write a results folder as lm-evaluation-harness does: DIR/MODEL/results_DATE.json "
+                              "(each set's metrics with their standard errors, configs, versions, n-samples, "
+                              "the model) beside samples_SET_DATE.jsonl (lm-eval's --log_samples lines).",
+        show_default=False, file_okay=False)] = None,
     export: Annotated[Optional[Path], typer.Option(
         "--export", help="Write every graded sample of this evaluation to FILE.jsonl, one JSON line each, for "
                          "another harness to re-grade.", show_default=False, dir_okay=False)] = None,
@@ -217,6 +222,8 @@ def eval_cmd(
         raise GcpoError("--compare evaluates models; it does not combine with --import or --evaluation")
     if export is not None:
         samples.check_export_path(export)  # before anything runs: a typo costs nothing
+    if output_path is not None:
+        results_folder.check_output_path(output_path)
     # Ctrl-C or SIGTERM: the evaluation in flight is marked interrupted, one line says so, and the
     # exit code is 128 + the signal's number; the same command resumes it.
     with resumable.StopSignals() as stop:
@@ -261,6 +268,9 @@ def eval_cmd(
     if export is not None:
         ids = [s["evaluation_id"] for r in results for s in r["sets"] if s.get("evaluation_id")]
         run_params["export"] = {"path": str(export), "samples": samples.export(database, ids, export)}
+    if output_path is not None:
+        run_params["output_path"] = {"path": str(output_path),
+                                     "files": results_folder.write(database, results, output_path, run_params)}
     if json_out:
         print_json({"params": run_params, "metrics": MAJ_LABELS, "results": results})
         return
@@ -268,6 +278,11 @@ def eval_cmd(
         _print_results(group, max((s.get("k") or 1 for r in group for s in r["sets"]), default=k), title)
     if export is not None:
         err_console.print(f"wrote {run_params['export']['samples']} samples to {escape(str(export))}", highlight=False)
+    if output_path is not None:
+        files = run_params["output_path"]["files"]
+        err_console.print(f"wrote {len(files)} files in lm-eval's layout under {escape(str(output_path))} "
+                          f"(results: {escape(', '.join(f for f in files if Path(f).name.startswith('results_')))})",
+                          highlight=False, soft_wrap=True)
 
 
 def _generation(p: dict) -> str:

@@ -142,6 +142,14 @@ def summarize(samples: list[list[Sample]], k: int) -> dict:
     return out
 
 
+def stderrs(samples: list[list[Sample]], k: int) -> dict[str, float | None]:
+    """For every metric in PAIRED, the standard error over problems of its per-problem value (as
+    `summarize`'s "stderr" is mean@k's): what a results file reports beside each metric. None for
+    fewer than two problems with a value."""
+    rows = [per_problem(s, k) for s in samples if s]
+    return {key: mean_and_stderr([r[key] for r in rows if r[key] is not None])[1] for key in PAIRED}
+
+
 def average(per_set: list[dict]) -> dict:
     """Unweighted mean over benchmarks (each counts once, as papers report; sets with nothing
     graded are left out); the standard error combines the sets' errors as independent."""

@@ -13,6 +13,8 @@ ingest tells a data file's fields), and each line read as the problem and comple
   rows.validate_row), so its text (or its id field, MATH-500's unique_id) is what ingesting the
   same dataset stored. A document's lines for its other filters repeat its completions and are
   skipped; the file's verdict on a one-completion document is its first filter's first metric.
+  The lines gcpo's --output-path writes in this layout (results_folder.py) add, per completion,
+  `correct`, `completion_tokens` and `finish_reason`, which are read too.
 - qwen25-math: the output of Qwen2.5-Math's evaluation/math_eval.py, one problem a line: `idx`,
   `question`, `gt_cot`, `gt`, the dataset's own fields kept (`level`, `type`, `answer`...),
   `code` (the n_sampling completions), `pred` (the answers it extracted), `report` and `score`
@@ -186,6 +188,14 @@ def _lm_eval_verdict(obj: dict, n_completions: int) -> bool | None:
     return bool(value) if isinstance(value, (int, float)) and value in (0, 1) else None
 
 
+def _each(values, kind: type, n: int) -> list | None:
+    """`values` if it is a list of n values of `kind` (or null), else None."""
+    if not isinstance(values, list) or len(values) != n:
+        return None
+    ok = all(v is None or isinstance(v, kind) and (kind is bool or not isinstance(v, bool)) for v in values)
+    return values if ok else None
+
+
 def _lm_eval(lines: list[tuple[int, dict]], name: str, problem_field: str | None) -> list[Record]:
     firsts, seen = [], set()
     for n, obj in lines:
@@ -219,6 +229,10 @@ def _lm_eval(lines: list[tuple[int, dict]], name: str, problem_field: str | None
                                 "--problem-field doc.FIELD") from None
             record = Record(n, row.source_id, row.text, prompt)
         verdict = _lm_eval_verdict(obj, len(texts))
-        record.samples = [Stated(t, correct=verdict) for t in texts]
+        # gcpo's own --output-path lines also say, per completion, its verdict, length and finish.
+        correct = _each(obj.get("correct"), bool, len(texts)) or [verdict] * len(texts)
+        tokens = _each(obj.get("completion_tokens"), int, len(texts)) or [None] * len(texts)
+        finish = _each(obj.get("finish_reason"), str, len(texts)) or [None] * len(texts)
+        record.samples = [Stated(t, n, f == "length", c) for t, n, f, c in zip(texts, tokens, finish, correct)]
         records.append(record)
     return records

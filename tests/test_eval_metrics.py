@@ -8,7 +8,7 @@ import math
 import pytest
 
 from gcpo_cli.eval_metrics import (Sample, average, average_delta, maj_at_k, maj_at_k_exact, mean_and_stderr,
-                                   paired_delta, pass_at_k, summarize)
+                                   paired_delta, pass_at_k, stderrs, summarize)
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -111,3 +111,15 @@ def test_paired_delta_by_hand():
     assert both["mean_at_k"]["value"] == pytest.approx(mean / 2)
     assert both["mean_at_k"]["stderr"] == pytest.approx(math.sqrt(se**2 + 9) / 2)
     assert both["n_paired"] == 6
+
+
+def test_stderrs_are_over_problems_of_each_metric():
+    ok, wrong = Sample("1", True, 10), Sample("2", False, 30, truncated=True)
+    problems = [[ok, ok], [ok, wrong], [wrong, wrong], []]  # an empty problem is left out, as summarize does
+    se = stderrs(problems, 2)
+    assert se["mean_at_k"] == pytest.approx(mean_and_stderr([1.0, 0.5, 0.0])[1])
+    assert se["mean_at_k"] == pytest.approx(summarize(problems, 2)["stderr"])
+    assert se["pass_at_k"] == pytest.approx(mean_and_stderr([1.0, 1.0, 0.0])[1])
+    assert se["completion_tokens_mean"] == pytest.approx(mean_and_stderr([10.0, 20.0, 30.0])[1])
+    assert se["truncation_rate"] == pytest.approx(mean_and_stderr([0.0, 0.5, 1.0])[1])
+    assert stderrs([[ok]], 1)["mean_at_k"] is None  # one problem: no error
