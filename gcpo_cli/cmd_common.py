@@ -40,7 +40,7 @@ def _type_column(param, ctx) -> str:
         return param.metavar
     label = (type(param).display_type_rich(param, ctx) or "").strip("<>")
     label = re.sub(r"^list\[(.*)\]$", r"\1", label).removesuffix(" range")
-    return _TYPE_NAMES.get(label, label)
+    return label if "|" in label else _TYPE_NAMES.get(label, label.upper())  # choices as they are; file -> FILE
 
 
 class _PlainTypes:

@@ -554,6 +554,7 @@ def test_help_shows_no_type_placeholders_for_flags(runner, command):
     r = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80", "NO_COLOR": "1"})
     assert r.exit_code == 0, r.output
     assert not re.findall(r"<(bool|str|int|float|path)[^>]*>", r.output), r.output
+    assert not re.search(r"│ +(\*  )?--\S+ +(-\w +)?(file|dir|path) ", r.output), r.output  # FILE, DIR, PATH
     assert re.search(r"--help\s+Show this message", r.output)
 
 
