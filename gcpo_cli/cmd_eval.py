@@ -199,9 +199,11 @@ def eval_cmd(
 
       gcpo eval --evaluation latest --export samples.jsonl
 
-      gcpo eval --import lm-eval-out/MODEL/samples_gsm8k_2025-01-20T10-11-12.jsonl --set gsm8k
+      gcpo eval --import samples_gsm8k_2025-01-20T10-11-12.jsonl --set gsm8k
 
-      gcpo eval --import outputs.jsonl --set gsm8k --completion-field response --problem-field question
+      gcpo eval --import out.jsonl -s gsm8k --completion-field response
+
+      gcpo eval --model smollm2-135m --benchmark gsm8k --output-path results
 
       gcpo eval --model golden --benchmark math500
     """
