@@ -9,11 +9,16 @@ the problems an uninterrupted one would have, with no sampler state to save.
   all-wrong problem with a golden answer to inject is no dead end but exactly where going gold
   teaches (issue 9): it weighs like a half-solved problem until `hopeless_after` injections
   brought no correct sample. Hopeless: all wrong with no golden answer, or past that many.
+  Only a golden answer training can inject counts (`usable_golden`, issue 25 item 7): one too
+  long for max_new_tokens is never injected, so its problem would never become hopeless and,
+  all wrong, would be drawn ~12x as often as a hopeless one while teaching nothing.
 """
 
 from __future__ import annotations
 
 import random
+
+from .rollout import response_ids
 
 FLOOR = 0.02
 UNSEEN = 0.25  # as attractive as a problem solved half the time
@@ -43,10 +48,20 @@ def frontier_weight(correct: int | None, attempts: int | None, injections: int =
     return FLOOR + p * (1 - p)
 
 
+def usable_golden(problems: list[dict], tok, template: str, max_new_tokens: int) -> frozenset[str]:
+    """The ids of `problems` ({id, answer, golden}) whose golden answer training can inject: the
+    recipe's golden_template filled in and tokenised as train.go_gold does (rollout.response_ids:
+    its tokens, then end-of-turn), at most max_new_tokens. The loop asks once, at setup: the
+    pool, the template and the limit are fixed for a run."""
+    return frozenset(p["id"] for p in problems if p["golden"] and len(response_ids(
+        tok, template.format(solution=p["golden"], answer=p["answer"]))) <= max_new_tokens)
+
+
 def frontier(rates: dict[str, tuple[int, int, int]], problem_ids: list[str], step: int, batch: int,
              seed: int, golden: set[str] = frozenset(), hopeless_after: int = 4) -> list[str]:
     """`rates`: problem id -> (correct, attempts, golden injections) in this run
-    (store.pass_rates); `golden`: the problems with a golden answer the run may inject."""
+    (store.pass_rates); `golden`: the problems with a golden answer the run can inject
+    (`usable_golden`)."""
     weights = [frontier_weight(*rates.get(pid, (None, None, 0)), golden=pid in golden, hopeless_after=hopeless_after)
                for pid in problem_ids]
     rng = random.Random(seed * 1_000_003 + step)

@@ -75,6 +75,7 @@ class Context:
     lock: object = None  # the run's lock file (checkpoints.lock), held while this process trains it
     dist: distributed.Dist = field(default_factory=distributed.Dist)  # this process's rank (one: rank 0 of 1)
     tracking: trackers.Trackers | None = None  # the --report-to mirrors (rank 0's; none elsewhere)
+    usable_golden: frozenset = frozenset()  # the frontier's golden problems: curriculum.usable_golden
 
     @property
     def model(self):
@@ -242,8 +243,7 @@ def pick_problems(ctx: Context, step: int) -> list[str]:
     r, ids = ctx.recipe, [p["id"] for p in ctx.pool]
     if r.curriculum == "frontier":
         rates = store.pass_rates(ctx.db, ctx.run_id, r.frontier_window)
-        golden = {p["id"] for p in ctx.pool if p["golden"]} if r.golden == "on" else set()
-        picked = curriculum.frontier(rates, ids, step - 1, r.problems_per_step, r.seed, golden,
+        picked = curriculum.frontier(rates, ids, step - 1, r.problems_per_step, r.seed, ctx.usable_golden,
                                      r.frontier_hopeless_after)
     else:
         picked = curriculum.uniform(ids, step - 1, r.problems_per_step, r.seed)
@@ -443,9 +443,12 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
         engine.sync(policy.model, o.start)  # the policy of update `start` samples step start + 1
     tracking = trackers.Trackers(r.report_to if dist.writer else (), run_id=run_id, config=to_dict(r),
                                  out_dir=out_dir, start_step=o.start, warn=display.message)
+    usable = (curriculum.usable_golden(o.pool, policy.tok, r.golden_template, r.max_new_tokens)
+              if r.golden == "on" and r.curriculum == "frontier" else frozenset())  # once: issue 25 item 7
     return Context(db=db, run_id=run_id, set_name=o.set_name, out_dir=out_dir, recipe=r, policy=policy,
                    scheduler=scheduler, pool=o.pool, holdout=o.holdout, engine=engine, start_step=o.start,
-                   by_id={p["id"]: p for p in o.pool + o.holdout}, lock=run_lock, dist=dist, tracking=tracking)
+                   by_id={p["id"]: p for p in o.pool + o.holdout}, lock=run_lock, dist=dist, tracking=tracking,
+                   usable_golden=usable)
 
 
 def load_policy(r: Recipe, sample_text: str, adapter, dist: distributed.Dist) -> tuple:
