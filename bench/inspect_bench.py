@@ -69,7 +69,7 @@ def build(path: Path) -> dict:
            [(1, "bench", "inspect benchmark", now)])
     insert(conn, "set_problems", "set_id, problem_id, position, source_id",
            [(1, p, i, f"b-{i}") for i, p in enumerate(pids)])
-    insert(conn, "golden_answers", "id, problem_id, text, final_answer, source, verified, created_at",
+    insert(conn, "golden_answers", "id, problem_id, text, final_answer, source_file, verified, created_at",
            [(f"ga-{p}", p, f"Worked solution. The answer is \\boxed{{{truth[p]}}}.", truth[p], "bench",
              1, now) for p in pids if has_ga[p]])
     for run_id, steps, algo, created in RUNS:

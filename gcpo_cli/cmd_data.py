@@ -83,6 +83,8 @@ def _print_report(r: ing.IngestReport) -> None:
               f"{r.golden_verified / r.golden_total:.0%}" if r.golden_total else "no worked solutions")
     if r.solution_lists:
         t.add_row("solutions from lists", str(r.solution_lists), "first non-empty item of each list")
+    if r.golden_completed:  # ingest.py: a solution that states no final answer, completed with the row's
+        t.add_row("final answers added", str(r.golden_completed), "solution + the row's final answer")
     t.add_row("rows rejected", str(r.rejected), "skipped (--skip-invalid)" if r.rejected else "")
     console.print(t)
     _listing("Golden answers that did not verify (kept, marked unverified)",

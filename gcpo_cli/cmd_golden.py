@@ -14,15 +14,17 @@ from . import golden as gold
 from . import resumable, store
 from .cmd_common import SET_HELP, DbOpt, JsonOpt, console, err_console, make_app, open_for_reading, print_json
 from .errors import GcpoError
+from .store.golden import STORED_ORIGINS
 from .prompts import PRESETS
+from .recipe import GOLDEN_ORIGINS
 from .render import CompactTable, clean, heading, one_line, pct
 
 app = make_app(
     name="golden",
     help=("Make, check and compare golden answers: generate them with a teacher (verified by the "
           "training grader), import them from a file, list them with their provenance and use, and "
-          "report what a recipe would inject. Recipe key golden_source: dataset|teacher|any chooses "
-          "which ones training injects."),
+          f"report what a recipe would inject. Recipe key golden_origin: {'|'.join(GOLDEN_ORIGINS)} "
+          "chooses which ones training injects."),
     no_args_is_help=True,
 )
 ORIGIN_HELP = "Only golden answers of this origin: dataset (from ingest) or teacher (from gcpo golden)."
@@ -32,7 +34,7 @@ TOKENIZER_HELP = "Count tokens with this model's tokenizer (hub id, folder, .ggu
 def _coverage_rows(before: dict, after: dict) -> list[tuple[str, str]]:
     n = after["problems"] or 1
     return [(f"coverage, {o}", f"{before[o]} -> {after[o]} of {after['problems']} ({after[o] / n:.0%})")
-            for o in ("dataset", "teacher", "any")]
+            for o in GOLDEN_ORIGINS]
 
 
 def _facts(title: str, rows: list[tuple[str, str]]) -> None:
@@ -79,7 +81,7 @@ def generate_cmd(
 ) -> None:
     """Sample k solutions per problem from a teacher, keep the ones the grader verifies.
 
-    Each solution is graded against the problem's answer as training grades rollouts; the correct ones become candidate golden answers of origin teacher, with the teacher and its settings. Per problem the shortest verified one is active (what training injects under golden_source teacher, or any where the dataset has none). An interrupted generation resumes when the same command is run again.
+    Each solution is graded against the problem's answer as training grades rollouts; the correct ones become candidate golden answers of origin teacher, with the teacher and its settings. Per problem the shortest verified one is active (what training injects under golden_origin teacher, or any where the dataset has none). An interrupted generation resumes when the same command is run again.
 
     Examples:
 
@@ -184,9 +186,8 @@ def _usage(r: dict) -> str:
 
 
 def _from(r: dict) -> str:
-    """Who wrote it, short: the teacher, else the file it came from."""
-    where = r["model"] or (r["source"] or "-").split(":", 1)[-1]
-    return one_line(where, 18)
+    """Who wrote it, short: the teacher, else the file it was read from."""
+    return one_line(r["model"] or Path(r["source_file"] or "-").name, 18)
 
 
 @app.command("list")
@@ -206,8 +207,8 @@ def list_cmd(
     active: the one training injects for its problem and origin. used: how often training injected it, and how often the problem's next group in that run had a correct sample.
 
     Example: gcpo golden list --set aime24 --origin teacher --tokenizer smollm2-135m"""
-    if origin is not None and origin not in gold.SOURCES[:2]:
-        raise GcpoError(f"--origin {origin!r}: dataset or teacher")
+    if origin is not None and origin not in STORED_ORIGINS:
+        raise GcpoError(f"--origin {origin!r}: {' or '.join(STORED_ORIGINS)}")
     database = open_for_reading(db)
     if limit is None and not json_out:
         limit = 50
@@ -254,9 +255,11 @@ def show_cmd(
                 ("active" if r["active"] else "candidate") if r["verified"] else "UNVERIFIED")
         params = r["params"] if isinstance(r["params"], dict) else {}
         tokens = r["tokens"] if r["tokens"] is not None else r["completion_tokens"]
-        facts = [("source", r["source"] or "-"), ("model", r["model"] or "-"),
+        facts = [("source file", r["source_file"] or "-"), ("model", r["model"] or "-"),
                  ("final answer", r["final_answer"] or "-"), ("tokens", "-" if tokens is None else str(tokens)),
                  ("used in training", _usage(r)), ("created", r["created_at"])]
+        if r["derived_from"]:  # built at ingest from another answer (ingest.py: a solution that states none)
+            facts.append(("derived from", r["derived_from"]))
         facts += [(f"  {k}", one_line(str(v), 60)) for k, v in params.items() if v is not None]
         _facts("", facts)
         console.print(Text(clean(r["text"])), overflow="fold")
@@ -274,7 +277,7 @@ def report_cmd(
 ) -> None:
     """What a recipe would inject on a set: coverage, too long, length distribution.
 
-    Per golden source (dataset, teacher, any): how many problems have a golden answer, how many of those the recipe would skip as too long for its max_new_tokens (counted with its model's tokenizer and golden_template, as training counts them), and their token lengths.
+    Per golden origin (dataset, teacher, any): how many problems have a golden answer, how many of those the recipe would skip as too long for its max_new_tokens (counted with its model's tokenizer and golden_template, as training counts them), and their token lengths.
 
     Example: gcpo golden report --set aime24 --recipe 1.5b-qlora"""
     from .recipe import load as load_recipe
@@ -285,17 +288,17 @@ def report_cmd(
         print_json(out)
         return
     n = out["problems"]
-    t = CompactTable("golden_source", ">covered", ">too long", ">injectable", ">p50", ">p90", ">max", "",
+    t = CompactTable("golden_origin", ">covered", ">too long", ">injectable", ">p50", ">p90", ">max", "",
                      title=f"{out['set_name']} ({n} problems) under recipe {out['recipe']}: max_new_tokens "
                            f"{out['max_new_tokens']}, tokenizer of {out['model']}")
-    for source, s in out["sources"].items():
+    for origin, s in out["origins"].items():
         d = s["lengths"]
-        t.add_row(source, f"{s['covered']} ({s['coverage']:.0%})", s["too_long"],
+        t.add_row(origin, f"{s['covered']} ({s['coverage']:.0%})", s["too_long"],
                   f"{s['injectable']} ({s['injectable_share']:.0%})", d["p50"], d["p90"], d["max"],
-                  "<- this recipe" if source == out["golden_source"] else "")
+                  "<- this recipe" if origin == out["golden_origin"] else "")
     console.print(t)
-    bins = out["sources"][out["golden_source"]]["lengths"]["histogram"]
-    console.print("length / max_new_tokens (" + out["golden_source"] + "): "
+    bins = out["origins"][out["golden_origin"]]["lengths"]["histogram"]
+    console.print("length / max_new_tokens (" + out["golden_origin"] + "): "
                   + "  ".join(f"{k} {v}" for k, v in bins.items()), highlight=False)
     if out["golden"] != "on":
         console.print(f"note: this recipe has golden: {out['golden']}, so it injects none", style="yellow")

@@ -13,7 +13,7 @@ reference solutions "from a larger model"; gcpo makes them, verifies them and tr
   what it finished, and the same command (same set, teacher and settings) resumes it, trying only
   the problems it has not tried, so nothing is stored twice.
 - The active candidate. Training injects one golden answer per problem: the active one of the
-  origin the recipe's `golden_source` names (any: the dataset's, else the teacher's). Among a
+  origin the recipe's `golden_origin` names (any: the dataset's, else the teacher's). Among a
   problem's teacher candidates the active one is the SHORTEST verified one, by characters (ties:
   the earliest). Shortest, because a golden answer longer than the recipe's max_new_tokens is never
   injected (golden_too_long): the shortest correct one fits the most limits. Characters, not
@@ -26,7 +26,7 @@ reference solutions "from a larger model"; gcpo makes them, verifies them and tr
   marked, and never injected (as ingest does).
 - list/show: every candidate with its provenance, verification, token length under a tokenizer,
   and what training did with it: how often it was injected, and the problem's next group after.
-- report: per golden source, the coverage a recipe would get and how many answers it would skip
+- report: per golden origin, the coverage a recipe would get and how many answers it would skip
   as too long, with the length distribution.
 """
 
@@ -50,10 +50,10 @@ from .fields import ID_NAMES, PROBLEM_NAMES, SOLUTION_NAMES
 from .grader import Grader
 from .readers import content_hash, load_source
 from .prompts import PRESETS, Prompt
+from .recipe import GOLDEN_ORIGINS
 from .samples import ProblemMatcher
 from .texts import checked_text
 
-SOURCES = ("dataset", "teacher", "any")
 SERVER_TIMEOUT = 600  # seconds for one request: k long samples of a large model take a while
 SERVER_THREADS = 8  # requests in flight at once: a server batches them
 
@@ -200,7 +200,7 @@ def golden_id(problem_id: str, text: str) -> str:
     return content_hash(problem_id, text)[:16]
 
 
-def verified_candidates(problems: list[dict], samples: list[list[Sample]], verdicts: list[bool], *, source: str,
+def verified_candidates(problems: list[dict], samples: list[list[Sample]], verdicts: list[bool], *,
                         model: str | None, params_json: str) -> tuple[list[dict], list[dict]]:
     """(attempts {problem_id, samples, correct}, candidate rows of the correct samples, one per
     distinct text) from each problem's samples and their verdicts, in order."""
@@ -219,7 +219,7 @@ def verified_candidates(problems: list[dict], samples: list[list[Sample]], verdi
                     continue
                 seen.add(gid)
                 rows.append(dict(id=gid, problem_id=p["id"], text=text, final_answer=extract_answer(text),
-                                 source=source, model=model, params_json=params_json, completion_tokens=s.tokens))
+                                 source_file=None, model=model, params_json=params_json, completion_tokens=s.tokens))
     return attempts, rows
 
 
@@ -271,8 +271,7 @@ def generate_golden(db, set_ref: str, teacher, *, k: int = 8, temperature: float
 
     def write(gen_id: str, graded: tuple) -> None:
         provenance = store.dumps(dict(params, generation_id=gen_id))
-        attempts, rows = verified_candidates(*graded, source=f"teacher:{teacher.label}", model=teacher.label,
-                                             params_json=provenance)
+        attempts, rows = verified_candidates(*graded, model=teacher.label, params_json=provenance)
         store.write_attempts(db, gen_id, attempts, rows)
 
     def finish(gen_id: str, resumed: int) -> dict:
@@ -351,7 +350,7 @@ def import_golden(db, path: str | Path, set_ref: str, *, solution: str | None = 
     for (_, p, text), ok in zip(found, verdicts):
         gid = golden_id(p["id"], text)
         rows.setdefault(gid, dict(id=gid, problem_id=p["id"], text=text, final_answer=extract_answer(text),
-                                  source=f"import:{Path(path).name}", verified=int(ok), model=teacher,
+                                  source_file=Path(path).name, verified=int(ok), model=teacher,
                                   params_json=params))
     added = store.write_imported(db, list(rows.values()))
     mismatches = [{"where": w, "problem_id": p["id"], "answer": p["answer"], "golden": extract_answer(t)}
@@ -471,25 +470,25 @@ def length_stats(lengths: list[int], limit: int) -> dict:
 
 
 def report(db, set_ref: str, recipe) -> dict:
-    """What a recipe would inject on a set, per golden source: coverage, too long for its
+    """What a recipe would inject on a set, per golden origin: coverage, too long for its
     max_new_tokens (as go_gold decides: the golden_template's text plus end-of-turn, under the
-    recipe's tokenizer), and the length distribution of the answers its golden_source picks."""
+    recipe's tokenizer), and the length distribution of the answers its golden_origin picks."""
     s = store.resolve_set(db, set_ref)
     name, problems = store.set_problems(db, s["name"])
     answers = {p["id"]: p["answer"] for p in problems}
     tok = load_tokenizer(recipe.model.name)
-    limit, lengths, sources = recipe.max_new_tokens, {}, {}
-    for source in SOURCES:
-        chosen = store.active_golden(db, name, source)
+    limit, lengths, origins = recipe.max_new_tokens, {}, {}
+    for origin in GOLDEN_ORIGINS:
+        chosen = store.active_golden(db, name, origin)
         for pid, g in chosen.items():
             if g["id"] not in lengths:
                 text = recipe.golden_template.format(solution=g["text"], answer=answers[pid])
                 lengths[g["id"]] = response_tokens(tok, text)
         too_long = sum(lengths[g["id"]] > limit for g in chosen.values())
-        sources[source] = dict(covered=len(chosen), too_long=too_long, injectable=len(chosen) - too_long,
+        origins[origin] = dict(covered=len(chosen), too_long=too_long, injectable=len(chosen) - too_long,
                                coverage=len(chosen) / len(problems) if problems else 0.0,
                                injectable_share=(len(chosen) - too_long) / len(problems) if problems else 0.0,
                                lengths=length_stats([lengths[g["id"]] for g in chosen.values()], limit))
     return dict(set_name=name, problems=len(problems), recipe=recipe.name, model=recipe.model.name,
-                max_new_tokens=limit, golden=recipe.golden, golden_source=recipe.golden_source, sources=sources,
+                max_new_tokens=limit, golden=recipe.golden, golden_origin=recipe.golden_origin, origins=origins,
                 coverage=coverage(db, name))

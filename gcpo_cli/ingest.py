@@ -36,6 +36,20 @@ problem too, `rows.repeat_id(id, n)`, so a set holds as many problems as the sou
 
 Worked solutions held as a list of strings (OlympiadBench) give their first non-empty item as
 the golden answer (counted in `solution_lists`); a list answer is rows._listed_answer's.
+
+A worked solution that states no final answer (no \\boxed{}, '####' or "the answer is": an
+OlympiadBench proof that ends "Hence $x=2$ or $x=3$.") in a row that has a final-answer field is
+stored as it is, unverified, and beside it completed with that answer (issue 25 item 8):
+
+    SOLUTION
+
+    The final answer is $\\boxed{ANSWER}$.
+
+(rows.FINAL_ANSWER_FORM: at ingest there is no recipe, so the boxed form every prompt preset asks
+for). The completion is graded like any other golden answer; its row records what it was built
+from (`derived_from`) and how (params_json: the construction, the form, the answer field). Where
+it verifies, it is the problem's golden answer for training and for `gcpo eval --model golden`
+(counted in `golden_completed`; `golden_verified` counts rows with any verified golden answer).
 """
 
 from __future__ import annotations
@@ -49,7 +63,7 @@ from .errors import GcpoError
 from .fields import Mapping, detect_mapping, used_fields
 from .grader import Grader
 from .readers import Loaded, content_hash, load_source, load_synthetic
-from .rows import ValidRow, repeat_id, validate_row, variant_id
+from .rows import ValidRow, completion_provenance, repeat_id, validate_row, variant_id
 from .texts import field_limit
 
 CHUNK = 2000  # rows looked up, graded and staged at a time
@@ -57,7 +71,7 @@ CHUNK = 2000  # rows looked up, graded and staged at a time
 # source ingested under the old ones is read once more (adding what they lost, e.g. rows merged
 # into another problem of the same text, golden answers from list-valued solutions) and is then a
 # no-op again; what was stored keeps its ids.
-IDENTITY = "rows-are-problems/2"
+IDENTITY = "rows-are-problems/3"  # /3: solutions that state no final answer are completed
 
 
 @dataclass
@@ -80,6 +94,7 @@ class IngestReport:
     # {where, id, same_text_as, answer, other_answer}
     variants: list[dict] = field(default_factory=list)
     solution_lists: int = 0  # golden answers taken from the first item of a list-valued solution
+    golden_completed: int = 0  # solutions that state no final answer, completed with the row's (rows.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -144,7 +159,7 @@ def ingest_loaded(db, loaded: Loaded, set_name: str, *, mapping: Mapping | None 
 
 def _ingest_rows(db, loaded: Loaded, set_name: str, mapping: Mapping, fingerprint: str, skip_invalid: bool,
                  grader: Grader, report: IngestReport) -> None:
-    staged = _Staged(db, grader)
+    staged = _Staged(db, grader, store.dumps(completion_provenance(mapping)))
     try:
         rejects: list[tuple[str, str]] = []
         n_rejects = 0
@@ -182,6 +197,7 @@ def _ingest_rows(db, loaded: Loaded, set_name: str, mapping: Mapping, fingerprin
         report.variants = [{"where": w, "id": pid, "same_text_as": base, "answer": a, "other_answer": h}
                            for w, pid, base, h, a in staged.variants]
         report.solution_lists = staged.listed
+        report.golden_completed = staged.completed
         report.golden_total, report.golden_verified = staged.golden_total, staged.golden_verified
         report.mismatches = staged.mismatches
         counts = dict(records=staged.records, rows_read=report.rows_read, rejected=report.rejected,
@@ -236,12 +252,14 @@ class _Staged:
     text, else math-verify's verdict, so "0.5" after "1/2" is a repeat, and a problem two data
     sets spell differently is still stored once."""
 
-    def __init__(self, db, grader: Grader):
+    def __init__(self, db, grader: Grader, completed_params: str):
         self.db, self.grader = db, grader
+        self.completed_params = completed_params  # the params_json of a completed solution
         self.stage = store.IngestStage(db)
         self.variants: list[tuple[str, str, str, str, str]] = []  # (where, id, text's id, its answer, answer)
         self.mismatches: list[dict] = []  # {where, id, answer, golden}
         self.listed = 0  # golden answers taken from a list of solutions
+        self.completed = 0  # solutions completed with their row's final answer
         self.records = self.golden_total = self.golden_verified = 0
 
     def add(self, records: list[ValidRow]) -> None:
@@ -273,20 +291,32 @@ class _Staged:
             seen[base] = n + 1
             ids.append(repeat_id(base, n) if n else base)
         stored.update(store.stored_answers(self.db, {pid for pid, r in zip(ids, records) if pid != r.id}))
-        problems, golden, pairs = [], [], []
+        problems, golden, pairs, solved = [], [], [], []
         for r, pid, base, h in zip(records, ids, bases, held):
             problems.append((pid, base, r.text, r.answer, store.dumps(r.metadata or {}), r.source_id))
             if pid == variant_id(r.text, r.answer):  # not a repeat of one
                 self.variants.append((r.where, pid, r.id, h, r.answer))
             if r.solution:
-                golden.append((pid, r.solution, r.final, r.where))
-                pairs.append((stored.get(pid, r.answer), r.final))
+                # (row, its golden answers): the solution, then its completion where it states no answer
+                answer, original = stored.get(pid, r.answer), content_hash(pid, r.solution)[:16]
+                mine = [len(golden)]
+                golden.append((original, pid, r.solution, r.final, None, None))
+                pairs.append((answer, r.final))
+                if r.completed:
+                    mine.append(len(golden))
+                    golden.append((content_hash(pid, r.completed)[:16], pid, r.completed, r.completed_final,
+                                   original, self.completed_params))
+                    pairs.append((answer, r.completed_final))
+                solved.append((r, pid, answer, mine))
                 self.listed += r.listed
+                self.completed += r.completed is not None
         verdicts = self.grader.grade(pairs)
         self.records += len(records)
-        self.golden_total += len(golden)
-        self.golden_verified += sum(verdicts)
-        self.mismatches += [{"where": w, "id": pid, "answer": a, "golden": final}
-                            for (pid, _, final, w), (a, _), ok in zip(golden, pairs, verdicts) if not ok]
-        self.stage.add(problems, [(content_hash(pid, solution)[:16], pid, solution, final, int(ok))
-                                  for (pid, solution, final, _), ok in zip(golden, verdicts)])
+        self.golden_total += len(solved)  # rows with a worked solution, each verified when one of its answers is
+        for r, pid, answer, mine in solved:
+            if any(verdicts[i] for i in mine):
+                self.golden_verified += 1
+            else:
+                self.mismatches.append({"where": r.where, "id": pid, "answer": answer, "golden": r.final})
+        self.stage.add(problems, [(gid, pid, text, final, int(ok), of, params)
+                                  for (gid, pid, text, final, of, params), ok in zip(golden, verdicts)])

@@ -27,6 +27,12 @@ class RecipeError(GcpoError, ValueError):
     """A bad recipe key, type or value; the message names the key."""
 
 
+# Where a golden answer came from: the values of golden_origin, spelled here once (the store and
+# `gcpo golden` read them from here; a stored answer's origin is one of the first two).
+GoldenOrigin = Literal["dataset", "teacher", "any"]
+GOLDEN_ORIGINS: tuple[str, ...] = get_args(GoldenOrigin)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     # hub id, local folder, .gguf file, "smollm2-135m" (the embedded model) or "tiny" (random, tests)
@@ -132,7 +138,8 @@ class Recipe:
     # which golden answers are injected (issue 15): dataset (worked solutions from ingest), teacher
     # (made or imported by `gcpo golden`, its active one per problem), any (the dataset's, else the
     # teacher's). Verified ones only, always. The paper's golden-answer quality as one knob.
-    golden_source: Literal["dataset", "teacher", "any"] = "any"
+    # One name, origin, for this key, the golden_answers column and `gcpo golden list --origin`.
+    golden_origin: GoldenOrigin = "any"
     # a golden answer over max_new_tokens is not injected (counted as golden_too_long). The old
     # "truncate" is gone: a cut golden answer has no end and usually no final answer, yet it got
     # reward 1, against "a truncated completion scores 0" (issue 9)
@@ -379,8 +386,9 @@ def _reward_spec(spec: str) -> str:
         raise RecipeError(f"recipe key 'reward': {e}") from None
 
 
-# Recipe keys renamed by issue 8 (one name per concept); still read for one release.
-RENAMED_KEYS = {"data": "set_name", "all_correct": "zero_variance", "updates_per_step": "ppo_epochs"}
+# Recipe keys renamed by issue 8 and issue 21 (one name per concept); still read for one release.
+RENAMED_KEYS = {"data": "set_name", "all_correct": "zero_variance", "updates_per_step": "ppo_epochs",
+                "golden_source": "golden_origin"}
 
 
 def _field_type(dotted: str):

@@ -101,6 +101,13 @@ _HASH_BLANKS = re.compile(r"####([ \t]{2,})")
 _BLANKS_TO_EOL = re.compile(r"[^\S\n]*(?:\n|\Z)")
 _NOT_FINITE = re.compile(r"[+-]?(?:inf(?:inity)?|nan)", re.I)
 _BIG_FLOAT = 2.0**53  # beyond this, an integer-valued float's digits are rounding, not data
+# A worked solution that states no final answer, completed with its row's (issue 25 item 8):
+# OlympiadBench's proofs end in prose ("Hence $x=2$ or $x=3$."), which no grader reads, so their
+# golden answers never verified and were never injected. At ingest there is no recipe, hence no
+# golden_template: the completion states the answer in the boxed form every prompt preset asks
+# for, and is verified like any other golden answer. Its provenance names the construction.
+FINAL_ANSWER_FORM = "{solution}\n\nThe final answer is $\\boxed{{{answer}}}$."
+COMPLETED = "solution + final answer"
 
 
 def number_text(v: float, name: str) -> str:
@@ -216,6 +223,10 @@ class ValidRow:
     solution: str | None = None
     final: str | None = None  # the solution's own final answer, checked against `answer`
     listed: bool = False  # the solution was the first non-empty item of a list (OlympiadBench)
+    # the solution completed with the row's answer (FINAL_ANSWER_FORM) when it states none, and
+    # that completion's final answer as read back
+    completed: str | None = None
+    completed_final: str | None = None
 
 
 def validate_rows(rows: list[dict], where: list[str], m: Mapping, max_field_bytes: int = MAX_FIELD_BYTES
@@ -266,9 +277,23 @@ def validate_row(row: dict, where: str, m: Mapping, used: set[str], max_field_by
         raise ValueError(f"field {m.solution!r} states no final answer ({why}); pass --answer FIELD")
     else:
         answer = _checked_answer(final, m.solution)
+    completed = completed_final = None
+    if solution is not None and final is None and m.answer:
+        completed = FINAL_ANSWER_FORM.format(solution=solution, answer=answer)
+        try:  # the same rules as the solution itself: the answer adds a few bytes
+            checked_text(completed, f"field {m.solution!r}", max_bytes=max_field_bytes)
+            completed_final = _final_answer(completed, option_mode)
+        except ValueError:
+            completed = None
     sid = row.get(m.id) if m.id else None
     return ValidRow(problem_id(text), text, answer, where, None if sid is None else str(sid),
-                    _metadata(row, used, text), solution, final, listed and solution is not None)
+                    _metadata(row, used, text), solution, final, listed and solution is not None, completed,
+                    completed_final)
+
+
+def completion_provenance(m: Mapping) -> dict:
+    """What a completed golden answer records of how it was built (its params_json)."""
+    return {"construction": COMPLETED, "form": FINAL_ANSWER_FORM, "answer_field": m.answer}
 
 
 def _no_chat_token(text: str, row: dict, names) -> None:

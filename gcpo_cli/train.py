@@ -501,7 +501,7 @@ def read_run(db, recipe: Recipe | None, resume_run: str | None, steps: int | Non
         set_name = recipe.set_name or default_set(db, recipe)
     trackers.check(recipe.report_to)
     engines.check_available(recipe.engine, recipe.rollout_server)
-    set_name, problems = load_problems(db, set_name, recipe.golden_source)
+    set_name, problems = load_problems(db, set_name, recipe.golden_origin)
     holdout = recipe.eval.holdout
     if holdout >= len(problems):
         raise GcpoError(f"set '{set_name}' has {len(problems)} problems and eval.holdout is "
@@ -525,11 +525,11 @@ def begin_run(db, o: Opened, run_lock, display) -> tuple:
     return run_id, out_dir, run_lock
 
 
-def load_problems(db, set_ref: str, golden_source: str = "any") -> tuple[str, list[dict]]:
+def load_problems(db, set_ref: str, golden_origin: str = "any") -> tuple[str, list[dict]]:
     """(set name, its problems in ingest order, each with the verified golden answer the recipe's
-    golden_source chooses, or None)."""
+    golden_origin chooses, or None)."""
     set_name, problems = store.set_problems(db, set_ref)
-    golden = store.verified_golden(db, set_name, golden_source)
+    golden = store.verified_golden(db, set_name, golden_origin)
     return set_name, [dict(p, golden=golden.get(p["id"])) for p in problems]
 
 

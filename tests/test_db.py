@@ -11,16 +11,16 @@ from gcpo_cli.store import open_db
 PACKAGE = Path(__file__).resolve().parents[1] / "gcpo_cli"
 V0_1 = Path(__file__).resolve().parent / "data" / "v0.1"  # made by gcpo 0.1 (see its make.sh)
 
-# What migrations m001-m008 produce: every table's columns, in order, with their types.
+# What migrations m001-m010 produce: every table's columns, in order, with their types.
 SCHEMA = {
     "problems": "id TEXT, text TEXT, answer TEXT, metadata_json TEXT, created_at TEXT",
     "problem_sets": "id INTEGER, name TEXT, description TEXT, created_at TEXT",
     "set_problems": "set_id INTEGER, problem_id TEXT, position INTEGER, source_id TEXT",
     "ingests": "id INTEGER, set_id INTEGER, source TEXT, fingerprint TEXT, rows_read INTEGER, added INTEGER, "
                "present INTEGER, rejected INTEGER, golden_verified INTEGER, golden_total INTEGER, created_at TEXT",
-    "golden_answers": "id TEXT, problem_id TEXT, text TEXT, final_answer TEXT, source TEXT, verified INTEGER, "
+    "golden_answers": "id TEXT, problem_id TEXT, text TEXT, final_answer TEXT, source_file TEXT, verified INTEGER, "
                       "created_at TEXT, origin TEXT, active INTEGER, model TEXT, params_json TEXT, "
-                      "completion_tokens INTEGER, generation_id TEXT",
+                      "completion_tokens INTEGER, generation_id TEXT, derived_from TEXT",
     "golden_generations": "id TEXT, set_name TEXT, teacher TEXT, params_json TEXT, metrics_json TEXT, status TEXT, "
                           "created_at TEXT, updated_at TEXT",
     "golden_attempts": "id INTEGER, generation_id TEXT, problem_id TEXT, samples INTEGER, correct INTEGER, "
@@ -46,7 +46,7 @@ SCHEMA = {
 INDEXES = {
     "problem_sets": [("name",)],
     "set_problems": [("problem_id",), ("source_id",)],
-    "golden_answers": [("problem_id",)],
+    "golden_answers": [("derived_from",), ("problem_id",)],
     "golden_attempts": [("generation_id", "problem_id")],
     "steps": [("run_id", "step")],
     "rollouts": [("problem_id", "run_id", "step"), ("problem_id", "run_id", "step", "is_golden", "correct"),

@@ -1,5 +1,5 @@
 """`gcpo golden` (issue 15): teacher generation verified by the training grader, resumable;
-imports matched by id or text; the recipe's golden_source choosing what training injects; the
+imports matched by id or text; the recipe's golden_origin choosing what training injects; the
 report's too-long count. Offline: the teachers are a tiny model wired to answer "\\boxed{4}", a
 stand-in OpenAI-compatible server on 127.0.0.1, and (slow) the embedded model."""
 
@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
+from sqlite_utils import Database
 
 from conftest import JsonHandler, LocalServer
 from gcpo_cli import golden as gold
@@ -16,6 +19,7 @@ from gcpo_cli import recipe as recipes
 from gcpo_cli import train as training
 from gcpo_cli.cli import app
 from gcpo_cli.ingest import ingest_rows
+from gcpo_cli.store import open_db
 
 FOUR = "\\boxed{4}"  # what the wired teacher always answers
 
@@ -105,7 +109,8 @@ def test_only_answers_the_grader_verifies_are_stored(runner, db, wired):
     assert out["candidates"] == len(rows) == 1
     g = rows[0]
     assert (g["problem_id"], g["text"], g["final_answer"], g["verified"], g["active"]) == (ids["a"], FOUR, "4", 1, 1)
-    assert g["origin"] == "teacher" and g["model"] == wired and g["source"] == f"teacher:{wired}"
+    # The teacher is its model; a generated answer was read from no file.
+    assert g["origin"] == "teacher" and g["model"] == wired and g["source_file"] is None
     assert g["completion_tokens"] == len(FOUR) + 1  # a byte tokenizer: its characters, then end of turn
     params = json.loads(g["params_json"])
     assert (params["k"], params["temperature"], params["max_new_tokens"], params["prompt"]) == (3, 1.0, 16, "raw")
@@ -275,7 +280,7 @@ def test_import_matches_by_id_and_by_text_and_verifies(runner, db, tmp_path, tin
     rows = {g["problem_id"]: g for g in _golden(db)}
     assert (rows[ids["q1"]]["verified"], rows[ids["q1"]]["active"], rows[ids["q1"]]["origin"]) == (1, 1, "teacher")
     assert (rows[ids["q2"]]["verified"], rows[ids["q2"]]["active"]) == (0, 0)  # kept, marked, never injected
-    assert rows[ids["q1"]]["source"] == "import:solutions.jsonl" and rows[ids["q1"]]["model"] == "gpt-x"
+    assert rows[ids["q1"]]["source_file"] == "solutions.jsonl" and rows[ids["q1"]]["model"] == "gpt-x"
     again = _json(runner.invoke(app, ["golden", "import", str(f), "--set", "imp", "--json"]))
     assert again["added"] == 0 and len(_golden(db)) == 2
     # Also by gcpo's own id.
@@ -290,10 +295,11 @@ def test_import_matches_by_id_and_by_text_and_verifies(runner, db, tmp_path, tin
     assert table.exit_code == 0 and "Golden answers of imp: 3" in table.output
     assert table.output.count("active") == 2 and "UNVERIFIED" in table.output and "gpt-x" in table.output
     shown = runner.invoke(app, ["golden", "show", "q2", "--set", "imp"])
-    assert shown.exit_code == 0 and "UNVERIFIED" in shown.output and "import:more.jsonl" in shown.output
+    assert shown.exit_code == 0 and "UNVERIFIED" in shown.output
+    assert re.search(r"source file +more\.jsonl", shown.output)  # the file it was read from
 
 
-# ---------------------------------------------------------------------- golden_source, report
+# ---------------------------------------------------------------------- golden_origin, report
 
 TEACHER_TEXT = "\\boxed{4}"
 DATASET_TEXT = "We add: 2 + 2 = \\boxed{4}."
@@ -309,10 +315,15 @@ def _both(db, tmp_path, runner) -> dict[str, str]:
     return ids
 
 
-@pytest.mark.parametrize("source, text", [("teacher", TEACHER_TEXT), ("dataset", DATASET_TEXT)])
-def test_golden_source_chooses_which_golden_answers_training_injects(runner, db, tmp_path, tiny_dir, source, text):
+# The old key golden_source (issue 21 item 5: one name, origin, for recipe key, column and flag) still works.
+@pytest.mark.parametrize("key, source, text", [("golden_origin", "teacher", TEACHER_TEXT),
+                                               ("golden_origin", "dataset", DATASET_TEXT),
+                                               ("golden_source", "teacher", TEACHER_TEXT)])
+def test_golden_origin_chooses_which_golden_answers_training_injects(runner, db, tmp_path, tiny_dir, key, source,
+                                                                     text):
     ids = _both(db, tmp_path, runner)
-    r = recipes.load("tiny", [f"model.name={tiny_dir}", "set_name=both", f"golden_source={source}"])
+    r = recipes.load("tiny", [f"model.name={tiny_dir}", "set_name=both", f"{key}={source}"])
+    assert r.golden_origin == source
     summary = training.train(db, r)
     injected = list(db.query("SELECT problem_id, completion FROM rollouts WHERE run_id = ? AND is_golden = 1",
                              [summary["run_id"]]))
@@ -332,7 +343,7 @@ def test_report_counts_what_a_recipe_would_skip_as_too_long(runner, db, tmp_path
     limit = len(TEACHER_TEXT) + 1  # the teacher's fit exactly; the dataset's (longer) do not
     out = _json(runner.invoke(app, ["golden", "report", "--set", "both", "--recipe", "tiny", "-o",
                                     f"model.name={tiny_dir}", "-o", f"max_new_tokens={limit}", "--json"]))
-    s = out["sources"]
+    s = out["origins"]
     assert (s["dataset"]["covered"], s["dataset"]["too_long"], s["dataset"]["injectable"]) == (4, 4, 0)
     assert (s["teacher"]["covered"], s["teacher"]["too_long"], s["teacher"]["injectable"]) == (4, 0, 4)
     assert (s["any"]["covered"], s["any"]["too_long"]) == (4, 4)  # any prefers the dataset's
@@ -340,22 +351,65 @@ def test_report_counts_what_a_recipe_would_skip_as_too_long(runner, db, tmp_path
     assert s["teacher"]["lengths"]["histogram"]["<=100%"] == 4 and s["dataset"]["lengths"]["histogram"]["too long"] == 4
     assert out["coverage"] == dict(problems=4, dataset=4, teacher=4, any=4)
     sets = {x["name"]: x for x in _json(runner.invoke(app, ["sets", "--json"]))}
-    assert sets["both"]["coverage"] == {k: out["sources"][k]["covered"] for k in ("dataset", "teacher", "any")}
+    assert sets["both"]["coverage"] == {k: out["origins"][k]["covered"] for k in ("dataset", "teacher", "any")}
+    assert out["golden_origin"] == "any" and "golden_source" not in out and "sources" not in out
     # Training agrees: under that limit a recipe with the dataset's answers goes gold nowhere.
-    r = recipes.load("tiny", [f"model.name={tiny_dir}", "set_name=both", "golden_source=dataset",
+    r = recipes.load("tiny", [f"model.name={tiny_dir}", "set_name=both", "golden_origin=dataset",
                               f"max_new_tokens={limit}", "steps=1"])
     run = training.train(db, r)
     step = next(db.query("SELECT golden_injections, golden_too_long FROM steps WHERE run_id = ?", [run["run_id"]]))
     assert step["golden_injections"] == 0 and step["golden_too_long"] == r.problems_per_step
     table = runner.invoke(app, ["golden", "report", "--set", "both", "--recipe", "tiny", "-o", f"model.name={tiny_dir}",
                                 "-o", f"max_new_tokens={limit}"])
-    assert table.exit_code == 0 and "<- this recipe" in table.output
+    assert table.exit_code == 0 and "<- this recipe" in table.output and "golden_origin" in table.output
 
 
 def test_length_stats_by_hand():
     s = gold.length_stats([10, 2, 8, 4, 12], limit=10)
     assert (s["n"], s["min"], s["p50"], s["p90"], s["max"], s["mean"]) == (5, 2, 8, 12, 12, 7.2)
     assert s["histogram"] == {"<=25%": 1, "<=50%": 1, "<=75%": 0, "<=100%": 2, "too long": 1}
+
+
+# ------------------------------------------------- one name for the origin, the file a column (issue 21 item 5)
+
+V0_1 = Path(__file__).resolve().parent / "data" / "v0.1"  # a database made by gcpo 0.1 (its make.sh)
+
+
+def test_a_gcpo_0_1_database_names_the_file_each_golden_answer_was_read_from(tmp_path):
+    shutil.copy(V0_1 / "gcpo.db", tmp_path / "gcpo.db")
+    db = open_db(tmp_path / "gcpo.db")
+    columns = [c.name for c in db["golden_answers"].columns]
+    assert "source_file" in columns and "source" not in columns
+    assert {(g["origin"], g["source_file"]) for g in db["golden_answers"].rows} == {
+        ("dataset", "synthetic:arithmetic?count=24&seed=0&levels=1")}
+    assert db["golden_answers"].count == 24
+
+
+def test_golden_answers_of_every_origin_upgrade_in_place(tmp_path):
+    """A database as migrations m001-m008 left it (teacher-generated, imported and dataset golden
+    answers, a run whose recipe says golden_source) upgrades in place: `source` held
+    "dataset:FILE", "import:FILE" or "teacher:MODEL" beside the origin and model columns."""
+    from gcpo_cli.store.migrations import migrations
+
+    path = tmp_path / "gcpo.db"
+    old = Database(path)
+    migrations.apply(old, stop_before="m009_golden_source_file")
+    old["problems"].insert(dict(id="p1", text="What is 2 + 2?", answer="4", metadata_json="{}", created_at="t"))
+    for gid, origin, source, model in [("g1", "dataset", "dataset:/data/gsm8k/test.jsonl", None),
+                                       ("g2", "teacher", "import:solutions.jsonl", "gpt-x"),
+                                       ("g3", "teacher", "teacher:Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B")]:
+        old["golden_answers"].insert(dict(id=gid, problem_id="p1", text=gid, final_answer="4", source=source,
+                                          verified=1, created_at="t", origin=origin, model=model))
+    recipe = {"golden": "on", "golden_source": "teacher", "lr": 0.001}
+    old["runs"].insert(dict(id="r1", recipe_json=json.dumps(recipe), status="completed", created_at="t"))
+    old.close()
+    db = open_db(path)
+    assert {g["id"]: (g["origin"], g["source_file"], g["model"]) for g in db["golden_answers"].rows} == {
+        "g1": ("dataset", "/data/gsm8k/test.jsonl", None), "g2": ("teacher", "solutions.jsonl", "gpt-x"),
+        "g3": ("teacher", None, "Qwen/Qwen2.5-7B")}
+    assert json.loads(db["runs"].get("r1")["recipe_json"]) == {"golden": "on", "golden_origin": "teacher",
+                                                               "lr": 0.001}
+    assert recipes.from_dict(recipe).golden_origin == "teacher"  # the old key, read from a file, too
 
 
 # ------------------------------------------------------------------------------ embedded model

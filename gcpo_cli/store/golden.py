@@ -7,11 +7,12 @@ from __future__ import annotations
 from sqlite_utils import Database
 
 from ..errors import GcpoError
+from ..recipe import GOLDEN_ORIGINS
 from .db import IN_CHUNK, dumps, loads, new_id, rows_in, utcnow, write
 from .resolve import MAX_CANDIDATES, clip, fit, glob_prefix, resolve_problem, resolve_set
 
-ORIGINS = ("dataset", "teacher")
-SOURCES = ("dataset", "teacher", "any")  # the recipe key golden_source
+ANY = "any"  # the recipe's golden_origin that takes either: the dataset's, else the teacher's
+STORED_ORIGINS = tuple(o for o in GOLDEN_ORIGINS if o != ANY)  # a stored answer's origin column
 
 # The active teacher candidate of a problem (gcpo_cli/golden.py says why this rule): its shortest
 # verified one, by characters; ties go to the earliest.
@@ -20,12 +21,13 @@ UPDATE golden_answers SET active = (id IS (
   SELECT g.id FROM golden_answers g WHERE g.problem_id = golden_answers.problem_id AND g.origin = 'teacher'
    AND g.verified = 1 ORDER BY length(g.text), g.created_at, g.id LIMIT 1))
 WHERE origin = 'teacher' AND problem_id IN ({ids})"""
-_INSERT = ("INSERT OR IGNORE INTO golden_answers (id, problem_id, text, final_answer, source, verified, created_at,"
-           " origin, active, model, params_json, completion_tokens, generation_id) VALUES (:id, :problem_id, :text,"
-           " :final_answer, :source, :verified, :created_at, 'teacher', 0, :model, :params_json, :completion_tokens,"
-           " :generation_id)")
-_COLUMNS = ("g.id, g.problem_id, sp.source_id, sp.position, g.origin, g.source, g.model, g.params_json, g.verified,"
-            " g.active, g.completion_tokens, g.final_answer, g.text, g.generation_id, g.created_at")
+_INSERT = ("INSERT OR IGNORE INTO golden_answers (id, problem_id, text, final_answer, source_file, verified,"
+           " created_at, origin, active, model, params_json, completion_tokens, generation_id) VALUES (:id,"
+           " :problem_id, :text, :final_answer, :source_file, :verified, :created_at, 'teacher', 0, :model,"
+           " :params_json, :completion_tokens, :generation_id)")
+_COLUMNS = ("g.id, g.problem_id, sp.source_id, sp.position, g.origin, g.source_file, g.model, g.params_json,"
+            " g.verified, g.active, g.completion_tokens, g.final_answer, g.text, g.generation_id, g.derived_from,"
+            " g.created_at")
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -60,8 +62,8 @@ def _activate(db: Database, problem_ids) -> None:
 
 def write_attempts(db: Database, generation_id: str, attempts: list[dict], candidates: list[dict]) -> int:
     """One batch of a generation, all or nothing: the problems tried ({problem_id, samples,
-    correct}) and their verified candidates ({id, problem_id, text, final_answer, source, model,
-    params_json, completion_tokens}); then the active candidate of those problems. Returns how
+    correct}) and their verified candidates ({id, problem_id, text, final_answer, source_file,
+    model, params_json, completion_tokens}); then the active candidate of those problems. Returns how
     many candidates were new (a text a problem already has is not stored twice)."""
     now = utcnow()
     with write(db):
@@ -76,7 +78,7 @@ def write_attempts(db: Database, generation_id: str, attempts: list[dict], candi
 
 
 def write_imported(db: Database, candidates: list[dict]) -> int:
-    """Imported candidates ({id, problem_id, text, final_answer, source, verified, model,
+    """Imported candidates ({id, problem_id, text, final_answer, source_file, verified, model,
     params_json}) in one transaction, then the active candidate of their problems; returns how
     many were new."""
     now = utcnow()
@@ -132,23 +134,23 @@ def _set_golden(db: Database, set_name: str, problem_ids: list[str] | None = Non
                   key=lambda r: (-r["active"], r["created_at"], r["id"]))
 
 
-def pick(chosen: dict[tuple[str, str], dict], problem_id: str, source: str) -> dict | None:
-    """The candidate `source` (golden_source) injects: its origin's active one; "any": the
-    dataset's, else the teacher's (a reference solution first, a teacher's where there is none)."""
-    if source == "any":
-        return chosen.get((problem_id, "dataset")) or chosen.get((problem_id, "teacher"))
-    return chosen.get((problem_id, source))
+def pick(chosen: dict[tuple[str, str], dict], problem_id: str, origin: str) -> dict | None:
+    """The candidate the recipe's golden_origin `origin` injects: that origin's active one; "any":
+    the dataset's, else the teacher's (a reference solution first, a teacher's where there is none)."""
+    if origin == ANY:
+        return next((chosen[problem_id, o] for o in STORED_ORIGINS if (problem_id, o) in chosen), None)
+    return chosen.get((problem_id, origin))
 
 
-def active_golden(db: Database, set_name: str, source: str = "any") -> dict[str, dict]:
-    """problem id -> the golden answer training injects for it under golden_source `source`
+def active_golden(db: Database, set_name: str, origin: str = ANY) -> dict[str, dict]:
+    """problem id -> the golden answer training injects for it under golden_origin `origin`
     ({id, text, origin, ...}), for the set's problems that have one."""
-    if source not in SOURCES:
-        raise GcpoError(f"golden source {source!r} is not one of {', '.join(SOURCES)}")
+    if origin not in GOLDEN_ORIGINS:
+        raise GcpoError(f"golden origin {origin!r} is not one of {', '.join(GOLDEN_ORIGINS)}")
     chosen = _chosen(_set_golden(db, set_name))
     out = {}
     for pid in dict.fromkeys(p for p, _ in chosen):
-        g = pick(chosen, pid, source)
+        g = pick(chosen, pid, origin)
         if g is not None:
             out[pid] = g
     return out
@@ -164,8 +166,9 @@ def candidates(db: Database, set_name: str, problem_ids: list[str] | None = None
         r = dict(r, active=r["id"] in chosen, verified=bool(r["verified"]))
         r["params"] = loads(r.pop("params_json"))
         out.append(r)
-    return sorted(out, key=lambda r: (r["position"], ORIGINS.index(r["origin"]) if r["origin"] in ORIGINS else 2,
-                                      not r["active"], r["created_at"], r["id"]))
+    rank = {o: i for i, o in enumerate(STORED_ORIGINS)}
+    return sorted(out, key=lambda r: (r["position"], rank.get(r["origin"], len(rank)), not r["active"],
+                                      r["created_at"], r["id"]))
 
 
 def problems_with_verified(db: Database, set_name: str) -> set[str]:

@@ -114,8 +114,9 @@ def _problem_row(db: Database, problem_id: str) -> dict:
 
 def _golden_answers(db: Database, problem_id: str) -> list[dict]:
     """Returns the problem's golden answers, verified ones first."""
-    golden = list(db.query("SELECT id, source, final_answer, verified, text FROM golden_answers"
-                       " WHERE problem_id = ? ORDER BY verified DESC, created_at", [problem_id]))
+    golden = list(db.query("SELECT id, ifnull(source_file, model) AS source, final_answer, verified, text"
+                           " FROM golden_answers WHERE problem_id = ? ORDER BY verified DESC, created_at",
+                           [problem_id]))
     for g in golden:
         g["verified"] = bool(g["verified"])
     return golden

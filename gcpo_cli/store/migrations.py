@@ -313,3 +313,29 @@ def m008_rollout_policy(db: Database) -> None:
     db.execute("ALTER TABLE rollouts ADD COLUMN [policy_version] INTEGER")
     db.execute("ALTER TABLE rollouts ADD COLUMN [sampler_logprobs] BLOB")
     db.execute("UPDATE rollouts SET policy_version = step - 1 WHERE ifnull(is_golden, 0) = 0")
+
+
+@migrations()
+def m009_golden_source_file(db: Database) -> None:
+    # One name per concept (issue 21 item 5). `source` held "dataset:FILE" (ingest), "import:FILE"
+    # (`gcpo golden import`) or "teacher:MODEL" (`gcpo golden generate`): the origin column's
+    # value and the model column's again, glued to the file. It keeps the file alone, named for
+    # what it is; a generated answer was read from no file (its teacher is in `model`).
+    db.execute("UPDATE golden_answers SET source = CASE"
+               " WHEN source GLOB 'dataset:*' THEN substr(source, 9)"
+               " WHEN source GLOB 'import:*' THEN substr(source, 8)"
+               " WHEN source GLOB 'teacher:*' THEN NULL ELSE source END")
+    db.execute("ALTER TABLE golden_answers RENAME COLUMN [source] TO [source_file]")
+    # The recipe key golden_source is golden_origin now (recipe.RENAMED_KEYS still reads the old
+    # one): stored recipes say the new name, as m003 did for its keys (keys stay sorted, as
+    # store.dumps writes them).
+    _rename_json_keys(db, "runs", "recipe_json", {"golden_source": "golden_origin"})
+
+
+@migrations()
+def m010_golden_derived_from(db: Database) -> None:
+    # A golden answer ingest built from another (issue 25 item 8: a worked solution that states no
+    # final answer, completed with its row's; ingest.py): the one it was built from. Both stay;
+    # the built one is verified like any other and stands for the original where it verified.
+    db.execute("ALTER TABLE golden_answers ADD COLUMN [derived_from] TEXT REFERENCES golden_answers(id)")
+    db.execute("CREATE INDEX [idx_golden_answers_derived_from] ON [golden_answers] ([derived_from])")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from sqlite_utils import Database
 
+from ..recipe import GOLDEN_ORIGINS
 from ..texts import check_set_name
 from .db import rows_in
-from .golden import active_golden, coverage
+from .golden import ANY, active_golden, coverage
 from .resolve import resolve_set
 
 _SETS_SQL = """
@@ -35,18 +36,22 @@ def has_problems(db: Database, set_name: str) -> bool:
                       " WHERE s.name = ? LIMIT 1", [set_name]).fetchone() is not None
 
 
-def verified_golden(db: Database, set_name: str, source: str = "any") -> dict[str, str]:
+def verified_golden(db: Database, set_name: str, origin: str = ANY) -> dict[str, str]:
     """problem id -> the text of the golden answer training injects, for the set's problems: the
-    active verified one of the origin the recipe's golden_source names (dataset: from ingest, its
+    active verified one of the origin the recipe's golden_origin names (dataset: from ingest, its
     first verified one; teacher: made or imported by `gcpo golden`; any: the dataset's, else the
     teacher's). An unverified one is never used: it could teach a wrong answer."""
-    return {pid: g["text"] for pid, g in active_golden(db, set_name, source).items()}
+    return {pid: g["text"] for pid, g in active_golden(db, set_name, origin).items()}
 
 
 def golden_answers(db: Database, problem_ids: list[str]) -> dict[str, list[dict]]:
-    """problem id -> its golden answers {text, final_answer}, in id order."""
+    """problem id -> its golden answers {text, final_answer}, in id order. A worked solution that
+    ingest completed with its row's final answer (`derived_from`) is left out: the completed one
+    stands for it, as it does in training, and the original, which states no answer, would grade
+    as a wrong one (issue 25 item 8)."""
     out: dict[str, list[dict]] = {}
-    for r in rows_in(db, "SELECT problem_id, text, final_answer FROM golden_answers WHERE problem_id IN ({ids})"
+    for r in rows_in(db, "SELECT problem_id, text, final_answer FROM golden_answers g WHERE problem_id IN ({ids})"
+                         " AND NOT EXISTS (SELECT 1 FROM golden_answers d WHERE d.derived_from = g.id)"
                          " ORDER BY problem_id, id", problem_ids):
         out.setdefault(r.pop("problem_id"), []).append(r)
     return out
@@ -71,7 +76,7 @@ def list_sets(db: Database) -> list[dict]:
         rows.append({"name": name, "problems": n, "with_golden": golden, "verified": verified,
                      "golden_coverage": round(golden / n, 4) if n else 0.0,
                      "verified_share": round(verified / golden, 4) if golden else 0.0,
-                     "coverage": {k: c.get(k, 0) for k in ("dataset", "teacher", "any")},
+                     "coverage": {k: c.get(k, 0) for k in GOLDEN_ORIGINS},
                      "sources": set_sources(db, name), "created_at": created})
     return rows
 

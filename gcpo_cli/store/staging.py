@@ -60,7 +60,8 @@ class IngestStage:
                                  " metadata_json TEXT NOT NULL, source_id TEXT)")
             self.db.conn.execute("CREATE INDEX temp.gcpo_stage_base ON gcpo_stage_problems (base)")
             self.db.conn.execute("CREATE TEMP TABLE gcpo_stage_golden (id TEXT, problem_id TEXT NOT NULL,"
-                                 " text TEXT NOT NULL, final_answer TEXT, verified INTEGER NOT NULL)")
+                                 " text TEXT NOT NULL, final_answer TEXT, verified INTEGER NOT NULL,"
+                                 " derived_from TEXT, params_json TEXT)")
 
     def _temp(self):
         return _temp_transaction(self.db)
@@ -83,18 +84,19 @@ class IngestStage:
 
     def add(self, problems: list[tuple], golden: list[tuple]) -> None:
         """problems: (id, base, text, answer, metadata_json, source_id) in source order, each id
-        once in the whole ingest; golden: (id, problem_id, text, final_answer, verified)."""
+        once in the whole ingest; golden: (id, problem_id, text, final_answer, verified,
+        derived_from, params_json), a golden answer before one derived from it."""
         with self._temp():
             self.db.conn.executemany(
                 "INSERT INTO temp.gcpo_stage_problems (id, base, pos, text, answer, metadata_json, source_id)"
                 " VALUES (?,?,?,?,?,?,?)", [(p[0], p[1], self.rows + i, *p[2:]) for i, p in enumerate(problems)])
-            self.db.conn.executemany("INSERT INTO temp.gcpo_stage_golden (id, problem_id, text, final_answer, verified)"
-                                     " VALUES (?,?,?,?,?)", golden)
+            self.db.conn.executemany("INSERT INTO temp.gcpo_stage_golden (id, problem_id, text, final_answer, verified,"
+                                     " derived_from, params_json) VALUES (?,?,?,?,?,?,?)", golden)
         self.rows += len(problems)
 
     def commit(self, set_name: str, source: str, fingerprint: str, counts: dict) -> dict:
         """One ingest, all or nothing: the set (created if new), the staged problems it did not
-        hold, their golden answers (source "dataset:SOURCE") and the ingest's record. A staged
+        hold, their golden answers (origin dataset, source_file SOURCE) and the ingest's record. A staged
         problem the database already holds gains the metadata keys it lacked (MATH's `level` met
         again through its rllm copy); keys it has keep their first value. Returns {added,
         present, new_problems}."""
@@ -117,10 +119,9 @@ class IngestStage:
             added = sql("INSERT OR IGNORE INTO set_problems (set_id, problem_id, position, source_id)"
                         f" SELECT :set, s.id, :start + ROW_NUMBER() OVER (ORDER BY s.pos) - 1, s.source_id {new}"
                         " ORDER BY s.pos", dict(set=set_id, start=start)).rowcount
-            sql("INSERT OR IGNORE INTO golden_answers (id, problem_id, text, final_answer, source, verified,"
-                " created_at) SELECT id, problem_id, text, final_answer, ?, verified, ? FROM temp.gcpo_stage_golden"
-                " ORDER BY rowid",
-                [f"dataset:{source}", now])
+            sql("INSERT OR IGNORE INTO golden_answers (id, problem_id, text, final_answer, source_file, verified,"
+                " created_at, derived_from, params_json) SELECT id, problem_id, text, final_answer, ?, verified, ?,"
+                " derived_from, params_json FROM temp.gcpo_stage_golden ORDER BY rowid", [source, now])
             present = counts["records"] - added
             sql("INSERT INTO ingests (set_id, source, fingerprint, rows_read, added, present, rejected,"
                 " golden_verified, golden_total, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
