@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -16,18 +19,31 @@ from .cmd_common import (RUN_HELP, SET_HELP, DbOpt, JsonOpt, console, err_consol
                          open_for_reading, print_json)
 from .distributed import DEFAULT_TIMEOUT_S
 from .errors import GcpoError
-from .render import sparkline
+from .render import SafeConsole, sparkline
 
 app = make_app()
 
 
+class _DisplayConsole(SafeConsole):
+    """stderr for the progress display. rich exits the process (SystemExit 1) when its output
+    pipe is closed; a run must not stop half-way for that: the display falls silent instead."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _silence()
+
+
 class RichDisplay:
     """Progress bar with the numbers people watch (reward, golden-answer rate, all-wrong share,
-    tokens/s), plus one log line per step that stays in the scrollback."""
+    tokens/s), plus one log line per step that stays in the scrollback.
+
+    An output that goes away (`gcpo train 2>&1 | tee log`, and Ctrl-C ends tee too) silences
+    the display and nothing else: the run finishes its step, saves and is marked interrupted
+    (rich's exit on the closed pipe left it marked running, then shown as died)."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
-        self.console = err_console
+        self.console = _DisplayConsole(stderr=True)
         self.progress = Progress(
             TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(bar_width=20),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console,
@@ -108,13 +124,16 @@ def train_cmd(
         "--dist-timeout", metavar="SECONDS", min=1,
         help="Under torchrun or accelerate launch: how long a rank waits for the others within a step "
              "before the job fails.")] = DEFAULT_TIMEOUT_S,
+    print_config: Annotated[bool, typer.Option(
+        "--print-config", help="Print the whole resolved recipe as YAML (a file --recipe reads) and exit without "
+                               "training. A run starts by showing only what differs from the defaults.")] = False,
     db: DbOpt = None,
     as_json: JsonOpt = False,
     old_data: Annotated[Optional[str], typer.Option("--data", hidden=True)] = None,
 ) -> None:
     """Train a model with GCPO (or the GRPO/DAPO baselines) on a problem set.
 
-    Every rollout of every step is recorded; Ctrl-C stops cleanly after saving. Recipes:
+    Every rollout of every step is recorded; Ctrl-C stops cleanly after saving (exit code 130). Recipes:
     smollm2-cpu (the embedded model on 2 CPU cores), 1.5b-qlora (one 24 GB GPU), tiny (tests).
 
     Examples:
@@ -135,44 +154,102 @@ def train_cmd(
     """
     from . import distributed, trackers
     from . import recipe as recipes
-    from .train import NullDisplay, train
+    from .model import check_model
 
     set_name = one_of(set_name, old_data, "--set")
     if not recipe and not resume:
         raise GcpoError("give --recipe NAME (available: " + ", ".join(recipes.available()) + ") or --resume RUN")
-    if resume and (recipe or override or set_name is not None or model or engine or rollout_server):
+    if resume and (recipe or override or set_name is not None or model or engine or rollout_server or print_config):
         raise GcpoError("--resume continues a run with its stored recipe; only --steps, --save-every and "
                         "--report-to apply")
+    # Typed flags go in as values: `--set 007` is the set named "007", never re-read as YAML.
+    values = {k: v for k, v in {"set_name": set_name, "model.name": model, "steps": steps, "save_every": save_every,
+                                "report_to": report_to or None, "engine": engine,
+                                "rollout_server": rollout_server}.items() if v is not None}
+    if print_config:
+        sys.stdout.write(yaml.safe_dump(recipes.to_dict(_recipe(recipe, override, values)), sort_keys=False,
+                                        allow_unicode=True))
+        return
     dist = distributed.from_env(dist_timeout)
     try:
         resolved, database = None, None
         with dist.together():  # rank 0 alone reads the recipe and opens the database
             if dist.writer:
-                if not resume:
-                    # Typed flags go in as values: `--set 007` is the set named "007", never re-read as YAML.
-                    values = {k: v for k, v in {"set_name": set_name, "model.name": model, "steps": steps,
-                                                "save_every": save_every, "report_to": report_to or None,
-                                                "engine": engine, "rollout_server": rollout_server}.items()
-                              if v is not None}
-                    if set_name is not None:
-                        store.require_set_name(set_name)
-                    resolved = recipes.load(recipe, list(override), values)
-                    trackers.check(resolved.report_to)  # a missing tracker package: one line, nothing started
-                    if not as_json:
-                        err_console.print("[bold]recipe[/] (resolved):", highlight=False)
-                        err_console.print_json(json.dumps(recipes.to_dict(resolved)))
+                # Every path and name a user can get wrong is checked before torch loads and before
+                # anything prints (issue 27 item 8): the recipe, the database, the set, the model.
+                resolved = _recipe(recipe, override, values) if not resume else None
                 database = store.open_db(db)
+                if resume:
+                    store.resolve_run(database, resume)
+                else:
+                    if resolved.set_name is not None:
+                        store.resolve_set(database, resolved.set_name)
+                    check_model(resolved.model.name)
+                    if not as_json:
+                        err_console.print(recipe_changes(resolved), highlight=False, soft_wrap=True)
+        from .model import quiet_libraries
+
+        quiet_libraries()  # before torch, transformers and bitsandbytes load: their notices come at import
+        from .train import NullDisplay, train
+
         display = RichDisplay(quiet=as_json) if dist.writer else NullDisplay()
         summary = train(database, resolved, resume_run=resume, steps=steps, save_every=save_every,
                         report_to=(report_to or None) if resume else None, display=display, dist=dist)
     except distributed.Relayed:
         raise typer.Exit(1) from None  # rank 0 reported it
     except KeyboardInterrupt:
-        raise GcpoError("stopped at once (second Ctrl-C); resume from the last checkpoint with --resume") from None
+        _say(lambda: err_console.print("error: stopped at once (second Ctrl-C); resume from the last checkpoint "
+                                       "with gcpo train --resume RUN", highlight=False))
+        raise typer.Exit(INTERRUPTED) from None
     finally:
         dist.close()
     if not dist.writer:
         return
+    _say(lambda: _report(summary, as_json))
+    if summary["status"] == "interrupted":  # `make demo`, a scheduler and `&&` must not take it for success
+        raise typer.Exit(INTERRUPTED)
+
+
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
+
+
+def _recipe(name: str, override: list[str], values: dict):
+    """The resolved recipe, with every name in it checked (set name text, trackers)."""
+    from . import recipe as recipes
+    from . import trackers
+
+    if values.get("set_name") is not None:
+        store.require_set_name(values["set_name"])
+    resolved = recipes.load(name, list(override), values)
+    trackers.check(resolved.report_to)  # a missing tracker package: one line, nothing started
+    return resolved
+
+
+def recipe_changes(resolved) -> str:
+    """The recipe as one line of what differs from the defaults (recipe.py), instead of ~85
+    lines of JSON; `--print-config` prints all of it."""
+    from . import recipe as recipes
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    def shown(v) -> str:
+        if isinstance(v, (list, tuple)):
+            return ",".join(map(str, v)) or "[]"
+        if v is None or isinstance(v, bool):
+            return json.dumps(v)
+        return json.dumps(v) if isinstance(v, str) and (not v or any(c.isspace() for c in v)) else str(v)
+
+    now, default = flat(recipes.to_dict(resolved)), flat(recipes.to_dict(recipes.from_dict({})))
+    changed = [f"{k}={shown(v)}" for k, v in now.items() if k not in ("name", "description") and v != default.get(k)]
+    return (f"recipe {resolved.name}: {' '.join(changed) or 'the defaults'} "
+            "(the rest as the defaults; --print-config shows all)")
+
+
+def _report(summary: dict, as_json: bool) -> None:
     if as_json:
         print_json(summary)
         return
@@ -182,6 +259,28 @@ def train_cmd(
                   f"(checkpoint {summary['checkpoint_step']}); outputs in {summary['out_dir']}", highlight=False)
     if summary["status"] == "interrupted":
         console.print(f"resume with: gcpo train --resume {summary['run_id']}", highlight=False)
+
+
+def _say(write) -> None:
+    """Print the end of a run to outputs that may be gone (`gcpo train | tee log` and Ctrl-C:
+    tee dies with the terminal's Ctrl-C). The run is recorded by then; a closed pipe only
+    silences what is left: no traceback into it, and the exit code stays the run's (rich
+    raises SystemExit(1) on a closed pipe, and prints are all `write` does)."""
+    try:
+        write()
+    except (BrokenPipeError, SystemExit):
+        _silence()
+
+
+def _silence() -> None:
+    """Point stdout and stderr at /dev/null, so Python's own flush at exit does not fail on a
+    closed pipe once more (the recipe in the Python docs' note on SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 @app.command("runs")

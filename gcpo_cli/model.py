@@ -6,9 +6,11 @@ once into GCPO_HOME/cache), so one code path loads them all, in fp32 or as a 4-b
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,18 +41,39 @@ def embedded_gguf() -> Path:
     return path
 
 
-def _atomic_folder(target: Path, build) -> Path:
-    """Build a folder in a temp dir beside `target`, then rename: no half-written cache."""
+def _atomic_folder(target: Path, build, label: str | None = None) -> Path:
+    """Build a folder in a temp dir beside `target`, then rename: no half-written cache, and a
+    build that fails (a full disk) leaves nothing to be read next time. The build runs on its
+    own torch RNG: a random init (tiny, a GGUF's plain copy) must not move the seeded RNG the
+    caller's run draws its LoRA init from, or the first run in a fresh GCPO_HOME would differ
+    from every later one with the same seed (issue 27 item 12). `label`: one-off work a user
+    waits for, said on stderr before it starts."""
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    import torch
+
     try:
-        build(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    except OSError as e:
+        raise ModelError(f"cannot write the model cache in {target.parent}: {e.strerror or e}") from None
+    if label:
+        print(label, file=sys.stderr, flush=True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            build(tmp)
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race
             shutil.rmtree(tmp, ignore_errors=True)
+    except Exception as e:
+        # safetensors reports a full disk as its own SafetensorError, with the OS error in its
+        # text; the tokenizer and the config files as OSError
+        if not isinstance(e, OSError) and type(e).__name__ != "SafetensorError":
+            raise
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise ModelError(f"cannot write the model cache {target}: {why[:200]} (free some space there, or "
+                         "point GCPO_HOME at a disk with room)") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -59,12 +82,18 @@ def _atomic_folder(target: Path, build) -> Path:
 
 def _materialise_gguf(gguf: Path, out: Path) -> None:
     """GGUF -> fp32 safetensors folder. A GGUF-loaded model is flagged as quantised and refuses
-    save_pretrained, so copy its state into a plain model built from its config."""
+    save_pretrained, so copy its state into a plain model built from its config. transformers
+    draws its own tqdm bar over the tensors (not one its progress setting turns off): it goes
+    nowhere, the caller labels the wait instead."""
+    import contextlib
+    import io
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with contextlib.redirect_stderr(io.StringIO()):
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = src.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -108,42 +137,109 @@ def build_tiny(out: Path, seed: int = 0) -> Path:
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(out)
+    with torch.random.fork_rng(devices=[]):  # the caller's seeded RNG stays where it was
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
 
-def resolve_model(name: str) -> str:
-    """A model name -> a folder or hub id that from_pretrained loads."""
+def check_model(name: str) -> str:
+    """Check a model name without loading or building anything, so a typo is refused before
+    torch loads: returns its kind ("embedded", "tiny", "gguf", "folder", "hub"), or ModelError.
+    A hub id not in the local Hugging Face cache needs the Hub to answer within HUB_TIMEOUT_S."""
     if name == EMBEDDED:
-        return str(_atomic_folder(paths.cache_dir() / EMBEDDED, lambda d: _materialise_gguf(embedded_gguf(), d)))
+        embedded_gguf()
+        return "embedded"
     if name == TINY:
-        return str(_atomic_folder(paths.cache_dir() / TINY, build_tiny))
+        return "tiny"
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
-        if not path.exists():
+        if not path.is_file():
             raise ModelError(f"GGUF file not found: {path}")
-        target = paths.cache_dir() / f"gguf-{path.stem}-{path.stat().st_size}"
-        return str(_atomic_folder(target, lambda d: _materialise_gguf(path.resolve(), d)))
+        return "gguf"
     if path.exists():
-        if not (path / "config.json").exists():
+        if not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a model folder (no config.json)")
-        return str(path)
+        return "folder"
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelError(
             f"model '{name}' is not a folder, a .gguf file, '{EMBEDDED}', '{TINY}' or a hub id (ORG/NAME)"
         )
-    return name  # a hub id: from_pretrained downloads it (needs network)
+    _check_hub(name)
+    return "hub"
+
+
+HUB_TIMEOUT_S = 5.0
+
+
+@functools.lru_cache(maxsize=None)
+def _check_hub(repo_id: str) -> None:
+    """Ask the Hub once, with a short timeout, whether it serves `repo_id`: from_pretrained
+    retries each file for about a minute before it says the Hub cannot be reached (issue 26).
+    A model already in the cache is used from there when the Hub does not answer, as
+    HF_HUB_OFFLINE would."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    local = "to use a model on disk, give its folder: --model PATH"
+    cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    if constants.HF_HUB_OFFLINE:
+        if not cached:
+            raise ModelError(f"model '{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
+                             f"(download it once online: hf download {repo_id}); {local}")
+        return
+    try:
+        HfApi().model_info(repo_id, timeout=HUB_TIMEOUT_S)
+    except GatedRepoError:
+        raise ModelError(f"model '{repo_id}' is gated: accept its terms on the Hub and set HF_TOKEN "
+                         "(or run `hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"no model '{repo_id}' on {constants.ENDPOINT} (a private one needs HF_TOKEN); "
+                         f"{local}") from None
+    except HfHubHTTPError as e:
+        if cached:
+            return
+        code = getattr(getattr(e, "response", None), "status_code", None)
+        raise ModelError(f"the Hub ({constants.ENDPOINT}) answered {code} for model '{repo_id}'; {local}") from None
+    except Exception as e:  # refused, timed out, no DNS: the Hub cannot be reached
+        if cached:
+            constants.HF_HUB_OFFLINE = True  # the cached copy, without a minute of retries per file
+            return
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise ModelError(f"cannot reach {constants.ENDPOINT} within {HUB_TIMEOUT_S:.0f} s to download model "
+                         f"'{repo_id}' ({why}); {local}") from None
+
+
+def resolve_model(name: str) -> str:
+    """A model name -> a folder or hub id that from_pretrained loads (check_model first)."""
+    kind = check_model(name)
+    if kind == "embedded":
+        return str(_atomic_folder(paths.cache_dir() / EMBEDDED, lambda d: _materialise_gguf(embedded_gguf(), d),
+                                  label="converting the embedded model once (~25 s)"))
+    if kind == "tiny":
+        return str(_atomic_folder(paths.cache_dir() / TINY, build_tiny))
+    path = Path(name).expanduser()
+    if kind == "gguf":
+        target = paths.cache_dir() / f"gguf-{path.stem}-{path.stat().st_size}"
+        return str(_atomic_folder(target, lambda d: _materialise_gguf(path.resolve(), d),
+                                  label=f"converting {path.name} once into {target}"))
+    if kind == "folder":
+        return str(path)
+    return name  # a hub id: from_pretrained downloads it (or reads the cache)
 
 
 def quiet_libraries() -> None:
-    """transformers/bitsandbytes chatter (shard progress bars, optional-kernel notices) would
-    drown gcpo's own progress display; real errors still raise."""
+    """transformers/bitsandbytes/kernels chatter (shard progress bars, optional-kernel notices,
+    the trust check of a hub kernel bitsandbytes asks for on AVX512-BF16 CPUs) would drown
+    gcpo's own progress display; real errors still raise. Call it before those libraries are
+    imported: bitsandbytes logs its notice while it is imported (issue 26)."""
     import logging
     import warnings
 
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "pip install kernels" notice on CPUs
+    for library in ("bitsandbytes", "kernels"):
+        logging.getLogger(library).setLevel(logging.ERROR)
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -151,6 +247,10 @@ def quiet_libraries() -> None:
     for module in ("bitsandbytes", "peft", "transformers", "torch"):
         warnings.filterwarnings("ignore", module=module)
     warnings.filterwarnings("ignore", message=".*kernels.*")
+    # A step whose groups all have zero variance makes no optimiser update, and the schedule
+    # still counts it (one lr per training step): torch warns about that order, attributing the
+    # warning to the caller's line, so the module filters above do not catch it.
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer")
 
 
 def load_tokenizer(source: str):
@@ -200,8 +300,10 @@ def load_base(model_cfg, device: str | None = None):
             )
             kwargs["device_map"] = {"": device or ("cuda:0" if torch.cuda.is_available() else "cpu")}
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as e:
-        raise ModelError(f"cannot load model '{model_cfg.name}': {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError) as e:  # missing or unreadable files, a config transformers does not know
+        hint = "" if Path(source).exists() else "; to use a model on disk, give its folder: --model PATH"
+        raise ModelError(f"cannot load model '{model_cfg.name}': {(str(e).splitlines() or [''])[0][:300]}{hint}"
+                         ) from None
     if model_cfg.quant == "none":
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     else:

@@ -81,7 +81,7 @@ def test_bad_input_is_one_line_and_changes_nothing(name, home, runner, tmp_path)
     assert r.exit_code == 1, r.output
     lines = [line for line in r.output.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
-    # one error line, the last one (train prints the resolved recipe first), and no traceback
+    # one error line, the last one (train shows its recipe first when the error needs the model), no traceback
     assert errors == [lines[-1]] and says in errors[0] and "Traceback" not in r.output, r.output
     assert state(home) == before
     assert not (tmp_path / "typo.db").exists()  # a read command never creates a database
