@@ -75,6 +75,7 @@ class UpdateStats:
     sampler_logp_abs_diff: float | None = None  # mean |log pi_old - log pi_sampler| per token
     sampler_kl: float | None = None  # mean k3 estimate of KL(pi_sampler || pi_old) per token
     sampler_tokens: int = 0  # tokens with a sampler log-prob
+    sampler_nonfinite: int = 0  # sampler log-probs that were NaN or infinite: treated as absent
     tis_weight_mean: float | None = None  # mean truncated importance weight (tis_cap set)
 
 
@@ -92,6 +93,7 @@ class Tally:
     mismatch_abs: float = 0.0
     mismatch_kl: float = 0.0
     mismatch_tokens: float = 0.0
+    nonfinite: int = 0
     tis_sum: float = 0.0
     tis_n: float = 0.0
 
@@ -112,7 +114,7 @@ def update(policy: Policy, kept: list[tuple[int, list[Rollout]]], recipe, dist: 
         logprobs = logprob_fn(policy, recipe)
         on_policy = recipe.mini_batches * recipe.ppo_epochs == 1
         old = None if on_policy else old_logprobs(logprobs, [x for part in parts for x in part if x.in_loss],
-                                                  recipe.micro_batch)
+                                                  recipe.micro_batch, recipe.micro_batch_tokens)
         for epoch in range(recipe.ppo_epochs):
             for mb, part in zip(plan, parts):
                 if not mb.active:  # no rank has a sequence in this mini-batch's loss: skipped everywhere
@@ -120,11 +122,11 @@ def update(policy: Policy, kept: list[tuple[int, list[Rollout]]], recipe, dist: 
                 first = not tally.norms
                 policy.optimizer.zero_grad(set_to_none=True)
                 loss = 0.0
-                for chunk in micro_batches([x for x in part if x.in_loss], recipe.micro_batch):
+                active = [x for x in part if x.in_loss]
+                for chunk in micro_batches(active, recipe.micro_batch, recipe.micro_batch_tokens):
                     if first and stop is not None:
                         stop.check()
-                    loss += backward(logprobs, chunk, old, mb.denom, recipe, tally, first_epoch=epoch == 0,
-                                     first_update=first)
+                    loss += backward(logprobs, chunk, old, mb.denom, recipe, tally, first_epoch=epoch == 0)
                 if first and stop is not None:
                     stop.check()
                 tally.losses.append(loss)
@@ -161,10 +163,19 @@ def mine(plan: list[MiniBatch], start: dict[int, int], kept: list[tuple[int, lis
     return parts
 
 
-def micro_batches(rollouts: list[Rollout], size: int) -> list[list[Rollout]]:
-    """Chunks of at most `size` sequences, similar lengths together (less padding)."""
-    ordered = sorted(rollouts, key=lambda x: len(x.prompt_ids) + x.completion_tokens)
-    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+def micro_batches(rollouts: list[Rollout], size: int, tokens: int = 0) -> list[list[Rollout]]:
+    """Chunks of at most `size` sequences and, with `tokens`, at most that many padded tokens
+    (sequences x the longest prompt + completion), similar lengths together (less padding). The
+    update's activations grow with a chunk's tokens, so the token cap is what bounds its memory
+    at long completions (a single longer sequence still makes a chunk of its own)."""
+    chunks: list[list[Rollout]] = []
+    for x in sorted(rollouts, key=lambda x: len(x.prompt_ids) + x.completion_tokens):
+        width = len(x.prompt_ids) + x.completion_tokens  # the longest so far, sorted ascending
+        if chunks and len(chunks[-1]) < size and (not tokens or (len(chunks[-1]) + 1) * width <= tokens):
+            chunks[-1].append(x)
+        else:
+            chunks.append([x])
+    return chunks
 
 
 def logprob_fn(policy: Policy, recipe):
@@ -183,12 +194,12 @@ def logprob_fn(policy: Policy, recipe):
     return logprobs
 
 
-def old_logprobs(logprobs, rollouts: list[Rollout], micro_batch: int) -> dict[int, torch.Tensor]:
+def old_logprobs(logprobs, rollouts: list[Rollout], micro_batch: int, tokens: int = 0) -> dict[int, torch.Tensor]:
     """pi_old: each rollout's completion log-probs [L_i] under the policy that sampled, without
     gradient, keyed by id(rollout)."""
     old = {}
     with torch.no_grad():
-        for chunk in micro_batches(rollouts, micro_batch):
+        for chunk in micro_batches(rollouts, micro_batch, tokens):
             logp, _ = logprobs(chunk)
             for row, x in zip(logp, chunk):
                 old[id(x)] = row[: x.completion_tokens]
@@ -196,12 +207,12 @@ def old_logprobs(logprobs, rollouts: list[Rollout], micro_batch: int) -> dict[in
 
 
 def backward(logprobs, chunk: list[Rollout], old: dict | None, denom: float, recipe, tally: Tally,
-             first_epoch: bool, first_update: bool) -> float:
+             first_epoch: bool) -> float:
     """One micro-batch's share of a mini-batch's loss, backpropagated; returns its value and adds
-    to the tally its clip counts and ratios, in the first epoch (where each sequence is seen once)
-    the sampler/trainer mismatch and, in the first optimiser update, pi_old's golden-answer
-    log-probs. Sets each rollout's seq_ratio (its last pass). `old`: pi_old per rollout, or None
-    on-policy (then pi_old is logp, detached)."""
+    to the tally its clip counts and ratios and, in the first epoch (where each sequence is seen
+    once), pi_old's golden-answer log-probs and the sampler/trainer mismatch. Sets each
+    rollout's seq_ratio (its last pass). `old`: pi_old per rollout, or None on-policy (then
+    pi_old is logp, detached)."""
     logp, mask = logprobs(chunk)
     old_logp = logp.detach() if old is None else stack_padded([old[id(x)] for x in chunk], logp)
     weight = None
@@ -212,6 +223,12 @@ def backward(logprobs, chunk: list[Rollout], old: dict | None, denom: float, rec
         rows = [torch.tensor(x.sampler_logprobs) if h else torch.zeros(0) for x, h in zip(chunk, has)]
         sampler_logp = stack_padded(rows, logp)
         smask = mask * torch.tensor(has, device=mask.device, dtype=mask.dtype)[:, None]
+        # a NaN or infinite sampler log-prob (vLLM reports NaN where it has none) is absent
+        finite = torch.isfinite(sampler_logp)
+        if first_epoch:
+            tally.nonfinite += int((smask.bool() & ~finite).sum())
+        smask = smask * finite
+        sampler_logp = torch.where(finite, sampler_logp, torch.zeros_like(sampler_logp))
         if first_epoch:
             abs_sum, kl_sum, tokens = sampler_mismatch(old_logp, sampler_logp, smask)
             tally.mismatch_abs += abs_sum
@@ -235,7 +252,7 @@ def backward(logprobs, chunk: list[Rollout], old: dict | None, denom: float, rec
     for i, (x, ratio) in enumerate(zip(chunk, parts.seq_ratio.tolist())):
         x.seq_ratio = ratio
         tally.ratios.append(ratio)
-        if first_update and x.is_golden:
+        if first_epoch and x.is_golden:
             tally.golden_logp += float(old_logp[i].sum())
             tally.golden_tokens += x.completion_tokens
     return float(parts.loss.detach())
@@ -267,5 +284,5 @@ def summarise(tallies: list[Tally]) -> UpdateStats:
         optimizer_updates=len(norms),
         golden_logp_mean=total.golden_logp / total.golden_tokens if total.golden_tokens else None,
         sampler_logp_abs_diff=total.mismatch_abs / t if t else None,
-        sampler_kl=total.mismatch_kl / t if t else None, sampler_tokens=int(t),
+        sampler_kl=total.mismatch_kl / t if t else None, sampler_tokens=int(t), sampler_nonfinite=total.nonfinite,
         tis_weight_mean=total.tis_sum / total.tis_n if total.tis_n else None)

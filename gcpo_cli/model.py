@@ -378,7 +378,7 @@ class MergedSampler:
     weights: sampling then costs what the base model costs, without the adapters' extra matmuls
     (measured in bench/RESULTS.md). Only for unquantised bases; `sync` before each use."""
 
-    def __init__(self, base_model, dtype: str = "auto", attention: str = "auto"):
+    def __init__(self, base_model, dtype: str = "auto", attention: str = "auto"):  # attention: its sampler_attention
         import copy
 
         self.model = copy.deepcopy(base_model)
@@ -403,12 +403,15 @@ class MergedSampler:
         return self.model
 
 
-def set_attention(model, setting: str = "auto") -> None:
-    """The attention kernel (ModelConfig.attention): auto is eager on CPU, sdpa on CUDA. On CPU
-    eager wins for the update's backward and for decoding, whose one-query steps the CPU sdpa
-    kernel runs slowly (bf16 sampling 285 -> 338 tokens/s at 48 new tokens, bench/RESULTS.md)."""
+def set_attention(model, setting: str = "auto", role: str = "sampler") -> None:
+    """The attention kernel of a model that samples (`role` sampler: ModelConfig.sampler_attention)
+    or trains (`update`: ModelConfig.attention). auto: sdpa for the update everywhere (its CPU
+    kernel is flash attention, mask included: memory linear in length, and faster than eager from
+    a few hundred tokens on, bench/RESULTS.md issue 23); for sampling sdpa on CUDA, eager on CPU,
+    whose one-query decode steps the CPU sdpa kernel runs slowly (bf16 sampling 285 -> 338
+    tokens/s at 48 new tokens, bench/RESULTS.md)."""
     if setting == "auto":
-        setting = "sdpa" if next(model.parameters()).device.type == "cuda" else "eager"
+        setting = "sdpa" if role == "update" or next(model.parameters()).device.type == "cuda" else "eager"
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(setting)
 
@@ -425,7 +428,7 @@ def prepare_for_update(model, model_cfg, autocast_on: bool) -> None:
     import torch
 
     device = next(model.parameters()).device.type
-    set_attention(model, model_cfg.attention)
+    set_attention(model, model_cfg.attention, role="update")
     if autocast_on and model_cfg.quant == "none" and model_cfg.dtype == "float32":
         model.to(torch.bfloat16)
 

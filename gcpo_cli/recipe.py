@@ -48,10 +48,13 @@ class ModelConfig:
     # dtype of the merged sampling copy (unquantised bases only); auto: bfloat16 where bf16 is
     # the fast precision (as for autocast), else the model's dtype.
     sampler_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    # attention kernel for the update pass and the merged sampler; auto: eager on CPU (its
-    # backward, and its one-query decode steps, beat the CPU sdpa kernel: bench/RESULTS.md),
-    # sdpa on CUDA (long sequences, less memory).
+    # attention kernel of the update's forward/backward; auto: sdpa (flash attention on CPU and
+    # CUDA: memory linear in length; eager kept every layer's attention probabilities, 13 GB at
+    # 512 tokens on the 135M model, bench/RESULTS.md issue 23)
     attention: Literal["auto", "eager", "sdpa"] = "auto"
+    # attention kernel of sampling (the merged sampler, and evaluation); auto: eager on CPU (the
+    # CPU sdpa kernel is slow on one-query decode steps), sdpa on CUDA
+    sampler_attention: Literal["auto", "eager", "sdpa"] = "auto"
     # The embedded model is fp32 with full-vocab logits; a shorter chat system prompt is the
     # tokenizer's business, not ours: we always use the tokenizer's own chat template.
 
@@ -183,6 +186,10 @@ class Recipe:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     micro_batch: int = 16  # sequences per forward/backward chunk (memory knob, not maths)
+    # and at most this many tokens per chunk (sequences x their longest prompt + completion): the
+    # update's activations grow with a chunk's tokens, so this bounds its memory at long
+    # completions (bench/RESULTS.md, issue 23); 0: no limit
+    micro_batch_tokens: int = 2048
 
     # run
     steps: int = 15
@@ -292,6 +299,12 @@ def _validate(r: "Recipe") -> None:
                           f"{r.weight_decay} and {r.max_grad_norm}")
     if not 0 <= r.lora.dropout < 1:
         raise RecipeError(f"recipe key 'lora.dropout': must be in [0, 1), got {r.lora.dropout}")
+    if r.lora.dropout > 0 and r.mini_batches * r.ppo_epochs > 1:
+        # pi_old and every later log-prob would see different dropout masks: the PPO ratio is
+        # then noise, and GSPO's 3e-4 clip fires on it (issue 25)
+        raise RecipeError(f"recipe key 'lora.dropout' is {r.lora.dropout} with {r.mini_batches} mini-batch(es) x "
+                          f"{r.ppo_epochs} epoch(s): dropout makes the importance ratio noise; use lora.dropout 0 "
+                          "with several updates a step, or one update (mini_batches 1, ppo_epochs 1)")
     positive = ["problems_per_step", "samples_per_problem", "max_new_tokens", "steps", "micro_batch",
                 "mini_batches", "ppo_epochs", "synthetic_count", "frontier_hopeless_after"]
     for key in positive:
@@ -299,6 +312,8 @@ def _validate(r: "Recipe") -> None:
             raise RecipeError(f"recipe key '{key}': must be at least 1, got {getattr(r, key)}")
     if r.samples_per_problem < 2:
         raise RecipeError("recipe key 'samples_per_problem': a group needs at least 2 samples")
+    if r.micro_batch_tokens < 0:
+        raise RecipeError(f"recipe key 'micro_batch_tokens': must be >= 0 (0 = no limit), got {r.micro_batch_tokens}")
     if r.save_every < 0 or r.warmup_steps < 0 or r.max_resample_rounds < 0 or r.frontier_window < 1:
         raise RecipeError("recipe keys 'save_every', 'warmup_steps', 'max_resample_rounds' must be >= 0 "
                           "and 'frontier_window' >= 1")

@@ -62,6 +62,81 @@ def stop_ids(model, tokenizer, source: str | None = None) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+# ------------------------------------------------------------------ the decoding loop's cache and attention
+
+def growing_layer_class():
+    """A KV-cache layer that writes into a buffer allocated once for the whole generation
+    (prompt + max_new_tokens) and hands attention a view of its filled part: no copy of the
+    whole cache per token, as concatenation does (O(T^2) memory traffic over a generation; at
+    256 new tokens the larger part of a decode step's time on CPU)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity, self.length = capacity, 0
+
+        def lazy_initialization(self, key_states, value_states) -> None:
+            b, h, _, d = key_states.shape
+            self.device = key_states.device
+            self.keys = key_states.new_zeros(b, h, self.capacity, d)
+            self.values = value_states.new_zeros(b, h, self.capacity, value_states.shape[-1])
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = key_states.shape[-2]
+            if self.length + n > self.capacity:
+                raise RuntimeError(f"KV cache of {self.capacity} positions is full")
+            self.keys[:, :, self.length:self.length + n] = key_states
+            self.values[:, :, self.length:self.length + n] = value_states
+            self.length += n
+            return self.keys[:, :, :self.length], self.values[:, :, :self.length]
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def batch_select_indices(self, indices) -> None:
+            if self.is_initialized:
+                self.keys, self.values = self.keys[indices], self.values[indices]
+
+    return GrowingLayer
+
+
+def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention for sampling ("gcpo_decode"): a one-query decode step attends with the query
+    heads of each key/value head packed together, so grouped-query attention reads the cache in
+    place instead of repeating it per query head (what eager attention copies every step);
+    longer queries (the prefill) go to sdpa."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    b, heads, q_len, d = query.shape
+    kv_heads = key.shape[1]
+    if q_len != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    q = query.reshape(b, kv_heads, heads // kv_heads, d)  # query head h reads key/value head h // groups
+    scores = torch.matmul(q, key.transpose(-1, -2)) * (scaling if scaling is not None else d ** -0.5)  # [b, kv, g, T]
+    if attention_mask is not None:  # sdpa's boolean mask [b, 1, 1, T] (True: attend)
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    probs = scores.float().softmax(-1).to(value.dtype)
+    out = torch.matmul(probs, value)  # [b, kv, g, d]
+    return out.reshape(b, heads, 1, d).transpose(1, 2), None
+
+
+def register_decode_attention() -> str:
+    """Register "gcpo_decode" with transformers (once); returns its name for set_attn_implementation."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    if "gcpo_decode" not in AttentionInterface._global_mapping:
+        AttentionInterface.register("gcpo_decode", decode_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register("gcpo_decode", sdpa_mask)
+    return "gcpo_decode"
+
+
 def _sample(logits, temperature: float, top_p: float, uniforms=None):
     """(next tokens, their log-probs) from [N, V] logits: greedy at temperature 0 (log-probs
     None), else nucleus sampling; a token's log-prob is the probability it was drawn with, at
@@ -93,17 +168,21 @@ def _decode_batch(model, tokenizer, prompts: list[list[int]], n: int, max_new_to
                   temperature: float, top_p: float, stop: set[int],
                   streams: list | None = None) -> tuple[list[list[int]], list[list[float]] | None]:
     """n continuations of each prompt with a KV cache. Each prompt is prefilled once and its
-    cache fanned out to its n samples; rows that finish are dropped from the batch, so late
-    steps only pay for the sequences still running. Returns [len(prompts) * n] token lists and
-    their sampled log-probs (None when greedy).
-    `streams`: one random.Random per output row, drawn once per token while the row runs."""
+    cache fanned out to its n samples. Finished rows leave the batch once a quarter of it has
+    finished (each compaction copies the cache), so late steps pay only for the rows still
+    running. Returns [len(prompts) * n] token lists and their sampled log-probs (None when
+    greedy). `streams`: one random.Random per output row, drawn once per token while the row runs."""
     import torch
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
     device = next(model.parameters()).device
     padded = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt")
     ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)  # [P, W]
     cache = DynamicCache(config=model.config)
+    if all(type(layer) is DynamicLayer for layer in cache.layers):  # full attention: preallocate
+        growing = growing_layer_class()
+        cache.layers = [growing(ids.shape[1] + max_new_tokens) for _ in cache.layers]
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
                 past_key_values=cache, use_cache=True, logits_to_keep=1)
     rows = torch.arange(len(prompts), device=device).repeat_interleave(n)
@@ -112,34 +191,39 @@ def _decode_batch(model, tokenizer, prompts: list[list[int]], n: int, max_new_to
     logits = out.logits[rows, -1]  # [N, V]
     attn = mask[rows]
     pos = attn.sum(1)
-    alive = torch.arange(len(rows), device=device)  # which output row each batch row is
-    outputs: list[list[int]] = [[] for _ in range(len(rows))]
-    logps: list[list[float]] = [[] for _ in range(len(rows))]
+    total = len(rows)
+    alive = torch.arange(total, device=device)  # which output row each batch row is
+    done = torch.zeros(total, dtype=torch.bool, device=device)  # batch rows that stopped, not yet compacted
+    tokens = torch.zeros(total, max_new_tokens, dtype=torch.long)  # [N, T] filled as rows run
+    logps = torch.zeros(total, max_new_tokens)
+    length = torch.zeros(total, dtype=torch.long)  # tokens each output row produced
     stop_t = torch.tensor(sorted(stop), device=device)
     for t in range(max_new_tokens):
         u = None
         if streams is not None and temperature > 0:
-            u = torch.tensor([1.0 - streams[r].random() for r in alive.tolist()], dtype=torch.float64, device=device)
+            u = torch.tensor([1.0 - streams[r].random() if not d else 0.5
+                              for r, d in zip(alive.tolist(), done.tolist())], dtype=torch.float64, device=device)
         nxt, lp = _sample(logits, temperature, top_p, u)
-        for r, tok in zip(alive.tolist(), nxt.tolist()):
-            outputs[r].append(tok)
+        live = alive[~done].cpu()
+        tokens[live, t] = nxt[~done].cpu()
         if lp is not None:
-            for r, v in zip(alive.tolist(), lp.tolist()):
-                logps[r].append(v)
-        running = ~torch.isin(nxt, stop_t)
-        if t == max_new_tokens - 1 or not bool(running.any()):
+            logps[live, t] = lp[~done].float().cpu()
+        length[live] += 1
+        done = done | torch.isin(nxt, stop_t)
+        if t == max_new_tokens - 1 or bool(done.all()):
             break
-        if not bool(running.all()):  # compact: finished rows leave the batch
-            keep = running.nonzero().squeeze(-1)
+        if int(done.sum()) * 4 >= len(done):  # compact: finished rows leave the batch
+            keep = (~done).nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
-            alive, nxt, attn, pos = alive[keep], nxt[keep], attn[keep], pos[keep]
+            alive, nxt, attn, pos, done = alive[keep], nxt[keep], attn[keep], pos[keep], done[keep]
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
         out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos[:, None],
                     past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         logits = out.logits[:, -1]
         pos = pos + 1
-    return outputs, (logps if temperature > 0 else None)
+    outputs = [tokens[r, : length[r]].tolist() for r in range(total)]
+    return outputs, ([logps[r, : length[r]].tolist() for r in range(total)] if temperature > 0 else None)
 
 
 def generate(

@@ -462,7 +462,7 @@ def load_policy(r: Recipe, sample_text: str, adapter, dist: distributed.Dist) ->
     prompt_from_recipe(r).render(tok, sample_text)  # a chat preset without a chat template: fail now
     kind = engines.resolve(r.engine, next(model.parameters()).device.type)
     merge = r.model.quant == "none" and kind == "hf"  # the hf engine samples a merged copy
-    sampler = MergedSampler(model, r.model.sampler_dtype, r.model.attention) if merge else None
+    sampler = MergedSampler(model, r.model.sampler_dtype, r.model.sampler_attention) if merge else None
     prepare_for_update(model, r.model, autocast_enabled(model, r.model.autocast))
     model = prepare_base(model, r.model)
     model = load_adapter(model, adapter, trainable=True) if adapter else add_lora(model, r.lora)

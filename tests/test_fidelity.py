@@ -4,15 +4,17 @@ denominator is its own."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from gcpo_cli import curriculum
+from gcpo_cli import curriculum, learner
 from gcpo_cli import recipe as recipes
-from gcpo_cli import learner
 from gcpo_cli import train as training
 from gcpo_cli.logprobs import completion_logprobs
 from gcpo_cli.model import autocast_context, build_tiny
+from gcpo_cli.records import Rollout
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +221,68 @@ def test_a_quantised_run_is_evaluated_on_its_nf4_base_with_the_adapter(db, tiny_
     m = loaded["model"]
     assert any(isinstance(x, bnb.nn.Linear4bit) for x in m.modules())  # the 4-bit base, as trained
     assert any("lora_A" in k for k, _ in m.named_parameters())  # the adapter on top, unmerged
+
+
+def test_micro_batches_are_capped_by_sequences_and_tokens_and_keep_similar_lengths_together():
+    from gcpo_cli.learner import micro_batches
+
+    def seq(n):
+        return Rollout(problem_id="p", sample_index=0, completion="", extracted_answer=None, truncated=False,
+                       reward=0.0, correct=False, prompt_ids=[1] * 10, completion_ids=[2] * n)
+
+    xs = [seq(n) for n in (90, 10, 40, 30, 20, 190)]
+    assert [[x.completion_tokens for x in c] for c in micro_batches(xs, 4)] == [[10, 20, 30, 40], [90, 190]]
+    # at most 120 padded tokens: 20+30 (2 x 40 = 80) fit, a third (3 x 50) does not; 200 > 120 alone
+    chunks = micro_batches(xs, 4, tokens=120)
+    assert [[x.completion_tokens for x in c] for c in chunks] == [[10, 20, 30], [40], [90], [190]]
+
+
+def test_the_token_cap_splits_micro_batches_without_changing_the_gradient(db, tiny_dir):
+    """micro_batch_tokens is a memory knob: one chunk or one sequence per chunk, the same gradient."""
+    got = {}
+    for cap in (0, 1):
+        ctx = setup(db, tiny_dir, f"micro_batch_tokens={cap}", "max_grad_norm=1e9", "lr=1e-12")
+        learner.update(ctx.policy, [(0, batch(ctx, ADV))], ctx.recipe)
+        got[cap] = grads(ctx.model)
+    for k in got[0]:
+        assert torch.allclose(got[0][k], got[1][k], atol=1e-7, rtol=1e-4), k
+
+
+def test_a_missing_sampler_logprob_is_left_out_of_the_loss_and_counted(db, tiny_dir):
+    """vLLM reports NaN for a token whose log-prob it could not give (issue 25): that token is
+    treated as having no sampler log-prob, so the importance weights and the loss stay finite,
+    and the step counts it."""
+    ctx = setup(db, tiny_dir, "tis_cap=2", "max_grad_norm=1e9")
+    rollouts = batch(ctx, ADV)
+    for x in rollouts:
+        x.sampler_logprobs = [-1.0] * x.completion_tokens
+    rollouts[1].sampler_logprobs[2] = float("nan")
+    stats = learner.update(ctx.policy, [(0, rollouts)], ctx.recipe)
+    assert math.isfinite(stats.loss) and math.isfinite(stats.grad_norm) and math.isfinite(stats.tis_weight_mean)
+    assert stats.sampler_nonfinite == 1
+    assert stats.sampler_tokens == sum(x.completion_tokens for x in rollouts) - 1
+
+
+def test_golden_answer_logprob_counts_every_golden_answer_of_the_step(db, tiny_dir):
+    """golden_logp_mean is pi_old's mean token log-prob over all the step's golden answers, in
+    every mini-batch (it counted only the first mini-batch's)."""
+    ctx = setup(db, tiny_dir, "mini_batches=2", "lr=5e-2")
+    rollouts = batch(ctx, ADV)
+    rollouts[0].is_golden = rollouts[4].is_golden = True  # one in each mini-batch
+    golden = [rollouts[0], rollouts[4]]
+    with torch.no_grad():
+        logp, mask = completion_logprobs(ctx.model, ctx.tok, [x.prompt_ids for x in golden],
+                                         [x.completion_ids for x in golden])
+    want = float(logp.sum() / mask.sum())
+    stats = learner.update(ctx.policy, [(0, rollouts)], ctx.recipe)
+    assert stats.golden_logp_mean == pytest.approx(want, abs=1e-5)
+
+
+def test_lora_dropout_with_several_updates_a_step_is_refused():
+    """With LoRA dropout, pi_old and each later log-prob see different dropout masks, so the PPO
+    ratio is noise and GSPO's 3e-4 clip fires on it (issue 25): one clear error at load."""
+    with pytest.raises(recipes.RecipeError, match="lora.dropout"):
+        recipes.load("tiny", ["lora.dropout=0.1", "mini_batches=2"])
+    with pytest.raises(recipes.RecipeError, match="lora.dropout"):
+        recipes.load("tiny", ["lora.dropout=0.1", "ppo_epochs=2"])
+    assert recipes.load("tiny", ["lora.dropout=0.1"]).lora.dropout == 0.1  # on-policy: one update, no ratio

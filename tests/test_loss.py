@@ -13,8 +13,8 @@ from gcpo_cli.loss import (
     log_ratio,
     overlong_shaping,
     policy_loss,
-    token_logprobs,
 )
+from gcpo_cli.logprobs import head_logprobs, token_logprobs
 
 
 def test_group_advantages_standardise_within_each_group():
@@ -126,8 +126,6 @@ def test_token_logprobs_equals_log_softmax_gather():
 
 
 def test_chunked_head_logprobs_match_and_backprop_like_the_full_computation():
-    from gcpo_cli.loss import head_logprobs
-
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 13, bias=False)
     hidden = torch.randn(3, 5, 8, requires_grad=True)
@@ -138,6 +136,32 @@ def test_chunked_head_logprobs_match_and_backprop_like_the_full_computation():
     (g_chunked,) = torch.autograd.grad(chunked.sum(), hidden)
     assert torch.allclose(full, chunked, atol=1e-6) and torch.allclose(g_full, g_chunked, atol=1e-6)
     assert torch.allclose(full, token_logprobs(head(hidden), targets), atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_fused_head_gradients_match_autograd_for_hidden_states_and_weight_with_padding(temperature):
+    """The fused head (HeadLogprob) against plain autograd through head -> log_softmax ->
+    gather: values, the gradient of any upstream loss to the hidden states and to the weight,
+    padded positions left at 0, and the per-position entropy."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 13, bias=False).double()
+    hidden = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 13, (3, 5))
+    mask = torch.ones(3, 5)
+    mask[0, 3:] = 0
+    upstream = torch.randn(3, 5, dtype=torch.float64)
+    ref = token_logprobs(head(hidden) / temperature, targets).double() * mask
+    ls = torch.log_softmax(head(hidden) / temperature, -1)
+    want_entropy = -(ls.exp() * ls).sum(-1) * mask
+    want = torch.autograd.grad((ref * upstream).sum(), [hidden, head.weight])
+    for chunk in (13 * 2, 13 * 100):  # several chunks, and one
+        got, entropy = head_logprobs(hidden, head, targets, temperature, max_elements=chunk, mask=mask, entropy=True)
+        assert torch.allclose(got.double(), ref, atol=1e-5)
+        assert torch.equal(got[0, 3:], torch.zeros(2))
+        assert torch.allclose(entropy.double(), want_entropy, atol=1e-5)
+        grads = torch.autograd.grad((got.double() * upstream).sum(), [hidden, head.weight])
+        for g, w in zip(grads, want):
+            assert torch.allclose(g.double(), w, atol=1e-5)
 
 
 def test_clip_removes_exactly_the_gradient_of_sequences_outside_the_range_on_the_advantage_side():
@@ -189,8 +213,6 @@ def test_luffy_weighting_against_plain_is_gamma_p_over_p_plus_gamma_squared():
 
 
 def test_logprobs_are_at_the_sampling_temperature():
-    from gcpo_cli.loss import head_logprobs
-
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 13, bias=False)
     hidden = torch.randn(2, 4, 8)
