@@ -59,7 +59,7 @@ class RichDisplay:
         if not self.quiet:
             r = ctx.recipe
             self.console.print(f"run [bold]{ctx.run_id}[/]: {r.algorithm} on {len(ctx.pool)} problems "
-                               f"({len(ctx.holdout)} held out), B={r.problems_per_step} G={r.samples_per_problem}, "
+                               f"({len(ctx.holdout)} held out), B={r.generation.problems_per_step} G={r.generation.samples_per_problem}, "
                                f"model {r.model.name}", highlight=False)
         self.progress.start()
         self.task = self.progress.add_task("train", total=total, completed=done, stats="")
@@ -338,6 +338,10 @@ def export_cmd(
     revision: Annotated[Optional[str], typer.Option("--revision", "--branch", show_default=False,
                                                     help="Push to this branch of the repo (created if new; "
                                                          "default: main).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(
+        "--dtype", metavar="DTYPE", show_default=False,
+        help="With --merge: the merged weights' dtype, float32, bfloat16 or float16 (default: the dtype the "
+             "base ships in, e.g. bfloat16 for smollm2-135m).")] = None,
     license_id: Annotated[Optional[str], typer.Option(
         "--license", show_default=False,
         help="License id for the card's metadata, e.g. apache-2.0 (default: the base model's when gcpo "
@@ -351,7 +355,11 @@ def export_cmd(
     The card (README.md) comes from the database: the resolved recipe, the
     training curve (reward first/last/best, golden answers injected),
     held-out accuracy before and after, every finished evaluation of the run
-    (gcpo eval --run RUN), and how to load the model.
+    (gcpo eval --run RUN), and how to load the model; its Hub metadata names
+    the base, the hub datasets trained on and the checkpoint's results
+    (model-index). The folder is portable: it names the base by its hub id
+    (else its folder's name), never a path of this machine, and its files are
+    readable by others. A merged model keeps the base's dtype (--dtype).
 
     With --push-to-hub the folder is uploaded to the Hugging Face Hub. If the
     push fails (token refused, no network), the folder stays on disk and its
@@ -369,6 +377,10 @@ def export_cmd(
         raise GcpoError("name the run to export: --run RUN (see gcpo runs)")
     if (private or revision) and not push_to_hub:
         raise GcpoError("--private and --revision apply to --push-to-hub ORG/NAME")
+    if dtype is not None and not merge:
+        raise GcpoError("--dtype applies to --merge (an adapter keeps the dtype it trained in)")
+    if dtype is not None and dtype not in publish.DTYPES:
+        raise GcpoError(f"--dtype must be one of {', '.join(publish.DTYPES)}, not '{dtype}'")
     database = open_for_reading(db)
     row = store.resolve_run(database, ref)
     step = checkpoints.pick(row, step)
@@ -382,12 +394,13 @@ def export_cmd(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GcpoError(f"{out} exists and is not an empty folder")
     data = publish.card_data(database, row, step, merge)
-    card = publish.render_card(data, title=push_to_hub or out.resolve().name, load_from=push_to_hub or str(out),
-                               license_id=license_id)
+    # the snippet loads the folder by its name: the card names no path of this machine
+    card = publish.render_card(data, title=push_to_hub or out.resolve().name,
+                               load_from=push_to_hub or out.resolve().name, license_id=license_id)
     existed = out.exists()
     try:
-        _export(row, step, src, out, merge)
-        publish.write_card(out, card, data["base"] if push_to_hub else None)
+        _export(row, step, src, out, merge, dtype)
+        publish.write_card(out, card, data["base_name"])
     except BaseException as e:  # nothing half-written stays (a full disk, a bad adapter, Ctrl-C)
         if not existed:
             shutil.rmtree(out, ignore_errors=True)
@@ -421,22 +434,29 @@ def _push(out: Path, repo_id: str, private: bool, revision: str | None, message:
                         f"(upload it later with: {again})") from None
 
 
-def _export(row: dict, step: int, src: Path, out: Path, merge: bool) -> None:
+def _export(row: dict, step: int, src: Path, out: Path, merge: bool, dtype: str | None) -> None:
+    """The checkpoint's adapter, or base + adapter merged in the base's dtype (`dtype` when given):
+    merged in the dtype the run trained in, then cast once."""
     if not merge:
         shutil.copytree(src, out, dirs_exist_ok=True)
         return
-    from .model import load_adapter, load_base
+    import torch
+
+    from . import publish
+    from .model import load_adapter, load_base, quiet_libraries
     from .recipe import ModelConfig
 
+    quiet_libraries()
     trained = (store.loads(row["recipe_json"]) or {}).get("model") or {}
-    dtype = trained.get("dtype", "float32")
+    compute = trained.get("dtype", "float32")
+    dtype = dtype or publish.base_dtype(row["model"])
     if trained.get("quant", "none") != "none":
         # A merged model cannot stay 4-bit: the base is loaded unquantised in the compute dtype.
         err_console.print(f"note: run {row['id']} trained on a {trained['quant']} base; the merged model is "
                           f"a dequantised {dtype} copy, close to but not bit-identical with the policy "
                           "that trained (export without --merge keeps the adapter for the nf4 base)",
                           highlight=False)
-    base, tok, _ = load_base(ModelConfig(name=row["model"], dtype=dtype), device="cpu")
+    base, tok, _ = load_base(ModelConfig(name=row["model"], dtype=compute), device="cpu")
     merged = load_adapter(base, src).merge_and_unload()
-    merged.save_pretrained(out)
+    merged.to(getattr(torch, dtype)).save_pretrained(out)
     tok.save_pretrained(out)

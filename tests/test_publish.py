@@ -193,12 +193,17 @@ def test_card_holds_recipe_curve_held_out_and_evaluations(home, trained, runner,
 
     recipe = yaml.safe_load(section(body, "Recipe").split("```yaml\n", 1)[1].split("```", 1)[0])
     run = store.open_db()["runs"].get(rid)
-    assert recipe == json.loads(run["recipe_json"])  # the resolved recipe, as the run stored it
+    stored = json.loads(run["recipe_json"])
+    # the resolved recipe, as the run stored it, but for the base: its folder's name, not this machine's path
+    assert stored["model"]["name"] == trained["tiny"] and recipe["model"]["name"] == "model"
+    assert recipe == {**stored, "model": {**stored["model"], "name": "model"}}
     assert recipes.from_dict(recipe).eval.holdout == 4  # and it loads back as a recipe
     # the adapter files are the checkpoint's; PEFT's template card is replaced by gcpo's
     ckpt = Path(run["out_dir"]) / "checkpoints" / "step-2" / "adapter"
     assert (out / "adapter_model.safetensors").read_bytes() == (ckpt / "adapter_model.safetensors").read_bytes()
-    assert (out / "adapter_config.json").read_bytes() == (ckpt / "adapter_config.json").read_bytes()
+    exported, saved = (json.loads((d / "adapter_config.json").read_text()) for d in (out, ckpt))
+    assert saved["base_model_name_or_path"] == trained["tiny"]  # the path it trained from
+    assert exported == {**saved, "base_model_name_or_path": "model"}  # the base's folder name, no local path
 
 
 def test_card_loading_snippet_runs(home, trained, tmp_path):
@@ -227,6 +232,7 @@ def test_known_base_gets_its_hub_id_license_and_adapter_config(tmp_path):
     assert publish.hub_base(str(tmp_path)) is None and publish.hub_base("m.gguf") is None
     assert publish.hub_base("tiny") is None
     data = dict(run_id="r1", model="smollm2-135m", base=publish.hub_base("smollm2-135m"), algorithm="gcpo",
+                base_name=publish.portable_base("smollm2-135m"), datasets=[],
                 set_name="s", status="completed", last_step=5, steps_planned=5, step=5, merged=False,
                 recipe={"prompt_template": "{problem}", "max_new_tokens": 64}, held_out=None, evaluations=[],
                 curve=publish._curve([]))
@@ -342,3 +348,126 @@ def test_export_help_explains_publishing(runner):
     for text in ("--push-to-hub", "ORG/NAME", "HF_TOKEN", "HF_ENDPOINT", "--private", "--revision", "--branch",
                  "--license", "model card", "hf upload"):
         assert text in " ".join(r.output.split()), text  # rich wraps paragraphs where the width falls
+
+
+# ----------------------------------------------------------------------------- exports people can share
+@pytest.fixture(scope="module")
+def hub_run(tmp_path_factory) -> dict:
+    """A run on a local base folder stored in bf16 (as the embedded model's hub original is), on a
+    set ingested from a hub dataset (as `gcpo ingest hf:openai/gsm8k --subset main --split test`
+    records it), 4 of its problems held out and graded before and after."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from gcpo_cli.ingest import ingest_rows
+    from gcpo_cli.model import tiny_tokenizer
+
+    home = tmp_path_factory.mktemp("home16")
+    base = tmp_path_factory.mktemp("bases") / "tiny-bf16"
+    fp32 = build_tiny(tmp_path_factory.mktemp("tiny32") / "model")
+    AutoModelForCausalLM.from_pretrained(fp32, dtype=torch.bfloat16).save_pretrained(base)
+    tiny_tokenizer().save_pretrained(base)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GCPO_HOME", str(home))
+        db = store.open_db()
+        rows = [{"problem": f"What is {a} + {a}?", "answer": str(2 * a), "solution": f"So \\boxed{{{2 * a}}}."}
+                for a in range(12)]
+        ingest_rows(db, rows, "gsm8k-test", source="hf:openai/gsm8k/main:test")
+        summary = training.train(db, recipes.load("tiny", [f"model.name={base}", "set_name=gsm8k-test", "steps=1",
+                                                          "eval.holdout=4"]))
+        db.close()
+    return dict(home=home, base=base, run_id=summary["run_id"], summary=summary)
+
+
+def _tensor_dtypes(file: Path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(file), "pt") as f:
+        return {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
+def test_a_merged_export_keeps_the_bases_dtype_unless_told(hub_run, runner, tmp_path, monkeypatch):
+    """Merged exports were fp32 (538 MB for a base that ships at ~270 MB in bf16)."""
+    monkeypatch.setenv("GCPO_HOME", str(hub_run["home"]))
+    rid = hub_run["run_id"]
+    r = runner.invoke(app, ["export", "--run", rid, "--merge", "--out", str(tmp_path / "m16")])
+    assert r.exit_code == 0, r.output
+    assert _tensor_dtypes(tmp_path / "m16" / "model.safetensors") == {"BF16"}
+    assert json.loads((tmp_path / "m16" / "config.json").read_text())["dtype"] == "bfloat16"
+    r = runner.invoke(app, ["export", "--run", rid, "--merge", "--dtype", "float32", "--out", str(tmp_path / "m32")])
+    assert r.exit_code == 0, r.output
+    assert _tensor_dtypes(tmp_path / "m32" / "model.safetensors") == {"F32"}
+    half, full = ((tmp_path / m / "model.safetensors").stat().st_size for m in ("m16", "m32"))
+    assert half < 0.55 * full
+    r = runner.invoke(app, ["export", "--run", rid, "--dtype", "bfloat16", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 1 and "--dtype applies to --merge" in r.output and not (tmp_path / "a").exists()
+    # the embedded model ships in bf16 on the Hub; its gcpo cache is an fp32 copy of the GGUF
+    assert publish.base_dtype("smollm2-135m") == "bfloat16"
+
+
+LOAD_BOTH = """
+import sys
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+merged = AutoModelForCausalLM.from_pretrained("merged")
+adapter = AutoPeftModelForCausalLM.from_pretrained("adapter")  # its base: base_model_name_or_path
+tok = AutoTokenizer.from_pretrained("merged")
+ids = tok("What is 2 + 2?", return_tensors="pt")
+for model in (merged, adapter):
+    assert model.generate(**ids, max_new_tokens=2, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 2
+print("loaded")
+"""
+
+
+def test_exports_are_readable_by_others_and_load_from_a_copy_elsewhere(hub_run, runner, tmp_path, monkeypatch):
+    """Weight files were written 0600; the adapter config named the base by its absolute path and
+    the card's "How to use" loaded the export from an absolute path."""
+    monkeypatch.setenv("GCPO_HOME", str(hub_run["home"]))
+    old = os.umask(0o022)
+    try:
+        for args in (["--out", str(tmp_path / "made" / "adapter")],
+                     ["--merge", "--out", str(tmp_path / "made" / "merged")]):
+            r = runner.invoke(app, ["export", "--run", hub_run["run_id"], *args])
+            assert r.exit_code == 0, r.output
+    finally:
+        os.umask(old)
+    made = tmp_path / "made"
+    for file in made.rglob("*"):
+        assert file.stat().st_mode & 0o044 == 0o044, file  # group and others may read it
+        if file.is_file() and file.suffix in (".json", ".md", ".jinja"):
+            text = file.read_text()
+            assert str(hub_run["home"]) not in text and str(hub_run["base"]) not in text, file
+    assert json.loads((made / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-bf16"
+    card = (made / "adapter" / "README.md").read_text()
+    assert 'PeftModel.from_pretrained(base, "adapter")' in card and 'base_id = "tiny-bf16"' in card
+    assert 'AutoModelForCausalLM.from_pretrained("merged")' in (made / "merged" / "README.md").read_text()
+    # copied to another path, beside a copy of the base, with GCPO_HOME gone: both load offline
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(made, elsewhere)
+    shutil.copytree(hub_run["base"], elsewhere / "tiny-bf16")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GCPO_HOME": str(tmp_path / "gone"), "HF_HOME": str(tmp_path / "hf")}
+    r = subprocess.run([sys.executable, "-c", LOAD_BOTH], cwd=elsewhere, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "loaded", r.stderr[-2000:]
+    snippet = section(split_card(card)[1], "How to use").split("```python\n", 1)[1].split("```", 1)[0]
+    r = subprocess.run([sys.executable, "-c", snippet], cwd=elsewhere, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]  # the card's own snippet runs there too
+
+
+def test_the_card_is_a_hub_model_card_with_datasets_and_model_index(hub_run, runner, tmp_path, monkeypatch):
+    from huggingface_hub import ModelCard
+
+    monkeypatch.setenv("GCPO_HOME", str(hub_run["home"]))
+    r = runner.invoke(app, ["export", "--run", hub_run["run_id"], "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    card = ModelCard.load(tmp_path / "a" / "README.md")
+    assert card.data.datasets == ["openai/gsm8k"] and card.data.library_name == "peft"
+    after = hub_run["summary"]["after"]
+    [result] = card.data.eval_results  # the exported checkpoint's own: not the base's, before training
+    assert (result.dataset_type, result.dataset_name, result.dataset_config, result.dataset_split) == (
+        "openai/gsm8k", "gsm8k-test", "main", "test")
+    assert (result.task_type, result.metric_type, result.metric_name) == ("text-generation", "accuracy", "mean@1")
+    assert result.metric_value == pytest.approx(after["mean_at_k"])
+    assert card.data.model_name == "a"
