@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gcpo_cli import recipe as recipes  # noqa: E402
+from gcpo_cli import recipe_load as recipes  # noqa: E402
 from gcpo_cli import train as training  # noqa: E402
 from gcpo_cli.store import open_db  # noqa: E402
 
@@ -40,7 +40,7 @@ def run(db, name: str, overrides: list[str], steps: int | None = None) -> dict:
     s = training.train(db, r)
     wall = time.perf_counter() - t0
     rows = list(db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY step", [s["run_id"]]))
-    per_step = [json.loads(x["metrics_json"])["groups"] * r.samples_per_problem for x in rows]
+    per_step = [json.loads(x["metrics_json"])["groups"] * r.generation.samples_per_problem for x in rows]
     out = dict(variant=name, steps=r.steps, run_id=s["run_id"], before=s["before"]["mean_at_k"],
                after=s["after"]["mean_at_k"], wall_s=round(wall, 1), rollouts=sum(per_step),
                rollouts_per_step=per_step, reward_per_step=[round(x["reward_mean"], 3) for x in rows],

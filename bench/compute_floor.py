@@ -49,7 +49,7 @@ def main() -> None:
     import torch
     from transformers import AutoConfig
 
-    from gcpo_cli import recipe as recipes
+    from gcpo_cli import recipe_load as recipes
     from gcpo_cli.model import load_tokenizer, resolve_model
     from gcpo_cli.prompts import from_recipe
 
@@ -69,7 +69,7 @@ def main() -> None:
     prompt = statistics.mean(len(tok(from_recipe(r).render(tok, x["problem"]), add_special_tokens=False).input_ids)
                              for x in trl_rows(64))
     steps = result["steps"][1:] or result["steps"]
-    groups, group_size = r.problems_per_step, r.samples_per_problem
+    groups, group_size = r.generation.problems_per_step, r.generation.samples_per_problem
     completion = statistics.mean(s["tokens"] for s in steps)  # completion tokens per step (all rows)
     in_loss = statistics.mean(s["sequences_in_loss"] for s in steps) / (groups * group_size)
 
@@ -80,7 +80,7 @@ def main() -> None:
     head = 2 * h * vocab
     attn = lambda ctx: 4 * layers * h * ctx  # QK^T and AV per token over ctx positions  # noqa: E731
 
-    decode_steps = r.max_new_tokens
+    decode_steps = r.generation.max_new_tokens
     rows_mean = completion / decode_steps
     gen = dict(
         prefill=groups * prompt * (lin + attn(prompt / 2)) + groups * head,
@@ -93,7 +93,7 @@ def main() -> None:
 
     sampler = torch.bfloat16 if env["sampler_dtype"] == "bfloat16" else torch.float32
     update = torch.bfloat16 if env["update_precision"] == "bfloat16" else torch.float32
-    micro = min(r.micro_batch, groups * group_size)
+    micro = min(r.optimizer.micro_batch, groups * group_size)
     update_rows = int(micro * (prompt / group_size + completion / (groups * group_size)))
     mats = [(k, n, c) for k, n, c in base]
     rates = dict(

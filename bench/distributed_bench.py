@@ -50,11 +50,11 @@ def lora_params(cfg: dict, r: int) -> int:
 
 
 def recipe_1_5b() -> dict:
-    from gcpo_cli import recipe as recipes
+    from gcpo_cli import recipe_load as recipes
 
     r = recipes.load("1.5b-qlora")
     n = lora_params(QWEN_1_5B, r.lora.r)
-    updates = r.mini_batches * r.ppo_epochs
+    updates = r.loss.mini_batches * r.loss.ppo_epochs
     return dict(model=r.model.name, lora_r=r.lora.r, lora_params=n, allreduces_per_step=updates,
                 bytes_per_allreduce=n * 4, bytes_per_step=n * 4 * updates,
                 ring_bytes_per_gpu_per_step_at_8=round(n * 4 * updates * 2 * 7 / 8))
@@ -65,7 +65,7 @@ def worker(args) -> None:
     import torch
 
     from gcpo_cli import distributed
-    from gcpo_cli import recipe as recipes
+    from gcpo_cli import recipe_load as recipes
     from gcpo_cli import train as training
     from gcpo_cli.ingest import ingest_rows
     from gcpo_cli.store import open_db

@@ -869,7 +869,7 @@ class Check:
 
     # -- training phases
     def train_phase(self, rec: dict, label: str, overrides: list[str], steps: int) -> dict:
-        from gcpo_cli import recipe as recipes
+        from gcpo_cli import recipe_load as recipes
 
         values = {"model.name": str(self.model_dir), "set_name": SET_NAME, "steps": steps, "save_every": 1,
                   "description": f"gpu_check:{label}"}

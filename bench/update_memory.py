@@ -40,7 +40,7 @@ def one(length: int, recipe: str, overrides: list[str], repeat: int) -> dict:
     import torch
 
     from gcpo_cli import learner
-    from gcpo_cli import recipe as recipes
+    from gcpo_cli import recipe_load as recipes
     from gcpo_cli import train as training
     from gcpo_cli.ingest import ingest_rows
     from gcpo_cli.precision import cpu_name
@@ -53,7 +53,7 @@ def one(length: int, recipe: str, overrides: list[str], repeat: int) -> dict:
     ingest_rows(db, rows, "bench")
     r = recipes.load(recipe, [*overrides, "set_name=bench", "eval.holdout=0"])
     ctx = training.setup(db, r, None, None, None, training.NullDisplay())
-    B, G = r.problems_per_step, r.samples_per_problem
+    B, G = r.generation.problems_per_step, r.generation.samples_per_problem
     rng = random.Random(0)
     vocab = [i for i in range(ctx.tok.vocab_size) if i not in {ctx.tok.eos_token_id, ctx.tok.pad_token_id}]
 
@@ -76,7 +76,7 @@ def one(length: int, recipe: str, overrides: list[str], repeat: int) -> dict:
         stats = learner.update(ctx.policy, kept, r)
         if i:  # the first is a warm-up
             times.append(time.perf_counter() - t)
-    return dict(length=length, B=B, G=G, micro_batch=r.micro_batch, update_s=round(statistics.median(times), 2),
+    return dict(length=length, B=B, G=G, micro_batch=r.optimizer.micro_batch, update_s=round(statistics.median(times), 2),
                 rss_before_mib=round(before), peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                 loss=stats.loss, threads=torch.get_num_threads(), cpu=cpu_name(), torch=torch.__version__,
                 overrides=overrides)

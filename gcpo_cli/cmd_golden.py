@@ -94,11 +94,11 @@ def generate_cmd(
     from .grader import Grader
     from .prompts import from_recipe
     from .prompts import resolve as resolve_prompt
-    from .recipe import load as load_recipe
+    from .recipe_load import load as load_recipe
 
     r = load_recipe(recipe) if recipe else None
     chosen = resolve_prompt(prompt) if prompt else from_recipe(r) if r else PRESETS["boxed"]
-    limit_tokens = max_new_tokens or (r.max_new_tokens if r else 512)
+    limit_tokens = max_new_tokens or (r.generation.max_new_tokens if r else 512)
     if k > 1 and temperature == 0:
         err_console.print(f"[yellow]note:[/] temperature 0 is greedy: the {k} samples of a problem are identical")
     database = store.open_db(db)
@@ -280,7 +280,7 @@ def report_cmd(
     Per golden origin (dataset, teacher, any): how many problems have a golden answer, how many of those the recipe would skip as too long for its max_new_tokens (counted with its model's tokenizer and golden_template, as training counts them), and their token lengths.
 
     Example: gcpo golden report --set aime24 --recipe 1.5b-qlora"""
-    from .recipe import load as load_recipe
+    from .recipe_load import load as load_recipe
 
     r = load_recipe(recipe, list(override))
     out = gold.report(open_for_reading(db), set_name, r)

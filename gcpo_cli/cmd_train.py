@@ -153,7 +153,7 @@ def train_cmd(
       torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 -m gcpo_cli train --recipe ...
     """
     from . import distributed, trackers
-    from . import recipe as recipes
+    from . import recipe_load as recipes
     from .model import check_model
 
     set_name = one_of(set_name, old_data, "--set")
@@ -215,7 +215,7 @@ INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 
 def _recipe(name: str, override: list[str], values: dict):
     """The resolved recipe, with every name in it checked (set name text, trackers)."""
-    from . import recipe as recipes
+    from . import recipe_load as recipes
     from . import trackers
 
     if values.get("set_name") is not None:
@@ -228,7 +228,7 @@ def _recipe(name: str, override: list[str], values: dict):
 def recipe_changes(resolved) -> str:
     """The recipe as one line of what differs from the defaults (recipe.py), instead of ~85
     lines of JSON; `--print-config` prints all of it."""
-    from . import recipe as recipes
+    from . import recipe_load as recipes
 
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}

@@ -54,15 +54,17 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def resolve(engine: str, device: str) -> str:
-    """The engine "auto" means: vllm on CUDA where vLLM is installed, else hf. Measured on a
-    2-core CPU (bench/RESULTS.md, issue 11): vLLM samples a LoRA policy 5x slower than the hf
-    loop (its CPU LoRA kernels gather the adapter's weights per token), which rules it out for
-    training; it samples a model without an adapter 2.3x faster, but starts in 5-25 s, so on a
-    CPU `--engine vllm` is a choice for large evaluations of a base model, not the default."""
+def resolve(engine: str, device: str, quant: str = "none") -> str:
+    """The engine "auto" means: vllm on CUDA where vLLM is installed and the base is 16-bit, else
+    hf. An nf4 policy samples itself (issue 25): vLLM would serve the 16-bit base with the adapter,
+    0.5 nats a token from the nf4 policy that trains (bench/RESULTS.md), so training would be
+    off-policy by default. Measured on a 2-core CPU (issue 11): vLLM samples a LoRA policy 5x
+    slower than the hf loop (its CPU LoRA kernels gather the adapter's weights per token), which
+    rules it out for training; it samples a model without an adapter 2.3x faster, but starts in
+    5-25 s, so on a CPU `--engine vllm` is a choice for large evaluations of a base model."""
     if engine != "auto":
         return engine
-    return "vllm" if device == "cuda" and vllm_available() else "hf"
+    return "vllm" if device == "cuda" and quant == "none" and vllm_available() else "hf"
 
 
 def check_available(engine: str, rollout_server: str | None = None) -> None:
@@ -415,13 +417,13 @@ def for_training(kind: str, recipe, model, tok, sampler, problems: list[dict], r
         amp = autocast_context(model, recipe.model.autocast) if sampler is None else contextlib.nullcontext
         return HFEngine(model, tok, sampler, amp)
     root = paths.cache_dir() / "adapters" / f"{os.getpid()}-{rank}"
-    if recipe.rollout_server:
-        return ServerEngine(recipe.rollout_server, tok, adapter_root=root)
+    if recipe.generation.rollout_server:
+        return ServerEngine(recipe.generation.rollout_server, tok, adapter_root=root)
     v = recipe.vllm
     dtype = v.dtype if v.dtype != "auto" else (
         recipe.model.dtype if recipe.model.quant != "none" else ("bfloat16" if fast_bf16(device) else "float32"))
     length = v.max_model_len or model_len(tok, from_recipe(recipe), [p["text"] for p in problems],
-                                          max(recipe.max_new_tokens, recipe.eval.max_new_tokens))
+                                          max(recipe.generation.max_new_tokens, recipe.eval.max_new_tokens))
     return VLLMEngine(resolve_model(recipe.model.name), tok, adapter_root=root, lora_r=recipe.lora.r,
                       dtype=dtype, max_model_len=length, kv_cache_gib=v.kv_cache_gib,
                       gpu_memory_utilization=v.gpu_memory_utilization,

@@ -477,12 +477,12 @@ def report(db, set_ref: str, recipe) -> dict:
     name, problems = store.set_problems(db, s["name"])
     answers = {p["id"]: p["answer"] for p in problems}
     tok = load_tokenizer(recipe.model.name)
-    limit, lengths, origins = recipe.max_new_tokens, {}, {}
+    limit, lengths, origins = recipe.generation.max_new_tokens, {}, {}
     for origin in GOLDEN_ORIGINS:
         chosen = store.active_golden(db, name, origin)
         for pid, g in chosen.items():
             if g["id"] not in lengths:
-                text = recipe.golden_template.format(solution=g["text"], answer=answers[pid])
+                text = recipe.golden.template.format(solution=g["text"], answer=answers[pid])
                 lengths[g["id"]] = response_tokens(tok, text)
         too_long = sum(lengths[g["id"]] > limit for g in chosen.values())
         origins[origin] = dict(covered=len(chosen), too_long=too_long, injectable=len(chosen) - too_long,
@@ -490,5 +490,6 @@ def report(db, set_ref: str, recipe) -> dict:
                                injectable_share=(len(chosen) - too_long) / len(problems) if problems else 0.0,
                                lengths=length_stats([lengths[g["id"]] for g in chosen.values()], limit))
     return dict(set_name=name, problems=len(problems), recipe=recipe.name, model=recipe.model.name,
-                max_new_tokens=limit, golden=recipe.golden, golden_origin=recipe.golden_origin, origins=origins,
+                max_new_tokens=limit, golden="on" if recipe.golden.enabled else "off", golden_origin=recipe.golden.origin,
+                origins=origins,
                 coverage=coverage(db, name))

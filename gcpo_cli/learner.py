@@ -76,7 +76,7 @@ class UpdateStats:
     sampler_kl: float | None = None  # mean k3 estimate of KL(pi_sampler || pi_old) per token
     sampler_tokens: int = 0  # tokens with a sampler log-prob
     sampler_nonfinite: int = 0  # sampler log-probs that were NaN or infinite: treated as absent
-    tis_weight_mean: float | None = None  # mean truncated importance weight (tis_cap set)
+    tis_weight_mean: float | None = None  # mean truncated importance weight (loss.tis_cap on)
 
 
 @dataclass
@@ -107,15 +107,15 @@ def update(policy: Policy, kept: list[tuple[int, list[Rollout]]], recipe, dist: 
     dist = dist or distributed.Dist()
     layout = [(place, [x.completion_tokens for x in g], [x.in_loss for x in g]) for place, g in kept]
     plan, start = plan_mini_batches([entry for part in dist.gather(layout) for entry in part],  # collective 1
-                                    recipe.mini_batches, recipe.loss_agg == "token_sum")
+                                    recipe.loss.mini_batches, recipe.loss.loss_agg == "token_sum")
     parts = mine(plan, start, kept)
     tally = Tally()
     if any(mb.active for mb in plan):
         logprobs = logprob_fn(policy, recipe)
-        on_policy = recipe.mini_batches * recipe.ppo_epochs == 1
+        on_policy = recipe.loss.mini_batches * recipe.loss.ppo_epochs == 1
         old = None if on_policy else old_logprobs(logprobs, [x for part in parts for x in part if x.in_loss],
-                                                  recipe.micro_batch, recipe.micro_batch_tokens)
-        for epoch in range(recipe.ppo_epochs):
+                                                  recipe.optimizer.micro_batch, recipe.optimizer.micro_batch_tokens)
+        for epoch in range(recipe.loss.ppo_epochs):
             for mb, part in zip(plan, parts):
                 if not mb.active:  # no rank has a sequence in this mini-batch's loss: skipped everywhere
                     continue
@@ -123,7 +123,7 @@ def update(policy: Policy, kept: list[tuple[int, list[Rollout]]], recipe, dist: 
                 policy.optimizer.zero_grad(set_to_none=True)
                 loss = 0.0
                 active = [x for x in part if x.in_loss]
-                for chunk in micro_batches(active, recipe.micro_batch, recipe.micro_batch_tokens):
+                for chunk in micro_batches(active, recipe.optimizer.micro_batch, recipe.optimizer.micro_batch_tokens):
                     if first and stop is not None:
                         stop.check()
                     loss += backward(logprobs, chunk, old, mb.denom, recipe, tally, first_epoch=epoch == 0)
@@ -131,7 +131,7 @@ def update(policy: Policy, kept: list[tuple[int, list[Rollout]]], recipe, dist: 
                     stop.check()
                 tally.losses.append(loss)
                 dist.sum_grads(policy.params)  # collective 2: the whole mini-batch's gradient on every rank
-                tally.norms.append(float(torch.nn.utils.clip_grad_norm_(policy.params, recipe.max_grad_norm)))
+                tally.norms.append(float(torch.nn.utils.clip_grad_norm_(policy.params, recipe.optimizer.max_grad_norm)))
                 policy.optimizer.step()
     return summarise(dist.gather(tally))  # collective 3
 
@@ -182,7 +182,7 @@ def logprob_fn(policy: Policy, recipe):
     """chunk -> (logp, mask) [n, L]: the policy's log-probs of a micro-batch's completions at the
     sampling temperature, under the update's autocast."""
     amp = autocast_context(policy.model, recipe.model.autocast)
-    temperature = recipe.temperature or 1.0  # greedy sampling: the policy's own distribution
+    temperature = recipe.generation.temperature or 1.0  # greedy sampling: the policy's own distribution
     # HF turns the KV cache off under gradient checkpointing, so no prompt sharing there.
     share = not recipe.model.gradient_checkpointing
 
@@ -234,18 +234,18 @@ def backward(logprobs, chunk: list[Rollout], old: dict | None, denom: float, rec
             tally.mismatch_abs += abs_sum
             tally.mismatch_kl += kl_sum
             tally.mismatch_tokens += tokens
-        if recipe.tis_cap is not None:
-            weight = tis_weights(old_logp, sampler_logp, smask, recipe.tis_cap,
-                                 "token" if recipe.ratio_level == "token" else "sequence")
+        if recipe.loss.tis_cap:  # None or 0: off
+            weight = tis_weights(old_logp, sampler_logp, smask, recipe.loss.tis_cap,
+                                 "token" if recipe.loss.ratio_level == "token" else "sequence")
             counted = smask.bool() if weight.dim() == 2 else torch.tensor(has, device=weight.device)
             tally.tis_sum += float(weight[counted].sum())
             tally.tis_n += float(counted.sum())
     parts = policy_loss(logp, old_logp, mask,
                         torch.tensor([x.advantage for x in chunk], device=logp.device, dtype=logp.dtype),
-                        ratio_level=recipe.ratio_level, loss_agg=recipe.loss_agg, eps_low=recipe.eps_low,
-                        eps_high=recipe.eps_high, denom=denom,
+                        ratio_level=recipe.loss.ratio_level, loss_agg=recipe.loss.loss_agg, eps_low=recipe.loss.eps_low,
+                        eps_high=recipe.loss.eps_high, denom=denom,
                         golden=torch.tensor([x.is_golden for x in chunk], device=logp.device),
-                        golden_weighting=recipe.golden_weighting, weight=weight)
+                        golden_weighting=recipe.golden.weighting, weight=weight)
     parts.loss.backward()
     tally.clipped += parts.clipped
     tally.clip_units += parts.clip_units

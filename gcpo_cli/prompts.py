@@ -115,7 +115,10 @@ def resolve(name: str | None = None, template: str | None = None, system_prompt:
 
 
 def from_recipe(recipe) -> Prompt:
-    """A recipe's prompt: a Recipe, or the dict stored with a run (a run from before presets
-    has only `prompt_template`, which rendered as `boxed` with that user turn)."""
-    get = recipe.get if isinstance(recipe, dict) else lambda key, default=None: getattr(recipe, key, default)
-    return resolve(get("prompt"), get("prompt_template"), get("system_prompt"))
+    """A recipe's prompt: a Recipe, or the dict stored with a run (its `generation` section; a run
+    from before presets has only `prompt_template`, which rendered as `boxed` with that user turn)."""
+    if isinstance(recipe, dict):
+        g = recipe.get("generation") or {}
+        return resolve(g.get("prompt"), g.get("prompt_template"), g.get("system_prompt"))
+    g = recipe.generation
+    return resolve(g.prompt, g.prompt_template, g.system_prompt)

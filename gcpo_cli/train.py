@@ -33,7 +33,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from transformers import get_scheduler
@@ -50,7 +50,8 @@ from .model import (MergedSampler, add_lora, autocast_enabled, describe_environm
                     load_base, prepare_base, prepare_for_update)
 from .prompts import from_recipe as prompt_from_recipe
 from .records import Rollout
-from .recipe import Recipe, from_dict, to_dict
+from .recipe import Recipe
+from .recipe_load import from_dict, to_dict
 from .rollout import render_prompt, response_ids
 from .synthetic import parse_levels
 
@@ -75,6 +76,7 @@ class Context:
     lock: object = None  # the run's lock file (checkpoints.lock), held while this process trains it
     dist: distributed.Dist = field(default_factory=distributed.Dist)  # this process's rank (one: rank 0 of 1)
     tracking: trackers.Trackers | None = None  # the --report-to mirrors (rank 0's; none elsewhere)
+    warned_off_policy: bool = False  # warn_off_policy said it once
     usable_golden: frozenset = frozenset()  # the frontier's golden problems: curriculum.usable_golden
 
     @property
@@ -166,6 +168,7 @@ def run_steps(ctx: Context, display) -> dict:
                     step, status = step - 1, "interrupted"
                     break
                 if dist.writer:  # one writer: every rank's rollouts, in one transaction
+                    warn_off_policy(metrics, step, ctx, display)
                     row = metrics.flat()
                     store.record_step(db, ctx.run_id, step, rollouts, row)
                     ctx.tracking.log(step, row)  # a copy of what was just committed
@@ -209,7 +212,7 @@ def train_step(ctx: Context, step: int, grader: Grader, stop: "StopFlag") -> tup
     order = {pid: i for i, pid in enumerate(problem_ids)}  # each group's place in the step, known to every rank
     groups, timing = roll_out(ctx, step, dist.share(problem_ids)[1], grader, stop)  # 2
     sampled_groups = groups
-    if r.dynamic_sampling:  # 3
+    if r.loss.dynamic_sampling:  # 3
         sampled_groups, groups = refill(ctx, step, order, groups, timing, rng, grader, stop)
     sampled_groups = [list(g) for g in sampled_groups]  # as sampled: going gold edits `groups`
     # one stream per group (golden_replace: random), so the choice does not depend on the ranks
@@ -237,16 +240,34 @@ def train_step(ctx: Context, step: int, grader: Grader, stop: "StopFlag") -> tup
     return [x for g in sampled_groups for x in g] + golden, metrics  # the policy's own samples, then golden
 
 
+# k3 estimate of KL(sampler || trainer) per token above which a run is told it trains off-policy:
+# bf16 kernels differ by ~0.002, a 16-bit sampler against an nf4 trainer by ~0.3 (bench/RESULTS.md)
+SAMPLER_KL_WARN = 0.05
+
+
+def warn_off_policy(metrics: "StepMetrics", step: int, ctx: Context, display) -> None:
+    """Say once per run when the engine's samples are measurably not the trained policy's."""
+    kl = metrics.update.sampler_kl
+    if kl is None or kl <= SAMPLER_KL_WARN or ctx.warned_off_policy:
+        return
+    ctx.warned_off_policy = True
+    cap = ctx.recipe.loss.tis_cap
+    display.message(f"sampler_kl {kl:.3f} per token at step {step}: the {ctx.engine.name} engine samples a "
+                    f"different policy than the one that trains (off-policy); "
+                    + (f"importance correction is on (loss.tis_cap {cap:g})" if cap else
+                       "set loss.tis_cap (e.g. 3) to correct for it"))
+
+
 # ---------------------------------------------------------------------------- a step, in order
 
 def pick_problems(ctx: Context, step: int) -> list[str]:
     r, ids = ctx.recipe, [p["id"] for p in ctx.pool]
     if r.curriculum == "frontier":
         rates = store.pass_rates(ctx.db, ctx.run_id, r.frontier_window)
-        picked = curriculum.frontier(rates, ids, step - 1, r.problems_per_step, r.seed, ctx.usable_golden,
+        picked = curriculum.frontier(rates, ids, step - 1, r.generation.problems_per_step, r.seed, ctx.usable_golden,
                                      r.frontier_hopeless_after)
     else:
-        picked = curriculum.uniform(ids, step - 1, r.problems_per_step, r.seed)
+        picked = curriculum.uniform(ids, step - 1, r.generation.problems_per_step, r.seed)
     return list(dict.fromkeys(picked))  # an epoch boundary can draw a problem twice in one step
 
 
@@ -262,8 +283,8 @@ def roll_out(ctx: Context, step: int, problem_ids: list[str], grader: Grader,
         return [], dict(gen_s=0.0, score_s=0.0, tokens=0, reward_failures=0)
     t0 = time.perf_counter()
     completions = ctx.engine.generate(
-        [prompt(ctx, pid)[0] for pid in problem_ids], n=r.samples_per_problem, max_new_tokens=r.max_new_tokens,
-        temperature=r.temperature, top_p=r.top_p, batch_size=r.problems_per_step * r.samples_per_problem,
+        [prompt(ctx, pid)[0] for pid in problem_ids], n=r.generation.samples_per_problem, max_new_tokens=r.generation.max_new_tokens,
+        temperature=r.generation.temperature, top_p=r.generation.top_p, batch_size=r.generation.problems_per_step * r.generation.samples_per_problem,
         seeds=[f"{r.seed}:{step}:{pid}" for pid in problem_ids])
     t1 = time.perf_counter()
     stop.check()
@@ -276,7 +297,7 @@ def roll_out(ctx: Context, step: int, problem_ids: list[str], grader: Grader,
                         truncated=c.truncated, reward=float(s.reward), correct=bool(s.correct), policy_version=version,
                         sampler_logprobs=c.logprobs, prompt_ids=prompt(ctx, pid)[1], completion_ids=c.token_ids)
                 for (pid, j, c, answer), s in zip(flat, scores)]
-    G = r.samples_per_problem
+    G = r.generation.samples_per_problem
     return [rollouts[i:i + G] for i in range(0, len(rollouts), G)], dict(
         gen_s=t1 - t0, score_s=time.perf_counter() - t1, tokens=sum(x.completion_tokens for x in rollouts),
         reward_failures=sum(s.failed for s in scores))
@@ -291,19 +312,19 @@ def refill(ctx: Context, step: int, order: dict, groups: list[list[Rollout]], ti
     Returns (every group this rank sampled, its kept ones); adds the rounds' costs to `timing`."""
     r, dist = ctx.recipe, ctx.dist
     sampled = list(groups)
-    for _ in range(r.max_resample_rounds):
+    for _ in range(r.loss.max_resample_rounds):
         mixed = sum(dist.gather(sum(is_mixed(g) for g in sampled)))
         spare = [p["id"] for p in ctx.pool if p["id"] not in order]
-        if mixed >= r.problems_per_step or not spare:
+        if mixed >= r.generation.problems_per_step or not spare:
             break
-        extra = rng.sample(spare, min(len(spare), r.problems_per_step - mixed))
+        extra = rng.sample(spare, min(len(spare), r.generation.problems_per_step - mixed))
         order.update({pid: len(order) + i for i, pid in enumerate(extra)})
         more, t = roll_out(ctx, step, dist.share(extra)[1], grader, stop)
         sampled += more
         for k in timing:
             timing[k] += t[k]
     places = sorted(p for part in dist.gather([order[g[0].problem_id] for g in sampled if is_mixed(g)]) for p in part)
-    first = set(places[: r.problems_per_step])
+    first = set(places[: r.generation.problems_per_step])
     return sampled, [g for g in sampled if order[g[0].problem_id] in first]
 
 
@@ -316,13 +337,13 @@ def go_gold(ctx: Context, group: list[Rollout], rng: random.Random | None) -> st
     "injected", "too_long" or None."""
     r = ctx.recipe
     problem = ctx.by_id[group[0].problem_id]
-    slot = golden_slot([x.correct for x in group], bool(problem["golden"]) and r.golden == "on",
-                       r.golden_replace, rng)
+    slot = golden_slot([x.correct for x in group], bool(problem["golden"]) and r.golden.enabled,
+                       r.golden.replace, rng)
     if slot is None:
         return None
-    text = r.golden_template.format(solution=problem["golden"], answer=problem["answer"])
+    text = r.golden.template.format(solution=problem["golden"], answer=problem["answer"])
     ids = response_ids(ctx.tok, text)
-    if len(ids) > r.max_new_tokens:
+    if len(ids) > r.generation.max_new_tokens:
         return "too_long"
     # The displaced rollout stays recorded (advantage NULL: not in the loss); the golden answer
     # is one extra row, sample index G.
@@ -339,14 +360,14 @@ def assign_advantages(r: Recipe, groups: list[list[Rollout]]) -> list[list[Rollo
     kept = []
     for g in groups:
         rewards = torch.tensor([x.reward for x in g])  # [G]
-        if r.overlong_buffer:
+        if r.loss.overlong_buffer:
             lengths = torch.tensor([x.completion_tokens for x in g])
-            rewards = rewards + overlong_shaping(lengths, r.max_new_tokens, r.overlong_buffer, r.overlong_penalty)
+            rewards = rewards + overlong_shaping(lengths, r.generation.max_new_tokens, r.loss.overlong_buffer, r.loss.overlong_penalty)
             for x, v in zip(g, rewards.tolist()):
                 x.reward = v
-        if bool((rewards == rewards[0]).all()) and r.zero_variance == "skip":
+        if bool((rewards == rewards[0]).all()) and r.loss.zero_variance == "skip":
             continue  # every advantage is 0: nothing to learn, nothing to compute
-        for x, a in zip(g, group_advantages(rewards[None], r.scale_rewards)[0].tolist()):
+        for x, a in zip(g, group_advantages(rewards[None], r.loss.scale_rewards)[0].tolist()):
             x.advantage = a
         kept.append(g)
     return kept
@@ -356,7 +377,7 @@ def step_metrics(r: Recipe, groups: list[list[Rollout]], outcomes: list, groups_
                  stats: UpdateStats, timing: dict, lr: float) -> StepMetrics:
     """The step's record, from the groups the policy sampled."""
     sampled = [x for g in groups for x in g]
-    n, n_groups, G = max(1, len(sampled)), max(1, len(groups)), r.samples_per_problem
+    n, n_groups, G = max(1, len(sampled)), max(1, len(groups)), r.generation.samples_per_problem
     correct = [sum(x.correct for x in g) for g in groups]
     return StepMetrics(
         reward_mean=sum(x.correct for x in sampled) / n, all_wrong_frac=sum(c == 0 for c in correct) / n_groups,
@@ -424,6 +445,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
     with dist.together():  # a model, adapter or checkpoint that does not load stops every rank
         adapter = checkpoints.adapter(checkpoints.run_folder(o.run), o.start) if o.start and dist.writer else None
         policy, scheduler, sampler, kind = load_policy(r, o.pool[0]["text"], adapter, dist)
+        r = o.recipe = with_engine(r, kind)  # stored with the run as it trains
         # before the run exists: a vLLM that fails to start leaves no run behind
         engine = engines.for_training(kind, r, policy.model, policy.tok, sampler, o.pool + o.holdout, dist.rank)
         begun = None
@@ -443,8 +465,8 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
         engine.sync(policy.model, o.start)  # the policy of update `start` samples step start + 1
     tracking = trackers.Trackers(r.report_to if dist.writer else (), run_id=run_id, config=to_dict(r),
                                  out_dir=out_dir, start_step=o.start, warn=display.message)
-    usable = (curriculum.usable_golden(o.pool, policy.tok, r.golden_template, r.max_new_tokens)
-              if r.golden == "on" and r.curriculum == "frontier" else frozenset())  # once: issue 25 item 7
+    usable = (curriculum.usable_golden(o.pool, policy.tok, r.golden.template, r.generation.max_new_tokens)
+              if r.golden.enabled and r.curriculum == "frontier" else frozenset())  # once: issue 25 item 7
     return Context(db=db, run_id=run_id, set_name=o.set_name, out_dir=out_dir, recipe=r, policy=policy,
                    scheduler=scheduler, pool=o.pool, holdout=o.holdout, engine=engine, start_step=o.start,
                    by_id={p["id"]: p for p in o.pool + o.holdout}, lock=run_lock, dist=dist, tracking=tracking,
@@ -460,19 +482,28 @@ def load_policy(r: Recipe, sample_text: str, adapter, dist: distributed.Dist) ->
     torch.manual_seed(r.seed)
     model, tok, _ = load_base(r.model, device=dist.device)
     prompt_from_recipe(r).render(tok, sample_text)  # a chat preset without a chat template: fail now
-    kind = engines.resolve(r.engine, next(model.parameters()).device.type)
+    kind = engines.resolve(r.generation.engine, next(model.parameters()).device.type, r.model.quant)
     merge = r.model.quant == "none" and kind == "hf"  # the hf engine samples a merged copy
     sampler = MergedSampler(model, r.model.sampler_dtype, r.model.sampler_attention) if merge else None
     prepare_for_update(model, r.model, autocast_enabled(model, r.model.autocast))
     model = prepare_base(model, r.model)
     model = load_adapter(model, adapter, trainable=True) if adapter else add_lora(model, r.lora)
     model.train()  # from_pretrained leaves eval mode: no gradient checkpointing, no LoRA dropout
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=r.lr,
-                                  weight_decay=r.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=r.optimizer.lr,
+                                  weight_decay=r.optimizer.weight_decay)
     # transformers' schedules; its "constant" would ignore the warmup the recipe asks for
-    schedule = "constant_with_warmup" if r.lr_schedule == "constant" else r.lr_schedule
-    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=r.warmup_steps, num_training_steps=r.steps)
+    schedule = "constant_with_warmup" if r.optimizer.lr_schedule == "constant" else r.optimizer.lr_schedule
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=r.optimizer.warmup_steps, num_training_steps=r.steps)
     return Policy(model, tok, optimizer), scheduler, sampler, kind
+
+
+def with_engine(r: Recipe, kind: str) -> Recipe:
+    """The recipe's knobs that follow the engine: tis_cap auto (None) is TRL's cap, 3, where
+    another engine samples than the policy that trains (vllm, a server: bf16 or 16-bit-base
+    kernels against the trainer's), and off (0) where the policy samples itself (hf)."""
+    if r.loss.tis_cap is not None:
+        return r
+    return replace(r, loss=replace(r.loss, tis_cap=0.0 if kind == "hf" else 3.0))
 
 
 def load_state(policy: Policy, scheduler, state: dict | None) -> None:
@@ -500,8 +531,8 @@ def read_run(db, recipe: Recipe | None, resume_run: str | None, steps: int | Non
     else:
         set_name = recipe.set_name or default_set(db, recipe)
     trackers.check(recipe.report_to)
-    engines.check_available(recipe.engine, recipe.rollout_server)
-    set_name, problems = load_problems(db, set_name, recipe.golden_origin)
+    engines.check_available(recipe.generation.engine, recipe.generation.rollout_server)
+    set_name, problems = load_problems(db, set_name, recipe.golden.origin)
     holdout = recipe.eval.holdout
     if holdout >= len(problems):
         raise GcpoError(f"set '{set_name}' has {len(problems)} problems and eval.holdout is "
@@ -545,9 +576,9 @@ def evaluate_holdout(ctx: Context, step: int) -> dict | None:
     e, r = ctx.recipe.eval, ctx.recipe
     return evaluate_problems(
         ctx.db, ctx.engine, ctx.tok, ctx.holdout, label=f"run:{ctx.run_id}@{step}",
-        set_name=ctx.set_name, k=e.k, temperature=e.temperature, max_new_tokens=e.max_new_tokens or r.max_new_tokens,
+        set_name=ctx.set_name, k=e.k, temperature=e.temperature, max_new_tokens=e.max_new_tokens or r.generation.max_new_tokens,
         seed=r.seed, prompt=prompt_from_recipe(r), run_id=ctx.run_id, run_step=step,
-        batch_size=max(32, r.problems_per_step * r.samples_per_problem), progress=False)
+        batch_size=max(32, r.generation.problems_per_step * r.generation.samples_per_problem), progress=False)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from gcpo_cli import curriculum
-from gcpo_cli import recipe as recipes
+from gcpo_cli import recipe_load as recipes
 from gcpo_cli import train as training
 from gcpo_cli.ingest import ingest_rows
 from gcpo_cli.model import build_tiny, tiny_tokenizer
@@ -45,7 +45,7 @@ def test_an_all_wrong_problem_whose_golden_answer_is_too_long_is_not_kept_on_the
     ingest_rows(db, rows, "frontier", problem="problem", solution="solution", answer="answer", id="id")
     r = recipes.load("tiny", [f"model.name={tiny_dir}", "set_name=frontier", "curriculum=frontier",
                               "problems_per_step=1", "samples_per_problem=2", "steps=12", "save_every=0"])
-    assert r.max_new_tokens == LIMIT
+    assert r.generation.max_new_tokens == LIMIT
     run = training.train(db, r)
     picks = [s for s, in db.execute("SELECT DISTINCT step FROM rollouts r JOIN set_problems sp ON"
                                     " sp.problem_id = r.problem_id WHERE r.run_id = ? AND sp.source_id = 'long'",

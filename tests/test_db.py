@@ -112,8 +112,9 @@ def test_an_old_database_upgrades_in_place_and_keeps_everything(tmp_path):
     assert {r["status"] for r in db.query("SELECT status FROM evaluations")} == {"completed"}
     run = db["runs"].get(run_id)
     recipe = json.loads(run["recipe_json"])
-    assert run["set_name"] == "arithmetic-l1-24" and recipe["set_name"] is None and recipe["zero_variance"] == "skip"
-    assert "data" not in recipe and "all_correct" not in recipe
+    assert run["set_name"] == "arithmetic-l1-24" and recipe["set_name"] is None
+    assert recipe["loss"]["zero_variance"] == "skip"  # m003 renamed it, m011 moved it into its section
+    assert "data" not in recipe and "all_correct" not in recipe and "zero_variance" not in recipe
     step = json.loads(db.execute("SELECT metrics_json FROM steps WHERE run_id = ? AND step = 1",
                                  [run_id]).fetchone()[0])
     assert "golden_injections" in step and "ga_injections" not in step

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file
 
 from gcpo_cli import curriculum, store
-from gcpo_cli import recipe as recipes
+from gcpo_cli import recipe_load as recipes
 from gcpo_cli import train as training
 from gcpo_cli.ingest import ingest_rows
 from gcpo_cli.model import build_tiny

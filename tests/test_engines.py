@@ -14,7 +14,7 @@ import torch
 
 from conftest import JsonHandler, LocalServer
 from gcpo_cli import engines, rollout, store
-from gcpo_cli import recipe as recipes
+from gcpo_cli import recipe_load as recipes
 from gcpo_cli import train as training
 from gcpo_cli.grader import Grader
 from gcpo_cli.cli import app
@@ -203,8 +203,9 @@ def test_rollout_server_loads_each_update_and_samples_only_from_it(db, tiny_dir,
     server = StandIn(tok.eos_token_id)
     try:
         r = exact(tiny_dir, f"rollout_server={server.url}", "steps=2", "lora.r=8")
-        assert r.engine == "vllm"
-        summary = training.train(db, r)
+        assert r.generation.engine == "vllm"
+        heard = Heard()
+        summary = training.train(db, r, display=heard)
         loads = [req for path, req in server.requests if path == "/v1/load_lora_adapter"]
         assert len(loads) == 3  # the initial adapter, then one per update
         assert len({x["lora_name"] for x in loads}) == 3  # a new name each time: never the old weights
@@ -224,8 +225,38 @@ def test_rollout_server_loads_each_update_and_samples_only_from_it(db, tiny_dir,
         assert all(set(store.unpack_logprobs(r["sampler_logprobs"])) == {-0.5} for r in rows)
         env = json.loads(db["runs"].get(summary["run_id"])["environment_json"])
         assert env["engine"] == "server" and env["server"] == server.url
+        # another engine samples than the policy that trains: importance correction is on by
+        # default (TRL's cap, 3), stored with the run, and a large measured gap is said once
+        stored = json.loads(db["runs"].get(summary["run_id"])["recipe_json"])
+        assert stored["loss"]["tis_cap"] == 3.0
+        warned = [m for m in heard.messages if "sampler_kl" in m]
+        assert len(warned) == 1 and "off-policy" in warned[0]
     finally:
         server.close()
+
+
+class Heard(training.NullDisplay):
+    def __init__(self):
+        self.messages = []
+
+    def message(self, text):
+        self.messages.append(text)
+
+
+def test_the_default_engine_keeps_training_on_policy(db, tiny_dir, monkeypatch):
+    """engine auto (issue 25): vLLM on CUDA for a 16-bit base; an nf4 policy samples itself (vLLM
+    would serve the 16-bit base, 0.5 nats a token from the nf4 policy that trains). With the
+    policy sampling itself, no importance correction: tis_cap resolves to 0 (off)."""
+    from gcpo_cli import engines
+
+    monkeypatch.setattr(engines, "vllm_available", lambda: True)
+    assert engines.resolve("auto", "cuda", "none") == "vllm"
+    assert engines.resolve("auto", "cuda", "nf4") == "hf"
+    assert engines.resolve("auto", "cpu", "none") == "hf"
+    assert engines.resolve("vllm", "cuda", "nf4") == "vllm"  # asked for: the user's choice
+    monkeypatch.undo()
+    summary = training.train(db, recipes.load("tiny", [f"model.name={tiny_dir}", "steps=1"]))
+    assert json.loads(db["runs"].get(summary["run_id"])["recipe_json"])["loss"]["tis_cap"] == 0
 
 
 def test_an_unreachable_rollout_server_is_one_line_and_no_run(runner, db, tiny_dir):

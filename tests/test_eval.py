@@ -139,7 +139,7 @@ def test_run_checkpoint_compared_with_its_base(runner, db, gcpo_home):
     get_peft_model(base, LoraConfig(r=2, target_modules="all-linear")).save_pretrained(
         out_dir / "checkpoints" / "step-2" / "adapter")
     db["runs"].insert(dict(id="r1", model="tiny", out_dir=str(out_dir), status="completed",
-                           recipe_json=json.dumps({"prompt_template": "Q: {problem}"})))
+                           recipe_json=json.dumps({"generation": {"prompt_template": "Q: {problem}"}})))
     out = _json(runner.invoke(app, ["eval", "--run", "r1", "--set", "sums", "--compare", "tiny",
                                     "--max-new-tokens", "4", "--json"]))
     run_res, base_res = out["results"]

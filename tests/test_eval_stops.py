@@ -66,9 +66,10 @@ def test_sigterm_then_kill_9_during_eval_leave_it_resumable(tmp_path, gcpo_home)
     from gcpo_cli.ingest import ingest_rows
     from gcpo_cli.store import open_db
 
+    N = 400  # enough that neither process can finish before the test signals it, however fast
     db_path = tmp_path / "eval.db"
     d = open_db(db_path)
-    ingest_rows(d, _rows(32), "sums", problem="problem", solution="solution", answer="answer")
+    ingest_rows(d, _rows(N), "sums", problem="problem", solution="solution", answer="answer")
     d.close()
     env = {**os.environ, "GCPO_HOME": str(gcpo_home)}
     gcpo = [sys.executable, "-m", "gcpo_cli"]
@@ -87,7 +88,7 @@ def test_sigterm_then_kill_9_during_eval_leave_it_resumable(tmp_path, gcpo_home)
     assert "interrupted" in err and "SIGTERM" in err and "the same command resumes it" in err
     ev_id = err.split("evaluation ")[1].split()[0]
     first = _count(db_path, "SELECT COUNT(*) FROM eval_results")
-    assert 2 <= first < 32
+    assert 2 <= first < N
     assert _count(db_path, "SELECT COUNT(*) FROM evaluations WHERE id = ? AND status = 'interrupted'", [ev_id]) == 1
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -101,7 +102,7 @@ def test_sigterm_then_kill_9_during_eval_leave_it_resumable(tmp_path, gcpo_home)
         proc.kill()
         proc.wait()
     second = _count(db_path, "SELECT COUNT(*) FROM eval_results")
-    assert second < 32 and _count(db_path, "SELECT COUNT(*) FROM evaluations") == 1
+    assert second < N and _count(db_path, "SELECT COUNT(*) FROM evaluations") == 1
     shown = subprocess.run(gcpo + ["eval", "--evaluation", ev_id, "--db", str(db_path)], env=env,
                            capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
@@ -110,9 +111,9 @@ def test_sigterm_then_kill_9_during_eval_leave_it_resumable(tmp_path, gcpo_home)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     s = json.loads(done.stdout)["results"][0]["sets"][0]
-    assert s["evaluation_id"] == ev_id and s["resumed"] == second and s["n_problems"] == 32
-    assert _count(db_path, "SELECT COUNT(*) FROM eval_results") == 32
-    assert _count(db_path, "SELECT COUNT(DISTINCT problem_id) FROM eval_results") == 32
+    assert s["evaluation_id"] == ev_id and s["resumed"] == second and s["n_problems"] == N
+    assert _count(db_path, "SELECT COUNT(*) FROM eval_results") == N
+    assert _count(db_path, "SELECT COUNT(DISTINCT problem_id) FROM eval_results") == N
     assert _count(db_path, "SELECT COUNT(*) FROM evaluations WHERE status = 'completed'") == 1
 
 

@@ -15,7 +15,7 @@ from sqlite_utils import Database
 
 from conftest import JsonHandler, LocalServer
 from gcpo_cli import golden as gold
-from gcpo_cli import recipe as recipes
+from gcpo_cli import recipe_load as recipes
 from gcpo_cli import train as training
 from gcpo_cli.cli import app
 from gcpo_cli.ingest import ingest_rows
@@ -323,7 +323,7 @@ def test_golden_origin_chooses_which_golden_answers_training_injects(runner, db,
                                                                      text):
     ids = _both(db, tmp_path, runner)
     r = recipes.load("tiny", [f"model.name={tiny_dir}", "set_name=both", f"{key}={source}"])
-    assert r.golden_origin == source
+    assert r.golden.origin == source
     summary = training.train(db, r)
     injected = list(db.query("SELECT problem_id, completion FROM rollouts WHERE run_id = ? AND is_golden = 1",
                              [summary["run_id"]]))
@@ -358,7 +358,7 @@ def test_report_counts_what_a_recipe_would_skip_as_too_long(runner, db, tmp_path
                               f"max_new_tokens={limit}", "steps=1"])
     run = training.train(db, r)
     step = next(db.query("SELECT golden_injections, golden_too_long FROM steps WHERE run_id = ?", [run["run_id"]]))
-    assert step["golden_injections"] == 0 and step["golden_too_long"] == r.problems_per_step
+    assert step["golden_injections"] == 0 and step["golden_too_long"] == r.generation.problems_per_step
     table = runner.invoke(app, ["golden", "report", "--set", "both", "--recipe", "tiny", "-o", f"model.name={tiny_dir}",
                                 "-o", f"max_new_tokens={limit}"])
     assert table.exit_code == 0 and "<- this recipe" in table.output and "golden_origin" in table.output
@@ -407,9 +407,10 @@ def test_golden_answers_of_every_origin_upgrade_in_place(tmp_path):
     assert {g["id"]: (g["origin"], g["source_file"], g["model"]) for g in db["golden_answers"].rows} == {
         "g1": ("dataset", "/data/gsm8k/test.jsonl", None), "g2": ("teacher", "solutions.jsonl", "gpt-x"),
         "g3": ("teacher", None, "Qwen/Qwen2.5-7B")}
-    assert json.loads(db["runs"].get("r1")["recipe_json"]) == {"golden": "on", "golden_origin": "teacher",
-                                                               "lr": 0.001}
-    assert recipes.from_dict(recipe).golden_origin == "teacher"  # the old key, read from a file, too
+    # m009 renamed the key, m011 moved it with the others into the recipe's sections
+    assert json.loads(db["runs"].get("r1")["recipe_json"]) == {
+        "golden": {"enabled": True, "origin": "teacher"}, "optimizer": {"lr": 0.001}, "generation": {}, "loss": {}}
+    assert recipes.from_dict(recipe).golden.origin == "teacher"  # the old key, read from a file, too
 
 
 # ------------------------------------------------------------------------------ embedded model

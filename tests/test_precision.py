@@ -9,7 +9,7 @@ import json
 import pytest
 
 from gcpo_cli import precision
-from gcpo_cli import recipe as recipes
+from gcpo_cli import recipe_load as recipes
 
 
 @pytest.fixture

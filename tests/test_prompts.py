@@ -10,7 +10,7 @@ import re
 import pytest
 
 from gcpo_cli import prompts, rollout
-from gcpo_cli import recipe as recipes
+from gcpo_cli import recipe_load as recipes
 from gcpo_cli.cli import app
 from gcpo_cli.errors import GcpoError
 from gcpo_cli.model import build_tiny, load_tokenizer, tiny_tokenizer
@@ -145,16 +145,17 @@ def test_eval_of_a_base_model_errors_for_a_chat_preset_and_runs_with_raw(runner,
 
 
 def test_recipe_keys_choose_and_check_the_preset():
-    assert recipes.load("tiny").prompt == "boxed"
+    assert recipes.load("tiny").generation.prompt == "boxed"
     assert prompts.from_recipe(recipes.load("tiny")) == prompts.PRESETS["boxed"]
     r = recipes.load("tiny", ["prompt=qwen25-math-cot", "system_prompt=Be brief."])
     assert prompts.from_recipe(r) == prompts.Prompt("qwen25-math-cot", "{problem}", "Be brief.")
     # A run stored before presets has only its template: the boxed preset with that user turn.
-    assert prompts.from_recipe({"prompt_template": "Q: {problem}"}) == prompts.Prompt("boxed", "Q: {problem}")
-    for override, key in (("prompt=qwen", "prompt"), ("prompt_template=none here", "prompt_template"),
-                          ("system_prompt=x", "system_prompt")):
+    stored = {"generation": {"prompt_template": "Q: {problem}"}}
+    assert prompts.from_recipe(stored) == prompts.Prompt("boxed", "Q: {problem}")
+    for override, key in (("prompt=qwen", "generation.prompt"), ("prompt_template=none here",
+                          "generation.prompt_template"), ("system_prompt=x", "generation.system_prompt")):
         with pytest.raises(recipes.RecipeError, match=f"'{key}'"):
-            recipes.load("tiny", [override] + (["prompt=raw"] if key == "system_prompt" else []))
+            recipes.load("tiny", [override] + (["prompt=raw"] if key.endswith("system_prompt") else []))
 
 
 def test_training_heldout_and_eval_run_render_the_recipes_preset(runner, db, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ import yaml
 
 from conftest import JsonHandler, LocalServer
 from gcpo_cli import publish, store
-from gcpo_cli import recipe as recipes
+from gcpo_cli import recipe_load as recipes
 from gcpo_cli import train as training
 from gcpo_cli.cli import app
 from gcpo_cli.model import build_tiny

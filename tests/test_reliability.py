@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gcpo_cli import recipe as recipes
+from gcpo_cli import recipe_load as recipes
 from gcpo_cli import train as training
 from gcpo_cli.cli import app
 from gcpo_cli.errors import GcpoError

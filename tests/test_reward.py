@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from gcpo_cli import recipe as recipes
+from gcpo_cli import recipe_load as recipes
 from gcpo_cli import train as training
 from gcpo_cli.grader import Grader, Score
-from gcpo_cli.recipe import RecipeError
+from gcpo_cli.recipe_load import RecipeError
 
 MODULE = "gcpo_test_rewards"
 REWARDS = textwrap.dedent('''

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gcpo_cli import recipe as recipes
+from gcpo_cli import recipe_load as recipes
 from gcpo_cli.cli import app
 
 # Makes bitsandbytes believe the CPU has AVX512-BF16, as the machine in issue 26 had: importing

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gcpo_cli import recipe as recipes
+from gcpo_cli import recipe_load as recipes
 from gcpo_cli import store, trackers
 from gcpo_cli import train as training
 from gcpo_cli.cli import app

@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 
-from gcpo_cli import recipe as recipes
+from gcpo_cli import recipe_load as recipes
 from gcpo_cli import learner, rollout, store
 from gcpo_cli import train as training
 from gcpo_cli.grader import Grader, Score
@@ -127,10 +127,10 @@ def test_all_correct_groups_are_skipped_from_the_loss(db, tiny_dir):
 def test_dapo_dynamic_sampling_refills_the_batch_with_mixed_groups(db, tiny_dir, monkeypatch):
     r = tiny_recipe(tiny_dir, "algorithm=dapo", "steps=1")
     ctx = training.setup(db, r, None, None, None, training.NullDisplay())
-    first = set(training.curriculum.uniform([p["id"] for p in ctx.pool], 0, r.problems_per_step, r.seed))
+    first = set(training.curriculum.uniform([p["id"] for p in ctx.pool], 0, r.generation.problems_per_step, r.seed))
 
     def fake_scores(grader, items):  # the first batch is all wrong, any other problem mixed (sample 0 right)
-        G = r.samples_per_problem
+        G = r.generation.samples_per_problem
         return [Score(float(ok), ok) for i, (p, *_) in enumerate(items) for ok in [p["id"] not in first and i % G == 0]]
 
     monkeypatch.setattr(Grader, "scores", fake_scores)
@@ -313,7 +313,7 @@ def test_golden_answer_longer_than_the_limit_is_not_injected(db, tiny_dir):
     assert m.golden_too_long == 2 and m.golden_injections == 0 and not [s for s in seqs if s.is_golden]
     assert m.sequences_in_loss == 0
     # a cut golden answer (no end, usually no final answer) with reward 1 is no longer an option
-    with pytest.raises(recipes.RecipeError, match="golden_too_long"):
+    with pytest.raises(recipes.RecipeError, match="golden.too_long"):
         tiny_recipe(tiny_dir, "golden_too_long=truncate")
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from gcpo_cli import engines, rollout, store
-from gcpo_cli import recipe as recipes
+from gcpo_cli import recipe_load as recipes
 from gcpo_cli import train as training
 from gcpo_cli.logprobs import completion_logprobs
 from gcpo_cli.model import add_lora, load_base, resolve_model

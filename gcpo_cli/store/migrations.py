@@ -339,3 +339,43 @@ def m010_golden_derived_from(db: Database) -> None:
     # the built one is verified like any other and stands for the original where it verified.
     db.execute("ALTER TABLE golden_answers ADD COLUMN [derived_from] TEXT REFERENCES golden_answers(id)")
     db.execute("CREATE INDEX [idx_golden_answers_derived_from] ON [golden_answers] ([derived_from])")
+
+
+# gcpo 0.4's flat recipe keys and the section each moved to in 0.5 (issue 21), as they were
+# then: a migration keeps its own copy, whatever recipe.py says later.
+_M011_SECTIONS = {
+    "generation": ("problems_per_step", "samples_per_problem", "max_new_tokens", "temperature", "top_p", "prompt",
+                   "prompt_template", "system_prompt", "engine", "rollout_server"),
+    "golden": ("golden", "golden_replace", "golden_origin", "golden_too_long", "golden_weighting",
+               "golden_template"),
+    "loss": ("ratio_level", "loss_agg", "eps_low", "eps_high", "scale_rewards", "zero_variance", "mini_batches",
+             "ppo_epochs", "tis_cap", "dynamic_sampling", "max_resample_rounds", "overlong_buffer",
+             "overlong_penalty"),
+    "optimizer": ("lr", "lr_schedule", "warmup_steps", "weight_decay", "max_grad_norm", "micro_batch",
+                  "micro_batch_tokens"),
+}
+_M011_GOLDEN_KEYS = {"golden": "enabled", "golden_replace": "replace", "golden_origin": "origin",
+                     "golden_too_long": "too_long", "golden_weighting": "weighting", "golden_template": "template"}
+
+
+@migrations()
+def m011_recipe_sections(db: Database) -> None:
+    # The recipe in sections (issue 21): a stored run's recipe takes the shape recipe.Recipe has
+    # now, so whatever reads it as JSON (the model card, `eval --run`) reads one shape. The old
+    # golden: on|off is golden.enabled: true|false.
+    for rowid, text in db.execute("SELECT rowid, recipe_json FROM runs WHERE recipe_json IS NOT NULL").fetchall():
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict) or isinstance(obj.get("golden"), dict):
+            continue  # already sectioned
+        for section, keys in _M011_SECTIONS.items():
+            moved = {key: obj.pop(key) for key in keys if key in obj}
+            if section == "golden":
+                moved = {_M011_GOLDEN_KEYS[k]: v for k, v in moved.items()}
+                if "enabled" in moved and isinstance(moved["enabled"], str):
+                    moved["enabled"] = moved["enabled"] == "on"
+            obj[section] = moved
+        db.execute("UPDATE runs SET recipe_json = ? WHERE rowid = ?",
+                   [json.dumps(obj, sort_keys=True, ensure_ascii=False), rowid])
