@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 
+from .answers import golden_response
 from .rollout import response_ids
 
 FLOOR = 0.02
@@ -54,7 +55,7 @@ def usable_golden(problems: list[dict], tok, template: str, max_new_tokens: int)
     its tokens, then end-of-turn), at most max_new_tokens. The loop asks once, at setup: the
     pool, the template and the limit are fixed for a run."""
     return frozenset(p["id"] for p in problems if p["golden"] and len(response_ids(
-        tok, template.format(solution=p["golden"], answer=p["answer"]))) <= max_new_tokens)
+        tok, golden_response(template, p["golden"], p["answer"]))) <= max_new_tokens)
 
 
 def frontier(rates: dict[str, tuple[int, int, int]], problem_ids: list[str], step: int, batch: int,

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import resumable, store
-from .answers import extract_answer
+from .answers import extract_answer, golden_response
 from .errors import GcpoError
 from .fields import ID_NAMES, PROBLEM_NAMES, SOLUTION_NAMES
 from .grader import Grader
@@ -482,7 +482,7 @@ def report(db, set_ref: str, recipe) -> dict:
         chosen = store.active_golden(db, name, origin)
         for pid, g in chosen.items():
             if g["id"] not in lengths:
-                text = recipe.golden.template.format(solution=g["text"], answer=answers[pid])
+                text = golden_response(recipe.golden.template, g["text"], answers[pid])
                 lengths[g["id"]] = response_tokens(tok, text)
         too_long = sum(lengths[g["id"]] > limit for g in chosen.values())
         origins[origin] = dict(covered=len(chosen), too_long=too_long, injectable=len(chosen) - too_long,

@@ -16,15 +16,12 @@ from pathlib import Path
 
 from . import paths
 from .errors import GcpoError
+from .prompts import CHATML_TEMPLATE
 
 EMBEDDED = "smollm2-135m"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY = "tiny"
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
-    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 class ModelError(GcpoError, ValueError):
@@ -406,12 +403,21 @@ class MergedSampler:
 def set_attention(model, setting: str = "auto", role: str = "sampler") -> None:
     """The attention kernel of a model that samples (`role` sampler: ModelConfig.sampler_attention)
     or trains (`update`: ModelConfig.attention). auto: sdpa for the update everywhere (its CPU
-    kernel is flash attention, mask included: memory linear in length, and faster than eager from
-    a few hundred tokens on, bench/RESULTS.md issue 23); for sampling sdpa on CUDA, eager on CPU,
-    whose one-query decode steps the CPU sdpa kernel runs slowly (bf16 sampling 285 -> 338
-    tokens/s at 48 new tokens, bench/RESULTS.md)."""
+    kernel is flash attention, mask included: memory linear in length; bench/RESULTS.md issue 23);
+    for sampling sdpa on CUDA and, on CPU, gcpo_decode (rollout.decode_attention: one-query
+    decode steps read a grouped-query cache in place, where eager copies it per query head and the
+    CPU sdpa kernel is slow on one query; 1.8x eager's tokens/s at 512 new tokens)."""
     if setting == "auto":
-        setting = "sdpa" if role == "update" or next(model.parameters()).device.type == "cuda" else "eager"
+        if role == "update" or next(model.parameters()).device.type == "cuda":
+            setting = "sdpa"
+        else:
+            from .decoding import register_decode_attention
+
+            setting = register_decode_attention()
+    elif setting == "gcpo_decode":
+        from .decoding import register_decode_attention
+
+        register_decode_attention()
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(setting)
 

@@ -18,6 +18,12 @@ from dataclasses import dataclass
 
 from .errors import GcpoError
 
+# The chat template a tokenizer without one gets (ChatML, SmolLM2's and Qwen's format).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 BOXED_TEMPLATE = "{problem} Put the final answer in \\boxed{{}}."
 # Qwen2.5-Math and DeepSeek-R1 word the boxed-answer instruction the same way.
 STEP_BY_STEP = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -74,8 +80,6 @@ def has_chat_template(tokenizer) -> bool:
     """Whether the tokenizer ships a chat template. gcpo's loader gives a tokenizer without one
     a ChatML stand-in (model.load_tokenizer); that is not the model's own format, so it does not
     count. transformers keeps what the tokenizer was loaded with in `init_kwargs`."""
-    from .model import CHATML_TEMPLATE
-
     template = getattr(tokenizer, "chat_template", None)
     if not template:
         return False

@@ -38,9 +38,10 @@ class ModelConfig:
     # CUDA: memory linear in length; eager kept every layer's attention probabilities, 13 GB at
     # 512 tokens on the 135M model, bench/RESULTS.md issue 23)
     attention: Literal["auto", "eager", "sdpa"] = "auto"
-    # attention kernel of sampling (the merged sampler, and evaluation); auto: eager on CPU (the
-    # CPU sdpa kernel is slow on one-query decode steps), sdpa on CUDA
-    sampler_attention: Literal["auto", "eager", "sdpa"] = "auto"
+    # attention kernel of sampling (the merged sampler, and evaluation); auto: sdpa on CUDA,
+    # gcpo_decode on CPU (one-query decode steps read a grouped-query KV cache in place; eager
+    # copies it per head, the CPU sdpa kernel is slow on one query: bench/RESULTS.md issue 23)
+    sampler_attention: Literal["auto", "eager", "sdpa", "gcpo_decode"] = "auto"
     # The embedded model is fp32 with full-vocab logits; a shorter chat system prompt is the
     # tokenizer's business, not ours: we always use the tokenizer's own chat template.
 

@@ -287,10 +287,10 @@ def _validate(r: Recipe) -> None:
             check_lora_for_vllm(r.lora.r, targets if targets == "all-linear" else targets.split(","))
         except GcpoError as e:
             raise RecipeError(str(e)) from None
-    if "{solution}" not in gold.template:
-        raise RecipeError("recipe key 'golden.template': must contain {solution}")
+    if "{solution}" not in gold.template and "{reasoning}" not in gold.template:
+        raise RecipeError("recipe key 'golden.template': must contain {solution} or {reasoning}")
     try:
-        gold.template.format(solution="x", answer="1")
+        gold.template.format(solution="x", reasoning="x", answer="1")
     except (KeyError, IndexError, ValueError) as e:
         raise RecipeError(f"recipe key 'golden.template': {e!s} (write literal braces as {{{{ }}}})") from None
     from .prompts import PRESETS, template_error

@@ -33,7 +33,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import get_scheduler
@@ -44,15 +44,15 @@ from .errors import GcpoError
 from .evaluation import evaluate_problems
 from .grader import Grader
 from .ingest import ensure_synthetic_set
-from .learner import Policy, UpdateStats, update
-from .loss import golden_slot, group_advantages, overlong_shaping
+from .groups import StepMetrics, assign_advantages, go_gold, is_mixed, merge_timing, step_metrics
+from .learner import Policy, update
 from .model import (MergedSampler, add_lora, autocast_enabled, describe_environment, environment, load_adapter,
                     load_base, prepare_base, prepare_for_update)
 from .prompts import from_recipe as prompt_from_recipe
 from .records import Rollout
 from .recipe import Recipe
 from .recipe_load import from_dict, to_dict
-from .rollout import render_prompt, response_ids
+from .rollout import render_prompt
 from .synthetic import parse_levels
 
 
@@ -86,41 +86,6 @@ class Context:
     @property
     def tok(self):
         return self.policy.tok
-
-
-@dataclass
-class StepMetrics:
-    """What a step records (the algorithm doc's list), with the update's statistics. Every field
-    lands in the step's record under its own name: a `steps` column where the schema has one,
-    else the step's metrics_json (store.record_step)."""
-
-    reward_mean: float  # of the policy's own samples
-    all_wrong_frac: float  # groups with no correct sample
-    all_correct_frac: float
-    mixed_frac: float
-    golden_injections: int
-    golden_too_long: int  # all-wrong groups whose golden answer is over max_new_tokens
-    completion_tokens_mean: float
-    truncation_rate: float
-    lr: float
-    gen_s: float
-    score_s: float
-    update_s: float
-    tokens_per_s: float  # generation
-    groups: int
-    groups_in_loss: int
-    sequences_in_loss: int
-    reward_failures: int  # custom reward calls that failed (scored 0)
-    update: UpdateStats
-    world_size: int | None = None  # data-parallel only
-    comm_s: float | None = None  # data-parallel only: seconds in collectives
-
-    def flat(self) -> dict:
-        """One flat {name: value}, the update's statistics inlined (data-parallel fields only
-        when data-parallel)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "update"}
-        out.update(asdict(self.update))
-        return {k: v for k, v in out.items() if v is not None or k not in ("world_size", "comm_s")}
 
 
 class Abandon(Exception):
@@ -216,7 +181,8 @@ def train_step(ctx: Context, step: int, grader: Grader, stop: "StopFlag") -> tup
         sampled_groups, groups = refill(ctx, step, order, groups, timing, rng, grader, stop)
     sampled_groups = [list(g) for g in sampled_groups]  # as sampled: going gold edits `groups`
     # one stream per group (golden_replace: random), so the choice does not depend on the ranks
-    outcomes = [go_gold(ctx, g, random.Random(f"{r.seed}:{step}:{g[0].problem_id}")) for g in groups]  # 4
+    outcomes = [go_gold(r, ctx.by_id[g[0].problem_id], g, ctx.tok, random.Random(f"{r.seed}:{step}:{g[0].problem_id}"))
+                for g in groups]  # 4
     kept = assign_advantages(r, groups)  # 5
     t0 = time.perf_counter()
     stats = update(ctx.policy, [(order[g[0].problem_id], g) for g in kept], r, dist, stop)  # 6
@@ -245,7 +211,7 @@ def train_step(ctx: Context, step: int, grader: Grader, stop: "StopFlag") -> tup
 SAMPLER_KL_WARN = 0.05
 
 
-def warn_off_policy(metrics: "StepMetrics", step: int, ctx: Context, display) -> None:
+def warn_off_policy(metrics: StepMetrics, step: int, ctx: Context, display) -> None:
     """Say once per run when the engine's samples are measurably not the trained policy's."""
     kl = metrics.update.sampler_kl
     if kl is None or kl <= SAMPLER_KL_WARN or ctx.warned_off_policy:
@@ -326,74 +292,6 @@ def refill(ctx: Context, step: int, order: dict, groups: list[list[Rollout]], ti
     places = sorted(p for part in dist.gather([order[g[0].problem_id] for g in sampled if is_mixed(g)]) for p in part)
     first = set(places[: r.generation.problems_per_step])
     return sampled, [g for g in sampled if order[g[0].problem_id] in first]
-
-
-def is_mixed(group: list[Rollout]) -> bool:
-    return len({x.correct for x in group}) > 1
-
-
-def go_gold(ctx: Context, group: list[Rollout], rng: random.Random | None) -> str | None:
-    """Swap one wrong rollout of an all-wrong group for the golden answer. Returns what happened:
-    "injected", "too_long" or None."""
-    r = ctx.recipe
-    problem = ctx.by_id[group[0].problem_id]
-    slot = golden_slot([x.correct for x in group], bool(problem["golden"]) and r.golden.enabled,
-                       r.golden.replace, rng)
-    if slot is None:
-        return None
-    text = r.golden.template.format(solution=problem["golden"], answer=problem["answer"])
-    ids = response_ids(ctx.tok, text)
-    if len(ids) > r.generation.max_new_tokens:
-        return "too_long"
-    # The displaced rollout stays recorded (advantage NULL: not in the loss); the golden answer
-    # is one extra row, sample index G.
-    group[slot].advantage = None
-    group[slot] = Rollout(problem_id=problem["id"], sample_index=len(group), completion=text,
-                          extracted_answer=extract_answer(text), truncated=False, reward=1.0, correct=True,
-                          is_golden=True, prompt_ids=group[slot].prompt_ids, completion_ids=ids)
-    return "injected"
-
-
-def assign_advantages(r: Recipe, groups: list[list[Rollout]]) -> list[list[Rollout]]:
-    """Advantages per group (after DAPO's overlong shaping of rewards); returns the groups that
-    stay in the loss."""
-    kept = []
-    for g in groups:
-        rewards = torch.tensor([x.reward for x in g])  # [G]
-        if r.loss.overlong_buffer:
-            lengths = torch.tensor([x.completion_tokens for x in g])
-            rewards = rewards + overlong_shaping(lengths, r.generation.max_new_tokens, r.loss.overlong_buffer, r.loss.overlong_penalty)
-            for x, v in zip(g, rewards.tolist()):
-                x.reward = v
-        if bool((rewards == rewards[0]).all()) and r.loss.zero_variance == "skip":
-            continue  # every advantage is 0: nothing to learn, nothing to compute
-        for x, a in zip(g, group_advantages(rewards[None], r.loss.scale_rewards)[0].tolist()):
-            x.advantage = a
-        kept.append(g)
-    return kept
-
-
-def step_metrics(r: Recipe, groups: list[list[Rollout]], outcomes: list, groups_in_loss: int, sequences_in_loss: int,
-                 stats: UpdateStats, timing: dict, lr: float) -> StepMetrics:
-    """The step's record, from the groups the policy sampled."""
-    sampled = [x for g in groups for x in g]
-    n, n_groups, G = max(1, len(sampled)), max(1, len(groups)), r.generation.samples_per_problem
-    correct = [sum(x.correct for x in g) for g in groups]
-    return StepMetrics(
-        reward_mean=sum(x.correct for x in sampled) / n, all_wrong_frac=sum(c == 0 for c in correct) / n_groups,
-        all_correct_frac=sum(c == G for c in correct) / n_groups, mixed_frac=sum(0 < c < G for c in correct) / n_groups,
-        golden_injections=outcomes.count("injected"), golden_too_long=outcomes.count("too_long"),
-        completion_tokens_mean=timing["tokens"] / n, truncation_rate=sum(x.truncated for x in sampled) / n, lr=lr,
-        gen_s=timing["gen_s"], score_s=timing["score_s"], update_s=timing["update_s"],
-        tokens_per_s=timing["tokens"] / timing["gen_s"] if timing["gen_s"] else 0.0, groups=len(groups),
-        groups_in_loss=groups_in_loss, sequences_in_loss=sequences_in_loss,
-        reward_failures=timing.get("reward_failures", 0), update=stats)
-
-
-def merge_timing(timings: list[dict]) -> dict:
-    """Every rank's {gen_s, score_s, update_s, tokens, reward_failures} as the step's: the ranks
-    work at once, so a phase takes as long as its slowest rank; tokens and failures add up."""
-    return {k: (max if k.endswith("_s") else sum)(t[k] for t in timings) for k in timings[0]}
 
 
 def save_checkpoint(ctx: Context, step: int) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from gcpo_cli import curriculum, learner
 from gcpo_cli import recipe_load as recipes
+from gcpo_cli import groups
 from gcpo_cli import train as training
 from gcpo_cli.logprobs import completion_logprobs
 from gcpo_cli.model import autocast_context, build_tiny
@@ -139,7 +140,7 @@ def test_dapo_sums_tokens_over_the_batch_after_overlong_shaping(db, tiny_dir):
         x.correct = bool(reward)
     lengths = [len(x.completion_ids) for x in rollouts]
     assert max(lengths) > 40 - 20  # some completions fall into the overlong buffer
-    kept = training.assign_advantages(ctx.recipe, [rollouts[:4], rollouts[4:]])
+    kept = groups.assign_advantages(ctx.recipe, [rollouts[:4], rollouts[4:]])
     assert len(kept) == 2  # shaping gave the all-wrong group variance by length
     shaped = [x.reward for x in rollouts]
     assert shaped != [1, 0, 0, 1, 0, 0, 0, 0] and all(r <= 1 for r in shaped)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from conftest import JsonHandler, LocalServer
+from conftest import SHARED_DATA, JsonHandler, LocalServer
 from gcpo_cli import golden as gold
 from gcpo_cli import recipe_load as recipes
 from gcpo_cli import train as training
@@ -448,3 +448,20 @@ def test_golden_list_limit_applies_to_json_too(runner, db):
     table = runner.invoke(app, ["golden", "list", "--set", "many", "--limit", "2"])
     assert table.exit_code == 0 and "Golden answers of many: 5" in table.output
     assert "… and 3 more" in table.output
+
+
+def test_a_gsm8k_solution_is_written_as_reasoning_then_the_boxed_answer():
+    """golden.template's {reasoning}: the worked solution without GSM8K's <<calc>> annotations
+    and its `#### N` line, so the golden answer reads as the model should answer (issue 22)."""
+    from gcpo_cli.answers import extract_answer, golden_response
+
+    row = json.loads((SHARED_DATA / "gsm8k" / "train.jsonl").open().readline())  # Natalia's clips
+    template = "{reasoning}\nThe final answer is $\\boxed{{{answer}}}$."
+    text = golden_response(template, row["answer"], "72")
+    assert text == ("Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and "
+                    "May.\nThe final answer is $\\boxed{72}$.")
+    assert "<<" not in text and "####" not in text and extract_answer(text) == "72"
+    assert golden_response("{solution}", row["answer"], "72") == row["answer"]  # as stored
+    with pytest.raises(recipes.RecipeError, match="golden.template"):
+        recipes.load("tiny", ["golden.template=no placeholder {answer}"])
+    assert recipes.load("tiny", [f"golden.template={template}"]).golden.template == template

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from gcpo_cli import recipe_load as recipes
+from gcpo_cli import groups
 from gcpo_cli import train as training
 from gcpo_cli.grader import Grader, Score
 from gcpo_cli.recipe_load import RecipeError
@@ -213,9 +214,9 @@ def test_going_gold_follows_the_correct_flag_or_a_reward_of_1(db, tiny_dir, word
     assert (flagged[0].reward, flagged[0].correct) == (0.5, True)  # correct by its flag at reward 0.5
     assert (full[0].reward, full[0].correct) == (1.0, True)  # no flag: reward 1 is correct
     assert [x.correct for x in almost] == [False] * 4 and almost[0].reward == 0.99
-    assert training.go_gold(ctx, flagged, None) is None
-    assert training.go_gold(ctx, full, None) is None
-    assert training.go_gold(ctx, almost, None) == "injected" and almost[3].is_golden
+    assert groups.go_gold(ctx.recipe, ctx.by_id[flagged[0].problem_id], flagged, ctx.tok, None) is None
+    assert groups.go_gold(ctx.recipe, ctx.by_id[full[0].problem_id], full, ctx.tok, None) is None
+    assert groups.go_gold(ctx.recipe, ctx.by_id[almost[0].problem_id], almost, ctx.tok, None) == "injected" and almost[3].is_golden
 
 
 # ----------------------------------------------------------------------------- the grader

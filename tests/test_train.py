@@ -11,6 +11,7 @@ import torch
 
 from gcpo_cli import recipe_load as recipes
 from gcpo_cli import learner, rollout, store
+from gcpo_cli import groups
 from gcpo_cli import train as training
 from gcpo_cli.grader import Grader, Score
 from gcpo_cli.logprobs import completion_logprobs
@@ -90,10 +91,10 @@ def test_update_moves_lora_weights_only_and_raises_golden_answer_logprob(db, tin
     wrong = [ctx.tok("I do not know.", add_special_tokens=False).input_ids + [ctx.tok.eos_token_id]] * 3
     group = [make_rollout(pid, j, prompt, ids, "I do not know.") for j, ids in enumerate(wrong)]
     group.append(make_rollout(pid, 3, prompt, [], ""))
-    assert training.go_gold(ctx, group, None) == "injected"
+    assert groups.go_gold(ctx.recipe, ctx.by_id[group[0].problem_id], group, ctx.tok, None) == "injected"
     ga = group[3]
     assert ga.is_golden and ga.completion_ids[-1] == ctx.tok.eos_token_id
-    kept = training.assign_advantages(ctx.recipe, [group])
+    kept = groups.assign_advantages(ctx.recipe, [group])
     assert len(kept) == 1
 
     amp = autocast_context(ctx.model, ctx.recipe.model.autocast)
@@ -118,8 +119,8 @@ def test_all_correct_groups_are_skipped_from_the_loss(db, tiny_dir):
     pid = ctx.pool[0]["id"]
     prompt = training.prompt(ctx, pid)[1]
     right = [make_rollout(pid, j, prompt, [5, 6], "x", "2", 1.0, True) for j in range(4)]
-    assert training.go_gold(ctx, right, None) is None
-    assert training.assign_advantages(ctx.recipe, [right]) == []
+    assert groups.go_gold(ctx.recipe, ctx.by_id[right[0].problem_id], right, ctx.tok, None) is None
+    assert groups.assign_advantages(ctx.recipe, [right]) == []
     stats = learner.update(ctx.policy, [(0, [])], ctx.recipe)
     assert stats.grad_norm == 0.0
 
@@ -389,7 +390,7 @@ def test_golden_template_renders_the_answer_as_the_model_would_write_it(db, tiny
                                          "max_new_tokens=120"), None, None, None, training.NullDisplay())
     p = ctx.pool[0]
     group = [make_rollout(p["id"], j, training.prompt(ctx, p["id"])[1], [5], "x") for j in range(4)]
-    assert training.go_gold(ctx, group, None) == "injected"
+    assert groups.go_gold(ctx.recipe, ctx.by_id[group[0].problem_id], group, ctx.tok, None) == "injected"
     ga = group[3]
     assert ga.completion == f"{p['golden']}\n</think>\n\nFinal: \\boxed{{{p['answer']}}}"
     assert ga.extracted_answer == p["answer"]
