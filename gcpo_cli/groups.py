@@ -25,6 +25,8 @@ class StepMetrics:
     else the step's metrics_json (store.record_step)."""
 
     reward_mean: float  # of the policy's own samples
+    reward_std: float  # mean over groups of the rewards' population std (TRL's reward_std)
+    frac_reward_zero_std: float  # groups whose rewards are all equal: no contrast for GRPO
     all_wrong_frac: float  # groups with no correct sample
     all_correct_frac: float
     mixed_frac: float
@@ -104,8 +106,10 @@ def step_metrics(r: Recipe, groups: list[list[Rollout]], outcomes: list, groups_
     sampled = [x for g in groups for x in g]
     n, n_groups, G = max(1, len(sampled)), max(1, len(groups)), r.generation.samples_per_problem
     correct = [sum(x.correct for x in g) for g in groups]
+    stds = [torch.tensor([x.reward for x in g]).std(unbiased=False).item() for g in groups if g]
     return StepMetrics(
-        reward_mean=sum(x.correct for x in sampled) / n, all_wrong_frac=sum(c == 0 for c in correct) / n_groups,
+        reward_mean=sum(x.correct for x in sampled) / n, reward_std=sum(stds) / n_groups,
+        frac_reward_zero_std=sum(s == 0 for s in stds) / n_groups, all_wrong_frac=sum(c == 0 for c in correct) / n_groups,
         all_correct_frac=sum(c == G for c in correct) / n_groups, mixed_frac=sum(0 < c < G for c in correct) / n_groups,
         golden_injections=outcomes.count("injected"), golden_too_long=outcomes.count("too_long"),
         completion_tokens_mean=timing["tokens"] / n, truncation_rate=sum(x.truncated for x in sampled) / n, lr=lr,

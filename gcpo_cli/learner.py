@@ -67,6 +67,9 @@ class UpdateStats:
     loss: float = 0.0  # mean over optimiser updates of the mini-batch loss
     grad_norm: float = 0.0  # mean over optimiser updates, before clipping
     clip_frac: float = 0.0  # clipped share of the sequences (sequence ratio) or tokens (token ratio)
+    clip_low_frac: float = 0.0  # of clip_frac, below 1 - eps_low (negative advantage): TRL's clip_ratio/low
+    clip_high_frac: float = 0.0  # above 1 + eps_high (positive advantage): TRL's clip_ratio/high
+    entropy: float | None = None  # pi_old's mean token entropy over the sequences in the loss
     ratio_mean: float | None = None  # the sequence ratio s_i over every sequence and pass
     ratio_min: float | None = None
     ratio_max: float | None = None
@@ -87,7 +90,10 @@ class Tally:
     norms: list = field(default_factory=list)
     ratios: list = field(default_factory=list)
     clipped: float = 0.0
+    clipped_low: float = 0.0
     clip_units: float = 0.0
+    entropy: float = 0.0
+    entropy_tokens: float = 0.0
     golden_logp: float = 0.0
     golden_tokens: int = 0
     mismatch_abs: float = 0.0
@@ -114,7 +120,8 @@ def update(policy: Policy, kept: list[tuple[int, list[Rollout]]], recipe, dist: 
         logprobs = logprob_fn(policy, recipe)
         on_policy = recipe.loss.mini_batches * recipe.loss.ppo_epochs == 1
         old = None if on_policy else old_logprobs(logprobs, [x for part in parts for x in part if x.in_loss],
-                                                  recipe.optimizer.micro_batch, recipe.optimizer.micro_batch_tokens)
+                                                  recipe.optimizer.micro_batch, recipe.optimizer.micro_batch_tokens,
+                                                  tally)
         for epoch in range(recipe.loss.ppo_epochs):
             for mb, part in zip(plan, parts):
                 if not mb.active:  # no rank has a sequence in this mini-batch's loss: skipped everywhere
@@ -186,21 +193,23 @@ def logprob_fn(policy: Policy, recipe):
     # HF turns the KV cache off under gradient checkpointing, so no prompt sharing there.
     share = not recipe.model.gradient_checkpointing
 
-    def logprobs(chunk: list[Rollout]):
+    def logprobs(chunk: list[Rollout], entropy: bool = False):
         with amp():
             return completion_logprobs(policy.model, policy.tok, [x.prompt_ids for x in chunk],
-                                       [x.completion_ids for x in chunk], share, temperature)
+                                       [x.completion_ids for x in chunk], share, temperature, entropy)
 
     return logprobs
 
 
-def old_logprobs(logprobs, rollouts: list[Rollout], micro_batch: int, tokens: int = 0) -> dict[int, torch.Tensor]:
+def old_logprobs(logprobs, rollouts: list[Rollout], micro_batch: int, tokens: int, tally: Tally) -> dict:
     """pi_old: each rollout's completion log-probs [L_i] under the policy that sampled, without
-    gradient, keyed by id(rollout)."""
+    gradient, keyed by id(rollout); its entropy goes to the tally."""
     old = {}
     with torch.no_grad():
         for chunk in micro_batches(rollouts, micro_batch, tokens):
-            logp, _ = logprobs(chunk)
+            logp, mask, ent = logprobs(chunk, entropy=True)
+            tally.entropy += float((ent * mask).sum())
+            tally.entropy_tokens += float(mask.sum())
             for row, x in zip(logp, chunk):
                 old[id(x)] = row[: x.completion_tokens]
     return old
@@ -213,7 +222,7 @@ def backward(logprobs, chunk: list[Rollout], old: dict | None, denom: float, rec
     once), pi_old's golden-answer log-probs and the sampler/trainer mismatch. Sets each
     rollout's seq_ratio (its last pass). `old`: pi_old per rollout, or None on-policy (then
     pi_old is logp, detached)."""
-    logp, mask = logprobs(chunk)
+    logp, mask, *ent = logprobs(chunk, entropy=first_epoch and old is None)
     old_logp = logp.detach() if old is None else stack_padded([old[id(x)] for x in chunk], logp)
     weight = None
     # the engine's own log-probs, where it reported them (never for a golden answer)
@@ -248,7 +257,11 @@ def backward(logprobs, chunk: list[Rollout], old: dict | None, denom: float, rec
                         golden_weighting=recipe.golden.weighting, weight=weight)
     parts.loss.backward()
     tally.clipped += parts.clipped
+    tally.clipped_low += parts.clipped_low
     tally.clip_units += parts.clip_units
+    if ent:  # on-policy: this forward is pi_old's
+        tally.entropy += float((ent[0] * mask).sum())
+        tally.entropy_tokens += float(mask.sum())
     for i, (x, ratio) in enumerate(zip(chunk, parts.seq_ratio.tolist())):
         x.seq_ratio = ratio
         tally.ratios.append(ratio)
@@ -280,6 +293,9 @@ def summarise(tallies: list[Tally]) -> UpdateStats:
     return UpdateStats(
         loss=sum(losses) / len(losses), grad_norm=sum(norms) / len(norms),
         clip_frac=total.clipped / total.clip_units if total.clip_units else 0.0,
+        clip_low_frac=total.clipped_low / total.clip_units if total.clip_units else 0.0,
+        clip_high_frac=(total.clipped - total.clipped_low) / total.clip_units if total.clip_units else 0.0,
+        entropy=total.entropy / total.entropy_tokens if total.entropy_tokens else None,
         ratio_mean=sum(ratios) / len(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
         optimizer_updates=len(norms),
         golden_logp_mean=total.golden_logp / total.golden_tokens if total.golden_tokens else None,

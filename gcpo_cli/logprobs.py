@@ -11,9 +11,10 @@ import torch
 
 
 def completion_logprobs(model, tok, prompts: list[list[int]], completions: list[list[int]],
-                        share_prompts: bool = True, temperature: float = 1.0):
+                        share_prompts: bool = True, temperature: float = 1.0, entropy: bool = False):
     """Log-probs of each completion token under `model` sampling at `temperature`:
-    log softmax(logits / T).  Returns logp, mask: [N, L].
+    log softmax(logits / T).  Returns logp, mask: [N, L] (and, with `entropy`, each position's
+    entropy [N, L], without gradient).
 
     With share_prompts, each distinct prompt (a group's G members share one) is run once and its
     KV cache fanned out to its completions; gradients flow back through the shared prefix, so
@@ -47,6 +48,9 @@ def completion_logprobs(model, tok, prompts: list[list[int]], completions: list[
                       position_ids=((attn.cumsum(1) - 1).clamp(min=0)).to(device), use_cache=False)
         hidden = out.last_hidden_state[:, width - 1:-1]  # position W-1+t predicts completion token t
     mask = cmask.to(device).float()
+    if entropy:
+        logp, ent = head_logprobs(hidden, head, comp_ids.to(device), temperature, mask=mask, entropy=True)
+        return logp, mask, ent
     return head_logprobs(hidden, head, comp_ids.to(device), temperature, mask=mask), mask  # [N, L]
 
 

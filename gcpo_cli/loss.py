@@ -118,6 +118,7 @@ class LossParts:
     seq_ratio: torch.Tensor  # [N] exp(mean token log-ratio): the sequence ratio, for the record
     clipped: float  # clipped sequences (or tokens) in this micro-batch
     clip_units: float  # sequences (or tokens) considered
+    clipped_low: float = 0.0  # of those clipped, the ones below 1 - eps_low (negative advantage)
 
 
 def policy_loss(
@@ -146,12 +147,13 @@ def policy_loss(
         obj = obj * mask if weight is None else obj * mask * weight
         clipped = clipped & mask.bool()
         per_seq = obj.sum(dim=1) if loss_agg == "token_sum" else obj.sum(dim=1) / lengths
-        n_clipped, units = float(clipped.sum()), float(mask.sum())
+        units = float(mask.sum())
     else:
         per_seq, clipped = clipped_objective(torch.exp(lr), adv, eps_low, eps_high)
         if weight is not None:
             per_seq = per_seq * weight
-        n_clipped, units = float(clipped.sum()), float(len(adv))
+        units = float(len(adv))
+    n_clipped, n_low = float(clipped.sum()), float((clipped & (lr < 0)).sum())
     if golden is not None and golden_weighting == "luffy" and bool(golden.any()):
         # LUFFY's policy shaping on golden tokens: f(p) = p / (p + gamma) in place of the ratio,
         # unclipped. Its gradient is gamma*p/(p+gamma)^2 * grad log p per token. Against
@@ -164,4 +166,4 @@ def policy_loss(
         shaped_seq = shaped.sum(dim=1) if loss_agg == "token_sum" else shaped.sum(dim=1) / lengths
         per_seq = torch.where(golden, shaped_seq * adv, per_seq)
     loss = -per_seq.sum() / denom
-    return LossParts(loss, seq_ratio, n_clipped, units)
+    return LossParts(loss, seq_ratio, n_clipped, units, n_low)

@@ -287,3 +287,38 @@ def test_lora_dropout_with_several_updates_a_step_is_refused():
     with pytest.raises(recipes.RecipeError, match="lora.dropout"):
         recipes.load("tiny", ["lora.dropout=0.1", "ppo_epochs=2"])
     assert recipes.load("tiny", ["lora.dropout=0.1"]).lora.dropout == 0.1  # on-policy: one update, no ratio
+
+
+def test_the_update_reports_the_policys_entropy_and_each_side_of_the_clip(db, tiny_dir):
+    """What TRL users watch (issue 26): the mean token entropy of the sequences in the loss under
+    pi_old, and the clipped share split into its low (ratio < 1 - eps, A < 0) and high side."""
+    ctx = setup(db, tiny_dir, "mini_batches=2", "lr=5e-2", "eps_low=0.2", "eps_high=0.2", "temperature=0.6")
+    rollouts = batch(ctx, ADV)
+    with torch.no_grad():
+        ent, n = 0.0, 0
+        for x in rollouts:
+            ids = torch.tensor([x.prompt_ids + x.completion_ids])
+            logits = ctx.model(input_ids=ids).logits[0, len(x.prompt_ids) - 1:-1].float() / 0.6
+            ls = torch.log_softmax(logits, -1)
+            ent += float(-(ls.exp() * ls).sum())
+            n += len(x.completion_ids)
+    stats = learner.update(ctx.policy, [(0, rollouts)], ctx.recipe)
+    assert stats.entropy == pytest.approx(ent / n, rel=1e-4)
+    assert stats.clip_frac > 0 and stats.clip_low_frac + stats.clip_high_frac == pytest.approx(stats.clip_frac)
+
+
+def test_step_metrics_report_the_reward_spread_trl_users_watch():
+    """reward_std: the mean over groups of their reward's (population) std; frac_reward_zero_std:
+    the share of groups whose rewards are all equal, the groups GRPO cannot learn from."""
+    from gcpo_cli.learner import UpdateStats
+
+    def group(*rewards):
+        return [Rollout(problem_id="p", sample_index=j, completion="", extracted_answer=None, truncated=False,
+                        reward=r, correct=r == 1.0, prompt_ids=[1], completion_ids=[2]) for j, r in enumerate(rewards)]
+
+    r = recipes.load("tiny")  # G = 4
+    groups_ = [group(1.0, 0.0, 0.0, 0.0), group(0.0, 0.0, 0.0, 0.0), group(1.0, 1.0, 1.0, 1.0)]
+    timing = dict(tokens=12, gen_s=1.0, score_s=0.0, update_s=0.0)
+    m = groups.step_metrics(r, groups_, [None] * 3, 1, 4, UpdateStats(), timing, 1e-3)
+    assert m.reward_std == pytest.approx(math.sqrt(0.1875) / 3)
+    assert m.frac_reward_zero_std == pytest.approx(2 / 3)

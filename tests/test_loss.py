@@ -179,6 +179,7 @@ def test_clip_removes_exactly_the_gradient_of_sequences_outside_the_range_on_the
     zero = g[:, 0].abs() < 1e-12
     assert zero.tolist() == [True, False, True, False, False]
     assert parts.clipped == 2 and parts.clip_units == 5
+    assert parts.clipped_low == 1  # the one below 1 - eps_low (A < 0); the other is above 1 + eps_high
     # the others keep the unclipped gradient -A_i * s_i / N
     ratio = torch.exp(shift[:, 0])
     assert g[[1, 3, 4], 0].tolist() == pytest.approx((-adv * ratio / 5)[[1, 3, 4]].tolist(), rel=1e-5)
