@@ -69,6 +69,7 @@ class UpdateStats:
     clip_frac: float = 0.0  # clipped share of the sequences (sequence ratio) or tokens (token ratio)
     clip_low_frac: float = 0.0  # of clip_frac, below 1 - eps_low (negative advantage): TRL's clip_ratio/low
     clip_high_frac: float = 0.0  # above 1 + eps_high (positive advantage): TRL's clip_ratio/high
+    clip_frac_by_mini_batch: list[float] = field(default_factory=list)  # clip_frac of each optimiser update
     entropy: float | None = None  # pi_old's mean token entropy over the sequences in the loss
     ratio_mean: float | None = None  # the sequence ratio s_i over every sequence and pass
     ratio_min: float | None = None
@@ -87,6 +88,7 @@ class Tally:
     """One rank's running sums over an update, summed across ranks into UpdateStats."""
 
     losses: list = field(default_factory=list)  # per optimiser update, this rank's part
+    clip_by_update: list = field(default_factory=list)  # (clipped, units) so far, after each update
     norms: list = field(default_factory=list)
     ratios: list = field(default_factory=list)
     clipped: float = 0.0
@@ -137,6 +139,7 @@ def update(policy: Policy, kept: list[tuple[int, list[Rollout]]], recipe, dist: 
                 if first and stop is not None:
                     stop.check()
                 tally.losses.append(loss)
+                tally.clip_by_update.append((tally.clipped, tally.clip_units))  # running sums, this rank
                 dist.sum_grads(policy.params)  # collective 2: the whole mini-batch's gradient on every rank
                 tally.norms.append(float(torch.nn.utils.clip_grad_norm_(policy.params, recipe.optimizer.max_grad_norm)))
                 policy.optimizer.step()
@@ -286,7 +289,9 @@ def summarise(tallies: list[Tally]) -> UpdateStats:
     if not norms:
         return UpdateStats()
     total = Tally(**{f.name: sum(getattr(t, f.name) for t in tallies) for f in fields(Tally)
-                     if f.name not in ("losses", "norms", "ratios")})
+                     if f.name not in ("losses", "norms", "ratios", "clip_by_update")})
+    ends = [tuple(map(sum, zip(*parts))) for parts in zip(*(t.clip_by_update for t in tallies))]  # every rank's
+    per_update = [(c - pc, u - pu) for (c, u), (pc, pu) in zip(ends, [(0.0, 0.0)] + ends[:-1])]
     losses = [sum(parts) for parts in zip(*(t.losses for t in tallies))]
     ratios = [r for t in tallies for r in t.ratios]
     t = total.mismatch_tokens
@@ -295,6 +300,7 @@ def summarise(tallies: list[Tally]) -> UpdateStats:
         clip_frac=total.clipped / total.clip_units if total.clip_units else 0.0,
         clip_low_frac=total.clipped_low / total.clip_units if total.clip_units else 0.0,
         clip_high_frac=(total.clipped - total.clipped_low) / total.clip_units if total.clip_units else 0.0,
+        clip_frac_by_mini_batch=[c / u if u else 0.0 for c, u in per_update],
         entropy=total.entropy / total.entropy_tokens if total.entropy_tokens else None,
         ratio_mean=sum(ratios) / len(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
         optimizer_updates=len(norms),

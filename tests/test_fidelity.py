@@ -322,3 +322,15 @@ def test_step_metrics_report_the_reward_spread_trl_users_watch():
     m = groups.step_metrics(r, groups_, [None] * 3, 1, 4, UpdateStats(), timing, 1e-3)
     assert m.reward_std == pytest.approx(math.sqrt(0.1875) / 3)
     assert m.frac_reward_zero_std == pytest.approx(2 / 3)
+
+
+def test_clip_fraction_is_recorded_per_mini_batch(db, tiny_dir):
+    """pi_old is the policy before the first update, so nothing clips in the first mini-batch;
+    the per-update fractions add up to clip_frac, and the step records them (metrics_json)."""
+    ctx = setup(db, tiny_dir, "mini_batches=2", "lr=5e-2")
+    stats = learner.update(ctx.policy, [(0, batch(ctx, ADV))], ctx.recipe)
+    first, second = stats.clip_frac_by_mini_batch
+    assert first == 0.0 and second > 0 and (first + second) / 2 == pytest.approx(stats.clip_frac)
+    summary = training.train(db, recipes.load("tiny", [f"model.name={tiny_dir}", "mini_batches=2", "steps=1"]))
+    (m,) = db.execute("SELECT metrics_json FROM steps WHERE run_id = ?", [summary["run_id"]]).fetchone()
+    assert len(__import__("json").loads(m)["clip_frac_by_mini_batch"]) == 2
