@@ -82,16 +82,21 @@ class RichDisplay:
 
 
 def _before_after_table(summary: dict) -> Table:
-    t = Table(title="Held-out accuracy")
-    t.add_column("when")
-    t.add_column("mean@k", justify="right")
-    t.add_column("extracted", justify="right")
-    for label in ("before", "after"):
-        m = summary.get(label) or {}
-        t.add_row(label, f"{m.get('mean_at_k', 0):.1%}", f"{1 - m.get('unextracted_rate', 0):.0%}")
-    b, a = (summary.get("before") or {}).get("mean_at_k"), (summary.get("after") or {}).get("mean_at_k")
-    if b is not None and a is not None:
-        t.add_row("gain", f"{(a - b) * 100:+.1f} pts", "")
+    """Accuracy before and after training: the held-out problems, then each benchmark."""
+    t = Table(title="Accuracy before and after training (mean@k)")
+    for name, justify in (("set", "left"), ("n", "right"), ("before", "right"), ("after", "right"),
+                          ("gain", "right"), ("extracted after", "right")):
+        t.add_column(name, justify=justify)
+    rows = [(f"{summary.get('set_name')} (held out)", summary)] if summary.get("before") or summary.get("after") else []
+    rows += list((summary.get("benchmarks") or {}).items())
+    for name, r in rows:
+        b, a = r.get("before") or {}, r.get("after") or {}
+        pct = lambda m: f"{m['mean_at_k']:.1%}" if m.get("mean_at_k") is not None else "-"  # noqa: E731
+        gain = (f"{(a['mean_at_k'] - b['mean_at_k']) * 100:+.1f} pts"
+                if a.get("mean_at_k") is not None and b.get("mean_at_k") is not None else "")
+        n = a.get("n_problems") or b.get("n_problems") or ""
+        t.add_row(name, str(n), pct(b), pct(a), gain,
+                  f"{1 - a['unextracted_rate']:.0%}" if a.get("unextracted_rate") is not None else "")
     return t
 
 
@@ -253,7 +258,7 @@ def _report(summary: dict, as_json: bool) -> None:
     if as_json:
         print_json(summary)
         return
-    if summary.get("before") or summary.get("after"):
+    if summary.get("before") or summary.get("after") or summary.get("benchmarks"):
         console.print(_before_after_table(summary))
     console.print(f"run {summary['run_id']} {summary['status']} at step {summary['last_step']} "
                   f"(checkpoint {summary['checkpoint_step']}); outputs in {summary['out_dir']}", highlight=False)

@@ -56,7 +56,14 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """The evaluations before and after training: the set's held-out tail and other benchmarks."""
+
     holdout: int = 0  # last N problems of the set are never trained on; evaluated before/after
+    # benchmark sets evaluated before and after too (gcpo eval --benchmark's names: an ingested set
+    # of that name, else fetched from the hub), e.g. [gsm8k, svamp, mawps]; problems they share with
+    # the training set are left out of training
+    benchmarks: tuple[str, ...] = ()
+    limit: int = 0  # the first N problems of each benchmark; 0 = all
     k: int = 1  # samples per problem
     temperature: float = 0.0  # 0 = greedy
     max_new_tokens: int = 0  # 0 = the training max_new_tokens

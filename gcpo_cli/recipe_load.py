@@ -274,6 +274,8 @@ def _validate(r: Recipe) -> None:
     if loss.tis_cap is not None and loss.tis_cap != 0 and loss.tis_cap < 1:
         raise RecipeError(f"recipe key 'loss.tis_cap': must be >= 1 (a cap C on pi_old / pi_sampler) or 0 (off), "
                           f"got {loss.tis_cap}")
+    if r.eval.limit < 0 or r.eval.holdout < 0:
+        raise RecipeError("recipe keys 'eval.limit' and 'eval.holdout' must be >= 0")
     if r.vllm.max_model_len < 0 or r.vllm.kv_cache_gib < 1 or not 0 < r.vllm.gpu_memory_utilization < 1:
         raise RecipeError("recipe keys 'vllm.max_model_len' must be >= 0, 'vllm.kv_cache_gib' >= 1 and "
                           "'vllm.gpu_memory_utilization' in (0, 1)")

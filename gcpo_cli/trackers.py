@@ -68,9 +68,10 @@ class Trackers:
     def log(self, step: int, metrics: dict) -> None:
         self._log(step, numbers(metrics, "train"))
 
-    def log_eval(self, step: int, summary: dict | None) -> None:
+    def log_eval(self, step: int, summary: dict | None, set_name: str | None = None) -> None:
+        """An evaluation's metrics: the held-out set's as eval/..., a benchmark's as eval/SET/..."""
         if summary:
-            self._log(step, numbers(summary, "eval"))
+            self._log(step, numbers(summary, f"eval/{set_name}" if set_name else "eval"))
 
     def _log(self, step: int, values: dict) -> None:
         for name, tracker in list(self.live.items()):

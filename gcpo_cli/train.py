@@ -41,6 +41,7 @@ from transformers import get_scheduler
 from . import checkpoints, curriculum, distributed, engines, paths, store, trackers
 from .answers import extract_answer
 from .errors import GcpoError
+from .eval_targets import resolve_benchmark
 from .evaluation import evaluate_problems
 from .grader import Grader
 from .ingest import ensure_synthetic_set
@@ -77,6 +78,7 @@ class Context:
     dist: distributed.Dist = field(default_factory=distributed.Dist)  # this process's rank (one: rank 0 of 1)
     tracking: trackers.Trackers | None = None  # the --report-to mirrors (rank 0's; none elsewhere)
     warned_off_policy: bool = False  # warn_off_policy said it once
+    benchmarks: dict = field(default_factory=dict)  # eval.benchmarks: set name -> its problems, before and after
     usable_golden: frozenset = frozenset()  # the frontier's golden problems: curriculum.usable_golden
 
     @property
@@ -116,10 +118,8 @@ def run_steps(ctx: Context, display) -> dict:
     next collective."""
     db, r, dist = ctx.db, ctx.recipe, ctx.dist
     summary: dict = dict(run_id=ctx.run_id, recipe=r.name, algorithm=r.algorithm, set_name=ctx.set_name)
-    if ctx.start_step == 0 and ctx.holdout and dist.writer:
-        display.message(f"evaluating {len(ctx.holdout)} held-out problems before training")
-        summary["before"] = evaluate_holdout(ctx, 0)
-        ctx.tracking.log_eval(0, summary["before"])
+    if ctx.start_step == 0 and dist.writer:
+        evaluate_all(ctx, 0, "before", summary, display)
     status, step = "completed", ctx.start_step
     # With several ranks Ctrl-C finishes the step (abandoning it would need every rank to agree
     # mid-step); all ranks then stop after the same step.
@@ -156,10 +156,8 @@ def run_steps(ctx: Context, display) -> dict:
     if status == "interrupted" and step > checkpoint:
         save_checkpoint(ctx, step)
         checkpoint = step
-    if status == "completed" and ctx.holdout:
-        display.message(f"evaluating {len(ctx.holdout)} held-out problems after training")
-        summary["after"] = evaluate_holdout(ctx, step)
-        ctx.tracking.log_eval(step, summary["after"])
+    if status == "completed":
+        evaluate_all(ctx, step, "after", summary, display)
     store.set_status(db, ctx.run_id, status)
     summary.update(status=status, last_step=step, checkpoint_step=checkpoint,
                    reward_mean_per_step=store.rewards(db, ctx.run_id), out_dir=ctx.out_dir)
@@ -323,6 +321,7 @@ class Opened:
     holdout: list[dict]  # the set's last eval.holdout problems
     start: int  # the checkpoint a resumed run starts from (0: a new run)
     run: dict | None  # a resumed run's row
+    benchmarks: dict = field(default_factory=dict)  # eval.benchmarks: set name -> its problems (eval.limit)
 
 
 def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
@@ -345,7 +344,8 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
         policy, scheduler, sampler, kind = load_policy(r, o.pool[0]["text"], adapter, dist)
         r = o.recipe = with_engine(r, kind)  # stored with the run as it trains
         # before the run exists: a vLLM that fails to start leaves no run behind
-        engine = engines.for_training(kind, r, policy.model, policy.tok, sampler, o.pool + o.holdout, dist.rank)
+        evaluated = o.holdout + [p for ps in o.benchmarks.values() for p in ps]
+        engine = engines.for_training(kind, r, policy.model, policy.tok, sampler, o.pool + evaluated, dist.rank)
         begun = None
         if dist.writer:
             state = checkpoints.load_trainer_state(checkpoints.run_folder(o.run), o.start) if o.start else None
@@ -368,6 +368,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
     return Context(db=db, run_id=run_id, set_name=o.set_name, out_dir=out_dir, recipe=r, policy=policy,
                    scheduler=scheduler, pool=o.pool, holdout=o.holdout, engine=engine, start_step=o.start,
                    by_id={p["id"]: p for p in o.pool + o.holdout}, lock=run_lock, dist=dist, tracking=tracking,
+                   benchmarks=o.benchmarks,
                    usable_golden=usable)
 
 
@@ -436,7 +437,15 @@ def read_run(db, recipe: Recipe | None, resume_run: str | None, steps: int | Non
         raise GcpoError(f"set '{set_name}' has {len(problems)} problems and eval.holdout is "
                         f"{holdout}: nothing left to train on")
     cut = len(problems) - holdout
-    return Opened(recipe, set_name, problems[:cut], problems[cut:], start, run), run_lock
+    benchmarks = {}
+    for name in recipe.eval.benchmarks:  # before any model loads: a missing set is one line
+        bench = name if store.has_problems(db, name) else resolve_benchmark(db, name)  # any ingested set
+        benchmarks[bench] = store.set_problems(db, bench, limit=recipe.eval.limit or None)[1]
+    tested = {p["id"] for ps in benchmarks.values() for p in ps}
+    pool = [p for p in problems[:cut] if p["id"] not in tested]  # never train on what is evaluated
+    if not pool:
+        raise GcpoError(f"set '{set_name}': every problem left to train on is in eval.benchmarks")
+    return Opened(recipe, set_name, pool, problems[cut:], start, run, benchmarks), run_lock
 
 
 def begin_run(db, o: Opened, run_lock, display) -> tuple:
@@ -469,14 +478,28 @@ def default_set(db, recipe: Recipe) -> str:
                                 levels=parse_levels(recipe.synthetic_levels))
 
 
-def evaluate_holdout(ctx: Context, step: int) -> dict | None:
-    """The held-out problems, as `gcpo eval --run RUN@STEP` would grade them."""
+def evaluate_all(ctx: Context, step: int, when: str, summary: dict, display) -> None:
+    """The held-out problems (summary[when]) and each of eval.benchmarks
+    (summary["benchmarks"][set][when]), as `gcpo eval --run RUN@STEP` would grade them."""
+    if ctx.holdout:
+        display.message(f"evaluating {len(ctx.holdout)} held-out problems {when} training")
+        summary[when] = evaluate(ctx, step, ctx.set_name, ctx.holdout)
+        ctx.tracking.log_eval(step, summary[when])
+    for set_name, problems in ctx.benchmarks.items():
+        display.message(f"evaluating {len(problems)} problems of {set_name} {when} training")
+        result = evaluate(ctx, step, set_name, problems)
+        summary.setdefault("benchmarks", {}).setdefault(set_name, {})[when] = result
+        ctx.tracking.log_eval(step, result, set_name)
+
+
+def evaluate(ctx: Context, step: int, set_name: str, problems: list[dict]) -> dict | None:
     e, r = ctx.recipe.eval, ctx.recipe
+    g = r.generation
     return evaluate_problems(
-        ctx.db, ctx.engine, ctx.tok, ctx.holdout, label=f"run:{ctx.run_id}@{step}",
-        set_name=ctx.set_name, k=e.k, temperature=e.temperature, max_new_tokens=e.max_new_tokens or r.generation.max_new_tokens,
-        seed=r.seed, prompt=prompt_from_recipe(r), run_id=ctx.run_id, run_step=step,
-        batch_size=max(32, r.generation.problems_per_step * r.generation.samples_per_problem), progress=False)
+        ctx.db, ctx.engine, ctx.tok, problems, label=f"run:{ctx.run_id}@{step}", set_name=set_name, k=e.k,
+        temperature=e.temperature, max_new_tokens=e.max_new_tokens or g.max_new_tokens, seed=r.seed,
+        prompt=prompt_from_recipe(r), run_id=ctx.run_id, run_step=step,
+        batch_size=max(32, g.problems_per_step * g.samples_per_problem), progress=False)
 
 
 @dataclass

@@ -442,3 +442,29 @@ def test_an_nf4_qwen2_policy_trains_after_sampling_on_cpu(db, tmp_path):
         _, m = training.train_step(ctx, 1, g, training.StopFlag())  # samples, then updates
     assert m.golden_injections >= 1 and m.update.grad_norm > 0
     assert all(not torch.equal(lora0[k], v) for k, v in _lora_state(ctx.model).items() if "lora_B" in k)
+
+
+def test_benchmarks_are_evaluated_before_and_after_and_never_trained_on(runner, db, tiny_dir):
+    """eval.benchmarks (issue 22): other sets, evaluated before and after training as the
+    held-out tail is, reported per set; a problem they share with the training set is not
+    trained on; a benchmark not in the database fails in one line before any model loads."""
+    from gcpo_cli.cli import app
+    from gcpo_cli.ingest import ingest_rows
+
+    rows = [dict(problem=f"What is {i} + 1?", answer=str(i + 1), solution=f"{i} + 1 = \\boxed{{{i + 1}}}")
+            for i in range(12)]
+    ingest_rows(db, rows, "train-set")
+    ingest_rows(db, rows[8:] + [dict(problem="What is 50 + 1?", answer="51")], "test-set")  # 4 shared
+    r = tiny_recipe(tiny_dir, "set_name=train-set", "eval.benchmarks=test-set", "eval.limit=3", "steps=2")
+    ctx = training.setup(db, r, None, None, None, training.NullDisplay())
+    assert [len(ps) for ps in ctx.benchmarks.values()] == [3] and len(ctx.pool) == 12 - 3  # the first 3 left out
+    summary = training.train(db, r)
+    result = summary["benchmarks"]["test-set"]
+    assert result["before"]["n_problems"] == result["after"]["n_problems"] == 3
+    evaluated = {e["run_step"] for e in db.query("SELECT run_step FROM evaluations WHERE set_name = 'test-set'")}
+    assert evaluated == {0, 2}
+    out = runner.invoke(app, ["train", "--recipe", "tiny", "--model", tiny_dir, "-o", "set_name=train-set",
+                              "-o", "eval.benchmarks=svamp", "--db", str(db.conn.execute("PRAGMA database_list")
+                                                                           .fetchone()[2])])
+    assert out.exit_code == 1 and "benchmark 'svamp' is not in the database" in out.output
+    assert "Traceback" not in out.output
