@@ -65,15 +65,17 @@ def stop_ids(model, tokenizer, source: str | None = None) -> set[int]:
 
 def _sample(logits, temperature: float, top_p: float, uniforms=None):
     """(next tokens, their log-probs) from [N, V] logits: greedy at temperature 0 (log-probs
-    None), else nucleus sampling; a token's log-prob is the probability it was drawn with, at
-    the temperature and renormalised over the nucleus (as vLLM's processed log-probs).
+    None), else nucleus sampling; a token's log-prob is under the full softmax at the
+    temperature, what the trainer's pi_old computes (issue 25), not renormalised over the
+    nucleus: the sampler/trainer gap then measures engine error alone.
     `uniforms` ([N] in (0, 1]): each row's token by inverse CDF from its own number, instead of
     torch.multinomial, whose draws depend on every row of the batch."""
     import torch
 
     if temperature <= 0:
         return logits.argmax(-1), None
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    full = torch.log_softmax(logits.float() / temperature, dim=-1)
+    probs = full.exp()
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
@@ -86,8 +88,7 @@ def _sample(logits, temperature: float, top_p: float, uniforms=None):
         # the first token whose cumulative mass reaches u * total; u > 0 never lands on a zero-mass token
         target = (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1)
         tokens = torch.searchsorted(cdf, target).squeeze(-1).clamp(max=probs.shape[-1] - 1)
-    picked = probs.gather(-1, tokens[:, None]).squeeze(-1)
-    return tokens, (picked / probs.sum(-1)).log()
+    return tokens, full.gather(-1, tokens[:, None]).squeeze(-1)
 
 
 def _decode_batch(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: int,
