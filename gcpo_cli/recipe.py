@@ -217,6 +217,9 @@ class Recipe:
     # this recipe as their config (trackers.py); the database stays the source of truth.
     # A list (`--report-to` repeats): tensorboard, trackio, wandb; none (or []) for none
     report_to: tuple[Literal["none", "tensorboard", "trackio", "wandb"], ...] = ()
+    # every N steps the trackers also get a table of the step's completions (problem, completion,
+    # reward, advantage, golden or not), as TRL's log_completions; 0: never
+    log_completions: int = 0
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "lora": LoraConfig, "generation": GenerationConfig,

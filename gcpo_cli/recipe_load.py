@@ -84,6 +84,8 @@ def canonical(key: str, value: Any = None) -> list[tuple[str, Any]]:
         if key == "beta" and value in (0, 0.0, None):
             return []
         raise RecipeError(TRL_ANSWERS[key])
+    if key == "log_completions" and isinstance(value, bool):  # TRL's is a flag: true = every step
+        return [(key, int(value))]
     if key in TRL_KEYS:
         target, values = TRL_KEYS[key]
         if values is not None:
@@ -274,6 +276,8 @@ def _validate(r: Recipe) -> None:
     if loss.tis_cap is not None and loss.tis_cap != 0 and loss.tis_cap < 1:
         raise RecipeError(f"recipe key 'loss.tis_cap': must be >= 1 (a cap C on pi_old / pi_sampler) or 0 (off), "
                           f"got {loss.tis_cap}")
+    if r.log_completions < 0:
+        raise RecipeError(f"recipe key 'log_completions': must be >= 0 (0 = never), got {r.log_completions}")
     if r.eval.limit < 0 or r.eval.holdout < 0:
         raise RecipeError("recipe keys 'eval.limit' and 'eval.holdout' must be >= 0")
     if r.vllm.max_model_len < 0 or r.vllm.kv_cache_gib < 1 or not 0 < r.vllm.gpu_memory_utilization < 1:

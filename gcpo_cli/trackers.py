@@ -12,8 +12,12 @@ database reports (rank 0 under torchrun).
     trackio      the local Trackio store (project "gcpo", run named by the run id): trackio show
     wandb        project $WANDB_PROJECT or "gcpo", run id = gcpo's run id; WANDB_MODE=offline works
 
-Tags: train/<metric> per step (the `steps` table's names), eval/<metric> for the held-out
-evaluation at step 0 (before) and the last step (after). A resumed run continues the same
+Tags: train/<metric> per step (the `steps` table's names), and the same under TRL's names where
+they differ (TRL_NAMES: train/reward, train/completions/mean_length, train/clip_ratio/low_mean,
+...), so a dashboard built for TRL reads a gcpo run; eval/<metric> for the held-out evaluation
+and eval/<set>/<metric> for each of eval.benchmarks, at step 0 (before) and the last step
+(after). With `log_completions: N`, every N steps a table of the step's completions (problem,
+completion, reward, advantage, golden or not), as TRL's log_completions. A resumed run continues the same
 tracker run; TensorBoard drops what it had logged after the checkpoint (purge_step), as the
 database does.
 """
@@ -32,6 +36,13 @@ TRACKERS = ("tensorboard", "trackio", "wandb")
 PROJECT = "gcpo"
 # The held-out summary's bookkeeping fields, not measurements.
 NOT_METRICS = {"run_step", "resumed", "evaluation_id"}
+# gcpo's step metric -> the name TRL's GRPOTrainer logs the same quantity under (trl 0.2x-1.x)
+TRL_NAMES = {
+    "reward_mean": "reward", "completion_tokens_mean": "completions/mean_length",
+    "truncation_rate": "completions/clipped_ratio", "clip_frac": "clip_ratio/region_mean",
+    "clip_low_frac": "clip_ratio/low_mean", "clip_high_frac": "clip_ratio/high_mean", "lr": "learning_rate",
+}
+COMPLETION_COLUMNS = ("step", "problem", "completion", "reward", "advantage", "golden")
 
 
 def check(names) -> None:
@@ -66,7 +77,14 @@ class Trackers:
             self.warn(f"warning: {name} tracking stopped ({first}); the database still records every step")
 
     def log(self, step: int, metrics: dict) -> None:
-        self._log(step, numbers(metrics, "train"))
+        values = numbers(metrics, "train")
+        values.update({f"train/{TRL_NAMES[k[6:]]}": v for k, v in values.items() if k[6:] in TRL_NAMES})
+        self._log(step, values)
+
+    def log_completions(self, step: int, rows: list[tuple]) -> None:
+        """A table of a step's completions, one row per COMPLETION_COLUMNS."""
+        for name, tracker in list(self.live.items()):
+            self._guard(name, lambda t=tracker: t.table(step, rows))
 
     def log_eval(self, step: int, summary: dict | None, set_name: str | None = None) -> None:
         """An evaluation's metrics: the held-out set's as eval/..., a benchmark's as eval/SET/..."""
@@ -98,6 +116,15 @@ class TensorBoard:
             self.writer.add_scalar(tag, value, step)
         self.writer.flush()  # `tensorboard --logdir` shows a step as soon as the database has it
 
+    def table(self, step: int, rows: list[tuple]) -> None:
+        def cell(v):
+            return str(v).replace("|", "\\|").replace("\n", "<br>")
+
+        lines = ["| " + " | ".join(COMPLETION_COLUMNS) + " |", "|" + "---|" * len(COMPLETION_COLUMNS)]
+        lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+        self.writer.add_text("completions", "\n".join(lines), step)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -112,6 +139,11 @@ class Trackio:
     def log(self, step: int, values: dict) -> None:
         self.trackio.log(values, step=step)
 
+    def table(self, step: int, rows: list[tuple]) -> None:
+        table = self.trackio.Table(columns=list(COMPLETION_COLUMNS), data=[list(r) for r in rows],
+                                   allow_mixed_types=True)
+        self.trackio.log({"completions": table}, step=step)
+
     def close(self) -> None:
         self.trackio.finish()
 
@@ -125,6 +157,12 @@ class Wandb:
 
     def log(self, step: int, values: dict) -> None:
         self.run.log(values, step=step)
+
+    def table(self, step: int, rows: list[tuple]) -> None:
+        import wandb
+
+        self.run.log({"completions": wandb.Table(columns=list(COMPLETION_COLUMNS), data=[list(r) for r in rows])},
+                     step=step)
 
     def close(self) -> None:
         self.run.finish()

@@ -137,6 +137,9 @@ def run_steps(ctx: Context, display) -> dict:
                     row = metrics.flat()
                     store.record_step(db, ctx.run_id, step, rollouts, row)
                     ctx.tracking.log(step, row)  # a copy of what was just committed
+                    if r.log_completions and step % r.log_completions == 0:
+                        ctx.tracking.log_completions(step, [(step, ctx.by_id[x.problem_id]["text"], x.completion,
+                                                             x.reward, x.advantage, x.is_golden) for x in rollouts])
                     display.step(step, row)
                     if (r.save_every and step % r.save_every == 0) or step == r.steps:
                         save_checkpoint(ctx, step)

@@ -124,3 +124,29 @@ def test_trackio_holds_the_steps_table_locally(tmp_path, tiny_dir):
         for key in step_columns(db):
             if s[key] is not None:
                 assert logged[s["step"]][f"train/{key}"] == pytest.approx(s[key], rel=1e-6), key
+
+
+def test_trl_names_and_a_completions_table_reach_tensorboard(db, tiny_dir):
+    """Issue 26: the scalars a TRL dashboard reads (train/reward, train/completions/mean_length,
+    train/clip_ratio/..., train/entropy, train/reward_std, train/frac_reward_zero_std) beside
+    gcpo's own names, and with log_completions N a table of a step's completions every N steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    r = recipes.load("tiny", [f"model.name={tiny_dir}", "report_to=tensorboard", "log_completions=2"])
+    summary = training.train(db, r)
+    got = scalars(Path(summary["out_dir"]) / "tensorboard")
+    steps = list(db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY step", [summary["run_id"]]))
+    for s in steps:
+        assert got["train/reward"][s["step"]] == np.float32(s["reward_mean"])
+        assert got["train/completions/mean_length"][s["step"]] == np.float32(s["completion_tokens_mean"])
+    for name in ("train/clip_ratio/region_mean", "train/clip_ratio/low_mean", "train/clip_ratio/high_mean",
+                 "train/entropy", "train/reward_std", "train/frac_reward_zero_std", "train/learning_rate"):
+        assert len(got[name]) == 3, name
+    events = EventAccumulator(str(Path(summary["out_dir"]) / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    tables = [e for e in events.Tensors("completions/text_summary")]
+    assert [e.step for e in tables] == [2]  # every 2 steps of 3
+    text = tables[0].tensor_proto.string_val[0].decode()
+    assert text.startswith("| step | problem | completion | reward | advantage | golden |")
+    rows = db.execute("SELECT COUNT(*) FROM rollouts WHERE run_id = ? AND step = 2", [summary["run_id"]]).fetchone()[0]
+    assert text.count("\n") == rows + 1  # the header, its rule, one row per recorded rollout
