@@ -42,7 +42,7 @@ import functools
 import math
 import re
 
-from .units import as_number, bare, gold_value, spaced_digits, strip_unit
+from .units import as_number, bare, gold_value, spaced_digits
 
 # A longer stated answer is graded wrong without parsing: sympy on a 50k-character string is the
 # classic hang, and cutting it short instead could leave the first half of a hedge.
@@ -519,24 +519,3 @@ def grading_target(problem: str, gold: str, extracted: str | None) -> str | None
         if found:
             return found[-1].lower()
     return option_for_value(problem, extracted) or extracted
-
-
-# ------------------------------------------------------------------------ golden answers as written
-
-CALCULATOR = re.compile(r"<<[^<>\n]*>>")  # GSM8K's calculator annotations: 48/2 = <<48/2=24>>24
-FINAL_ANSWER_LINE = re.compile(r"\n?[ \t]*####[^\n]*\s*$")  # GSM8K's last line: #### 72
-
-
-def reasoning(solution: str) -> str:
-    """A worked solution as a model would write its reasoning: without GSM8K's calculator
-    annotations (text the model never sees in a prompt and should not learn to emit) and without
-    a trailing `#### N` line (a golden template states the answer in the prompt's own format)."""
-    return FINAL_ANSWER_LINE.sub("", CALCULATOR.sub("", solution)).strip()
-
-
-def golden_response(template: str, solution: str, answer: str) -> str:
-    """A golden answer written as a model response by the recipe's golden.template, whose
-    {solution} is the worked solution as stored, {reasoning} the same cleaned (reasoning()) and
-    {answer} the problem's final answer. Training, the curriculum and `gcpo golden report` all
-    write it through here."""
-    return template.format(solution=solution, reasoning=reasoning(solution), answer=answer)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 
-from .answers import golden_response
+from .prompts import golden_response
 from .rollout import response_ids
 
 FLOOR = 0.02

@@ -15,7 +15,6 @@ What is evaluated and compared (models, runs, benchmarks) is eval_targets.py.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass

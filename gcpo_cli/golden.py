@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import resumable, store
-from .answers import extract_answer, golden_response
+from .answers import extract_answer
+from .prompts import golden_response
 from .errors import GcpoError
 from .fields import ID_NAMES, PROBLEM_NAMES, SOLUTION_NAMES
 from .grader import Grader

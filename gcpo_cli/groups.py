@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from .answers import extract_answer, golden_response
+from .answers import extract_answer
+from .prompts import golden_response
 from .learner import UpdateStats
 from .loss import golden_slot, group_advantages, overlong_shaping
 from .recipe import Recipe

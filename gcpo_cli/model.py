@@ -433,7 +433,6 @@ def prepare_for_update(model, model_cfg, autocast_on: bool) -> None:
       because activations are not cast on every matmul (bench/RESULTS.md, issue 16)."""
     import torch
 
-    device = next(model.parameters()).device.type
     set_attention(model, model_cfg.attention, role="update")
     if autocast_on and model_cfg.quant == "none" and model_cfg.dtype == "float32":
         model.to(torch.bfloat16)

@@ -14,6 +14,7 @@ gcpo 0.1/0.2; a preset with a system turn replaces it. Raw presets use no chat t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .errors import GcpoError
@@ -126,3 +127,24 @@ def from_recipe(recipe) -> Prompt:
         return resolve(g.get("prompt"), g.get("prompt_template"), g.get("system_prompt"))
     g = recipe.generation
     return resolve(g.prompt, g.prompt_template, g.system_prompt)
+
+
+# ---------------------------------------------------------------- a golden answer, written as a response
+
+CALCULATOR = re.compile(r"<<[^<>\n]*>>")  # GSM8K's calculator annotations: 48/2 = <<48/2=24>>24
+FINAL_ANSWER_LINE = re.compile(r"\n?[ \t]*####[^\n]*\s*$")  # GSM8K's last line: #### 72
+
+
+def reasoning(solution: str) -> str:
+    """A worked solution as a model would write its reasoning: without GSM8K's calculator
+    annotations (text the model never sees in a prompt and should not learn to emit) and without
+    a trailing `#### N` line (a golden template states the answer in the prompt's own format)."""
+    return FINAL_ANSWER_LINE.sub("", CALCULATOR.sub("", solution)).strip()
+
+
+def golden_response(template: str, solution: str, answer: str) -> str:
+    """A golden answer written as a model response by the recipe's golden.template, whose
+    {solution} is the worked solution as stored, {reasoning} the same cleaned (reasoning()) and
+    {answer} the problem's final answer. Training, the curriculum and `gcpo golden report` all
+    write it through here."""
+    return template.format(solution=solution, reasoning=reasoning(solution), answer=answer)

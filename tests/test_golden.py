@@ -453,7 +453,8 @@ def test_golden_list_limit_applies_to_json_too(runner, db):
 def test_a_gsm8k_solution_is_written_as_reasoning_then_the_boxed_answer():
     """golden.template's {reasoning}: the worked solution without GSM8K's <<calc>> annotations
     and its `#### N` line, so the golden answer reads as the model should answer (issue 22)."""
-    from gcpo_cli.answers import extract_answer, golden_response
+    from gcpo_cli.answers import extract_answer
+    from gcpo_cli.prompts import golden_response
 
     row = json.loads((SHARED_DATA / "gsm8k" / "train.jsonl").open().readline())  # Natalia's clips
     template = "{reasoning}\nThe final answer is $\\boxed{{{answer}}}$."
