@@ -55,7 +55,14 @@ class _PlainTypes:
 
 
 class _Command(_PlainTypes, TyperCommand):
-    pass
+    def collect_usage_pieces(self, ctx):
+        """The usage line without hidden arguments (a positional kept for old scripts only, such
+        as export's RUN, which --run replaced)."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not (param.param_type_name == "argument" and getattr(param, "hidden", False)):
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
 
 
 class _Group(_PlainTypes, TyperGroup):

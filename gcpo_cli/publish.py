@@ -27,7 +27,7 @@ from .errors import GcpoError
 from .render import sparkline
 from .store import loads, set_sources
 from .store.evaluations import for_run as run_evaluations
-from .store.runs import step_curve
+from .store.runs import run_status, step_curve
 
 # Models gcpo knows by a short name: their hub id, license and the dtype they ship in, for the
 # card's metadata and a merged export's default dtype. The embedded model is
@@ -141,7 +141,7 @@ def card_data(db, run: dict, step: int, merged: bool) -> dict:
     return dict(run_id=run["id"], model=run["model"], base=hub_base(run["model"]),
                 base_name=portable_base(run["model"]), algorithm=run["algorithm"],
                 set_name=run["set_name"], datasets=[trained_on["id"]] if trained_on else [],
-                status=run["status"], last_step=run["last_step"],
+                status=run_status(run), last_step=run["last_step"],
                 steps_planned=run["steps_planned"], step=step, merged=merged, recipe=recipe,
                 curve=_curve(step_curve(db, run["id"])),
                 held_out={"before": before, "after": after} if before or after else None,

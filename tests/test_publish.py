@@ -348,6 +348,8 @@ def test_export_help_explains_publishing(runner):
     for text in ("--push-to-hub", "ORG/NAME", "HF_TOKEN", "HF_ENDPOINT", "--private", "--revision", "--branch",
                  "--license", "model card", "hf upload"):
         assert text in " ".join(r.output.split()), text  # rich wraps paragraphs where the width falls
+    # The positional RUN of 0.3 still works for old scripts but is no longer advertised: --run is the way.
+    assert re.search(r"Usage: gcpo export \[OPTIONS\]\s*$", r.output, re.M), r.output[:300]
 
 
 # ----------------------------------------------------------------------------- exports people can share
@@ -471,3 +473,11 @@ def test_the_card_is_a_hub_model_card_with_datasets_and_model_index(hub_run, run
     assert (result.task_type, result.metric_type, result.metric_name) == ("text-generation", "accuracy", "mean@1")
     assert result.metric_value == pytest.approx(after["mean_at_k"])
     assert card.data.model_name == "a"
+
+
+def test_card_of_a_run_whose_process_died_says_died(home, trained):
+    """A run still recorded `running` whose lock no process holds (killed with -9) is `died` on its
+    card, as in `gcpo runs` and `inspect --run`, not `running`."""
+    db = store.open_db()
+    run = dict(store.resolve_run(db, trained["run_id"]), status="running")
+    assert publish.card_data(db, run, 2, merged=False)["status"] == "died"
