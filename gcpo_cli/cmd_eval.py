@@ -191,9 +191,11 @@ def eval_cmd(
 
     Examples:
 
-      gcpo eval --model smollm2-135m --benchmark gsm8k --benchmark math500 --limit 32 --k 4 --temperature 0.7
+      gcpo eval --model smollm2-135m --benchmark gsm8k --benchmark math500 \\
+          --limit 32 --k 4 --temperature 0.7
 
-      gcpo eval --model smollm2-135m --set gsm8k --prompt qwen25-math-cot --export samples.jsonl
+      gcpo eval --model smollm2-135m --set gsm8k --prompt qwen25-math-cot \\
+          --export samples.jsonl
 
       gcpo eval --run latest --set arithmetic --compare smollm2-135m
 

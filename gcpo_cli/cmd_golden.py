@@ -85,11 +85,13 @@ def generate_cmd(
 
     Examples:
 
-      gcpo golden generate --set aime24 --teacher Qwen/Qwen2.5-Math-7B-Instruct --k 8 --only-missing
+      gcpo golden generate --set aime24 --teacher Qwen/Qwen2.5-Math-7B-Instruct \\
+          --k 8 --only-missing
 
       gcpo golden generate --set arith --teacher smollm2-135m --recipe smollm2-cpu
 
-      gcpo golden generate --set dm --teacher-server http://127.0.0.1:8000 --max-new-tokens 2048
+      gcpo golden generate --set dm --teacher-server http://127.0.0.1:8000 \\
+          --max-new-tokens 2048
     """
     from .grader import Grader
     from .prompts import from_recipe

@@ -102,7 +102,7 @@ def _before_after_table(summary: dict) -> Table:
 
 @app.command("train")
 def train_cmd(
-    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe: smollm2-cpu, 1.5b-qlora, tiny, or a .yaml path.")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe: smollm2-cpu, smollm2-gsm8k, 1.5b-qlora, tiny, or a .yaml path.")] = None,
     set_name: Annotated[Optional[str], typer.Option("--set", "-s", help=SET_HELP + " Default: the recipe's.",
                                                     show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Override the model: hub id, folder, .gguf, smollm2-135m.")] = None,
@@ -139,23 +139,28 @@ def train_cmd(
     """Train a model with GCPO (or the GRPO/DAPO baselines) on a problem set.
 
     Every rollout of every step is recorded; Ctrl-C stops cleanly after saving (exit code 130). Recipes:
-    smollm2-cpu (the embedded model on 2 CPU cores), 1.5b-qlora (one 24 GB GPU), tiny (tests).
+    smollm2-cpu (the embedded model on 2 CPU cores, two-digit sums), smollm2-gsm8k (the same on
+    GSM8K word problems), 1.5b-qlora (one 24 GB GPU), tiny (tests).
 
     Examples:
       gcpo train --recipe smollm2-cpu
       gcpo train --recipe 1.5b-qlora --set math-train --steps 200
-      gcpo train --recipe smollm2-cpu -o algorithm=grpo -o lr=2e-4
-      gcpo train --recipe 1.5b-qlora --set math-train --report-to tensorboard --report-to wandb
+      gcpo train --recipe smollm2-cpu -o algorithm=grpo -o optimizer.lr=2e-4
+      gcpo train --recipe smollm2-gsm8k --report-to tensorboard --report-to wandb
       gcpo train --recipe 1.5b-qlora --set math-train --engine vllm
-      gcpo train --recipe 1.5b-qlora --set math-train --rollout-server http://127.0.0.1:8000
+      gcpo train --recipe 1.5b-qlora --set math-train \\
+          --rollout-server http://127.0.0.1:8000
       gcpo train --resume 01m8dz
 
     Several GPUs (or CPU processes, over gloo), data-parallel: each process rolls out its share
     of the step's problems; rank 0 alone writes the database (keep it on rank 0's host: SQLite
     with WAL needs every writer on one host) and the checkpoints. Same results as one process.
-      torchrun --nproc-per-node 4 -m gcpo_cli train --recipe 1.5b-qlora --set math-train
-      accelerate launch --multi_gpu --num_processes 4 -m gcpo_cli train --recipe 1.5b-qlora --set math-train
-      torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 -m gcpo_cli train --recipe ...
+      torchrun --nproc-per-node 4 -m gcpo_cli train \\
+          --recipe 1.5b-qlora --set math-train
+      accelerate launch --multi_gpu --num_processes 4 \\
+          -m gcpo_cli train --recipe 1.5b-qlora -s math-train
+      torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 \\
+          -m gcpo_cli train --recipe 1.5b-qlora -s math-train
     """
     from . import distributed, trackers
     from . import recipe_load as recipes

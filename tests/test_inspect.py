@@ -567,3 +567,15 @@ def test_help_paragraphs_fill_80_columns(runner, command):
     for line, after in zip(lines, lines[1:]):
         if re.match(r" \S", line) and re.match(r" \S", after) and not line.startswith(" Usage:"):
             assert len(line) + len(after.split()[0]) >= 79, f"short line: {line!r} before {after!r}"
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "gcpo")
+def test_help_examples_fit_80_columns_whole(runner, command):
+    """An example command longer than the terminal wrapped at 80 columns into a fragment that
+    reads as prose (`--report-to wandb` alone at the margin): each example is one line that fits,
+    or continues with a shell backslash."""
+    r = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80", "NO_COLOR": "1"})
+    lines = [line.rstrip() for line in r.output.split("\n╭")[0].splitlines()]
+    for line, after in zip(lines, lines[1:]):
+        if re.match(r" +(gcpo|torchrun|accelerate|python) ", line):
+            assert not re.match(r" \S", after) or line.endswith("\\"), f"wrapped example: {line!r} / {after!r}"
