@@ -502,7 +502,7 @@ def evaluate(ctx: Context, step: int, set_name: str, problems: list[dict]) -> di
         ctx.db, ctx.engine, ctx.tok, problems, label=f"run:{ctx.run_id}@{step}", set_name=set_name, k=e.k,
         temperature=e.temperature, max_new_tokens=e.max_new_tokens or g.max_new_tokens, seed=r.seed,
         prompt=prompt_from_recipe(r), run_id=ctx.run_id, run_step=step,
-        batch_size=max(32, g.problems_per_step * g.samples_per_problem), progress=False)
+        batch_size=max(64, g.problems_per_step * g.samples_per_problem), progress=False)
 
 
 @dataclass

@@ -468,3 +468,41 @@ def test_benchmarks_are_evaluated_before_and_after_and_never_trained_on(runner, 
                                                                            .fetchone()[2])])
     assert out.exit_code == 1 and "benchmark 'svamp' is not in the database" in out.output
     assert "Traceback" not in out.output
+
+
+def test_the_smollm2_gsm8k_recipe_runs_on_tiny_shapes_with_its_own_knobs(db, tiny_dir, shared_data):
+    """smollm2-gsm8k (issue 22) with only the model and the sizes made tiny: it trains on GSM8K
+    training rows, goes gold with the solution rewritten as the model should answer (no
+    <<calc>> annotations, no `#### N`, the boxed answer last), and reports GSM8K, SVAMP and
+    MAWPS before and after, none of them trained on."""
+    def first(name: str, n: int) -> list[dict]:
+        with open(shared_data / name.removesuffix("-train") / ("train.jsonl" if "train" in name else "test.jsonl")) as f:
+            return [json.loads(next(f)) for _ in range(n)]
+
+    from gcpo_cli.ingest import ingest_rows
+
+    rows = first("gsm8k-train", 6)
+    assert all("<<" in r["answer"] and "####" in r["answer"] for r in rows[:2])  # the layout the template undoes
+    ingest_rows(db, rows, "gsm8k-train")
+    for name in ("gsm8k", "svamp", "mawps"):
+        ingest_rows(db, first(name, 2), name)
+    shipped = recipes.load("smollm2-gsm8k")
+    assert shipped.set_name == "gsm8k-train" and shipped.generation.max_new_tokens >= 256
+    assert set(shipped.eval.benchmarks) >= {"gsm8k", "svamp", "mawps"}
+    r = recipes.load("smollm2-gsm8k", [f"model.name={tiny_dir}", "model.dtype=float32",
+                                       "generation.problems_per_step=2", "generation.samples_per_problem=2",
+                                       "steps=2", "eval.limit=2"])
+    assert (r.generation.temperature, r.golden.template, r.optimizer.lr) == \
+        (shipped.generation.temperature, shipped.golden.template, shipped.optimizer.lr)
+    summary = training.train(db, r)
+    assert summary["status"] == "completed"
+    assert {s: sorted(v) for s, v in summary["benchmarks"].items()} == \
+        {s: ["after", "before"] for s in ("gsm8k", "svamp", "mawps")}
+    golden = [x for x in rollouts(db, summary["run_id"]) if x["is_golden"]]
+    assert golden  # the random tiny model never answers right: every group goes gold
+    for g in golden:
+        assert "<<" not in g["completion"] and "####" not in g["completion"]
+        assert g["completion"].endswith(f"The final answer is $\\boxed{{{g['extracted_answer']}}}$.")
+    trained = {x["problem_id"] for x in rollouts(db, summary["run_id"])}
+    in_train = {p["id"] for p in store.set_problems(db, "gsm8k-train")[1]}
+    assert trained and trained <= in_train
