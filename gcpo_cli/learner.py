@@ -110,7 +110,7 @@ def update(policy: Policy, kept: list[tuple[int, list[Rollout]]], recipe, dist: 
            stop=None) -> UpdateStats:
     """The PPO schedule over one step's kept groups (see the module docstring). `kept`: this
     rank's kept groups with their place in the step. Sets each rollout's `seq_ratio` (its last
-    pass). `stop` (train.StopFlag): Ctrl-C abandons the step, but only before the first
+    pass). `stop` (resumable.StopFlag): Ctrl-C abandons the step, but only before the first
     optimiser step."""
     dist = dist or distributed.Dist()
     layout = [(place, [x.completion_tokens for x in g], [x.in_loss for x in g]) for place, g in kept]

@@ -14,7 +14,7 @@ command resumes it. A second process on a live job is refused, so no problem is 
 Ctrl-C and SIGTERM, under `StopSignals` (what a command installs; a scheduler or `kill` sends
 SIGTERM): the first one abandons the chunk being computed (nothing of it is written yet) or lets
 the chunk being written finish, marks the job interrupted and raises `Interrupted`, whose message
-says where it stopped; a second one stops at once. Training stops the same way (train.StopFlag).
+says where it stopped; a second one stops at once. Training stops the same way (StopFlag, below).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,42 @@ class StopSignals:
             yield
         finally:
             self.abandonable = False
+
+
+class Abandon(Exception):
+    """Ctrl-C during a step: drop the step, nothing of it is written."""
+
+
+@dataclass
+class StopFlag:
+    """First Ctrl-C (or SIGTERM, as a scheduler or `kill` sends): finish or abandon the current
+    step cleanly, save, mark the run interrupted. Second: stop at once. `abandon=False` (several
+    ranks): the step is always finished, never abandoned on one rank alone."""
+
+    requested: bool = False
+    abandon: bool = True
+    _previous: dict = field(default_factory=dict)
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread (tests): signal handling stays default
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+    def check(self):
+        if self.requested and self.abandon:
+            raise Abandon
 
 
 # --------------------------------------------------------------------------------------- locks

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import time
 from dataclasses import dataclass, field, replace
 
@@ -51,6 +50,7 @@ from .model import (MergedSampler, add_lora, autocast_enabled, describe_environm
                     load_base, prepare_base, prepare_for_update)
 from .prompts import from_recipe as prompt_from_recipe
 from .records import Rollout
+from .resumable import Abandon, StopFlag
 from .recipe import Recipe
 from .recipe_load import from_dict, to_dict
 from .rollout import render_prompt
@@ -88,10 +88,6 @@ class Context:
     @property
     def tok(self):
         return self.policy.tok
-
-
-class Abandon(Exception):
-    """Ctrl-C during a step: drop the step, nothing of it is written."""
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -503,38 +499,6 @@ def evaluate(ctx: Context, step: int, set_name: str, problems: list[dict]) -> di
         temperature=e.temperature, max_new_tokens=e.max_new_tokens or g.max_new_tokens, seed=r.seed,
         prompt=prompt_from_recipe(r), run_id=ctx.run_id, run_step=step,
         batch_size=max(64, g.problems_per_step * g.samples_per_problem), progress=False)
-
-
-@dataclass
-class StopFlag:
-    """First Ctrl-C (or SIGTERM, as a scheduler or `kill` sends): finish or abandon the current
-    step cleanly, save, mark the run interrupted. Second: stop at once. `abandon=False` (several
-    ranks): the step is always finished, never abandoned on one rank alone."""
-
-    requested: bool = False
-    abandon: bool = True
-    _previous: dict = field(default_factory=dict)
-
-    def __enter__(self):
-        def handler(signum, frame):
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread (tests): signal handling stays default
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-
-    def check(self):
-        if self.requested and self.abandon:
-            raise Abandon
 
 
 class NullDisplay:
