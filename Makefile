@@ -52,7 +52,7 @@ VLLM_ENV_TESTS := tests/test_vllm.py tests/test_engines.py tests/test_train.py t
 	tests/test_loss.py tests/test_precision.py tests/test_prompts.py tests/test_golden.py tests/test_eval.py \
 	tests/test_recipe.py tests/test_publish.py tests/test_start.py tests/test_structure.py
 test-vllm: setup-vllm
-	$(VBIN)/python -m pytest -m 'not slow' $(VLLM_ENV_TESTS)
+	$(VBIN)/python -m pytest -m 'not slow' --durations=10 $(VLLM_ENV_TESTS)
 
 clean:
 	rm -rf $(VENV) $(VVENV) *.egg-info

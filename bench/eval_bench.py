@@ -85,13 +85,14 @@ def bench_grading(n: int) -> dict:
 def bench_generation(model, tok, prompts: int, max_new_tokens: int, batch: int) -> dict:
     import torch
 
+    from gcpo_cli.records import Sampling
     from gcpo_cli.rollout import DEFAULT_TEMPLATE, generate, render_prompt
 
     texts = [render_prompt(tok, r["question"], DEFAULT_TEMPLATE) for r in _rows("gsm8k/test.jsonl")[:prompts]]
     torch.manual_seed(0)
-    generate(model, tok, texts[:2], n=1, max_new_tokens=4, temperature=1.0)  # warm-up
+    generate(model, tok, texts[:2], Sampling(n=1, max_new_tokens=4, temperature=1.0))  # warm-up
     t = time.perf_counter()
-    comps = generate(model, tok, texts, n=1, max_new_tokens=max_new_tokens, temperature=1.0, batch_size=batch)
+    comps = generate(model, tok, texts, Sampling(n=1, max_new_tokens=max_new_tokens, temperature=1.0, batch_size=batch))
     s = time.perf_counter() - t
     tokens = sum(c.tokens for cs in comps for c in cs)
     return dict(prompts=len(texts), batch=batch, max_new_tokens=max_new_tokens, tokens=tokens, seconds=s,

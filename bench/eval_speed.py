@@ -36,6 +36,7 @@ def main() -> None:
     from gcpo_cli.model import load_for_inference
     from gcpo_cli.precision import detect
     from gcpo_cli.prompts import resolve
+    from gcpo_cli.records import Sampling
     from gcpo_cli.rollout import generate
     from gcpo_cli import store
     from gcpo_cli.store import open_db
@@ -49,7 +50,7 @@ def main() -> None:
         _, problems = store.set_problems(db, "svamp32")
         model, tok = load_for_inference("smollm2-135m")
         out["dtype"] = str(next(model.parameters()).dtype)
-        generate(model, tok, [resolve().render(tok, problems[0]["text"])], n=1, max_new_tokens=4)  # warm-up
+        generate(model, tok, [resolve().render(tok, problems[0].text)], Sampling(n=1, max_new_tokens=4))  # warm-up
         for length in [int(x) for x in args.lengths.split(",")]:
             for mode, subset, k, temp in (("eval greedy", problems, 1, 0.0), ("eval sampled", problems[:8], 4, 0.7)):
                 t = time.perf_counter()
@@ -59,10 +60,10 @@ def main() -> None:
                 tokens = round(m["completion_tokens_mean"] * len(subset) * k)
                 out["results"].append(dict(mode=mode, length=length, s=round(s, 2), tokens=tokens,
                                            tok_per_s=round(tokens / s, 1)))
-            prompts = [resolve().render(tok, p["text"]) for p in problems[:4]]
+            prompts = [resolve().render(tok, p.text) for p in problems[:4]]
             torch.manual_seed(0)
             t = time.perf_counter()
-            comps = generate(model, tok, prompts, n=8, max_new_tokens=length, temperature=1.0)
+            comps = generate(model, tok, prompts, Sampling(n=8, max_new_tokens=length, temperature=1.0))
             s = time.perf_counter() - t
             tokens = sum(c.tokens for cs in comps for c in cs)
             out["results"].append(dict(mode="rollouts", length=length, s=round(s, 2), tokens=tokens,

@@ -67,18 +67,19 @@ def generation_alone(r, rows: list[dict], lengths: list[int]) -> dict:
 
     from gcpo_cli.model import MergedSampler, load_base
     from gcpo_cli.prompts import from_recipe
+    from gcpo_cli.records import Sampling
     from gcpo_cli.rollout import generate
 
     model, tok, _ = load_base(r.model)
     sampler = MergedSampler(model, r.model.sampler_dtype, r.model.attention).model if r.model.quant == "none" else model
     prompts = [from_recipe(r).render(tok, row["problem"]) for row in rows]
-    generate(sampler, tok, prompts, n=r.generation.samples_per_problem, max_new_tokens=4)  # warm-up
+    generate(sampler, tok, prompts, Sampling(n=r.generation.samples_per_problem, max_new_tokens=4))  # warm-up
     out = {}
     for length in lengths:
         torch.manual_seed(0)
         t = time.perf_counter()
-        comps = generate(sampler, tok, prompts, n=r.generation.samples_per_problem, max_new_tokens=length,
-                         temperature=r.generation.temperature, top_p=r.generation.top_p,
+        comps = generate(sampler, tok, prompts, Sampling(n=r.generation.samples_per_problem, max_new_tokens=length,
+                                                         temperature=r.generation.temperature, top_p=r.generation.top_p),
                          seeds=[f"{r.seed}:1:{row['id']}" for row in rows])  # one stream per sample, as train.roll_out
         s = time.perf_counter() - t
         tokens = sum(c.tokens for cs in comps for c in cs)

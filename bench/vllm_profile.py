@@ -35,6 +35,7 @@ def main() -> None:
     from gcpo_cli.model import add_lora, load_base, resolve_model
     from gcpo_cli.prompts import PRESETS
     from gcpo_cli.recipe import LoraConfig, ModelConfig
+    from gcpo_cli.records import Sampling
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from train_step import trl_rows
@@ -57,7 +58,7 @@ def main() -> None:
 
         def rollout(seed_base: str):
             t0 = time.perf_counter()
-            out = engine.generate(prompts, n=8, max_new_tokens=args.tokens, temperature=1.0,
+            out = engine.generate(prompts, Sampling(n=8, max_new_tokens=args.tokens, temperature=1.0),
                                   seeds=[f"{seed_base}:{i}" for i in range(4)])
             s = time.perf_counter() - t0
             tokens = sum(c.tokens for cs in out for c in cs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 
 from .prompts import golden_response
+from .records import Problem
 from .rollout import response_ids
 
 FLOOR = 0.02
@@ -49,13 +50,13 @@ def frontier_weight(correct: int | None, attempts: int | None, injections: int =
     return FLOOR + p * (1 - p)
 
 
-def usable_golden(problems: list[dict], tok, template: str, max_new_tokens: int) -> frozenset[str]:
+def usable_golden(problems: list[Problem], tok, template: str, max_new_tokens: int) -> frozenset[str]:
     """The ids of `problems` ({id, answer, golden}) whose golden answer training can inject: the
     recipe's golden_template filled in and tokenised as train.go_gold does (rollout.response_ids:
     its tokens, then end-of-turn), at most max_new_tokens. The loop asks once, at setup: the
     pool, the template and the limit are fixed for a run."""
-    return frozenset(p["id"] for p in problems if p["golden"] and len(response_ids(
-        tok, golden_response(template, p["golden"], p["answer"]))) <= max_new_tokens)
+    return frozenset(p.id for p in problems if p.golden and len(response_ids(
+        tok, golden_response(template, p.golden, p.answer))) <= max_new_tokens)
 
 
 def frontier(rates: dict[str, tuple[int, int, int]], problem_ids: list[str], step: int, batch: int,

@@ -41,6 +41,7 @@ from pathlib import Path
 from .errors import GcpoError
 from . import rollout
 from .rollout import Completion, stop_ids
+from .records import Sampling
 
 # vLLM's LoRAConfig.max_lora_rank choices (vllm/config/lora.py, 0.31-0.32)
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -81,16 +82,15 @@ def model_len(tok, prompt, texts, new_tokens: int) -> int:
     return -(-(longest + new_tokens) // 1024) * 1024
 
 
-def sample_requests(tok, prompts: list[str], n: int, temperature: float,
+def sample_requests(tok, prompts: list[str], sampling: Sampling,
                     seeds: list | None) -> list[tuple[int, list[int], int | None]]:
     """One vLLM request per sample: (prompt index, prompt tokens, seed). Sample j of prompt i is
     seeded from (seeds[i], j), as the hf loop's streams are: the same samples in any batch, on
     any rank (not the same tokens as the hf loop: another generator). Greedy: one request a
     prompt, unseeded (its n samples are identical)."""
-    greedy = temperature <= 0
     return [(i, tok(p, add_special_tokens=False).input_ids,
-             None if greedy else sample_seed(f"{seeds[i] if seeds else i}/{j}"))
-            for i, p in enumerate(prompts) for j in range(1 if greedy else n)]
+             None if sampling.greedy else sample_seed(f"{seeds[i] if seeds else i}/{j}"))
+            for i, p in enumerate(prompts) for j in range(sampling.draws)]
 
 
 def per_prompt(count: int, requests: list[tuple], completions: list[Completion], n: int) -> list[list[Completion]]:
@@ -186,11 +186,9 @@ class HFEngine:
     def sync(self, policy, version: int) -> None:
         self.policy, self.version, self.stale = policy, version, True
 
-    def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
-                 batch_size: int = 32, seeds: list | None = None) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], sampling: Sampling, seeds: list | None = None) -> list[list[Completion]]:
         with self.amp():
-            return rollout.generate(self.model, self.tok, prompts, n=n, max_new_tokens=max_new_tokens,
-                            temperature=temperature, top_p=top_p, batch_size=batch_size, seeds=seeds)
+            return rollout.generate(self.model, self.tok, prompts, sampling, seeds=seeds)
 
     def describe(self) -> dict:
         return dict(engine="hf")
@@ -280,22 +278,20 @@ class VLLMEngine:
         # old weights (the stale-policy bug). Ids are unique per engine, across syncs and evals.
         self.request = LoRARequest(f"gcpo-{version}-{time.monotonic_ns()}", _next_lora_id(), str(folder))
 
-    def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
-                 batch_size: int = 32, seeds: list | None = None) -> list[list[Completion]]:
-        """n completions per prompt (sample_requests), in one call, all from the current adapter."""
+    def generate(self, prompts: list[str], sampling: Sampling, seeds: list | None = None) -> list[list[Completion]]:
+        """sampling.n completions per prompt (sample_requests), in one call, all from the current adapter."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if self.lora_r is not None and self.request is None:
             raise GcpoError("the vLLM engine has no policy yet: sync it first")
-        greedy = temperature <= 0
-        reqs = sample_requests(self.tok, prompts, n, temperature, seeds)
-        params = [SamplingParams(n=1, temperature=max(temperature, 0.0), top_p=1.0 if greedy else top_p,
-                                 max_tokens=max_new_tokens, logprobs=0, seed=seed, stop_token_ids=self.stop,
+        reqs = sample_requests(self.tok, prompts, sampling, seeds)
+        params = [SamplingParams(n=1, temperature=max(sampling.temperature, 0.0), top_p=sampling.nucleus,
+                                 max_tokens=sampling.max_new_tokens, logprobs=0, seed=seed, stop_token_ids=self.stop,
                                  detokenize=False, skip_special_tokens=True) for _, _, seed in reqs]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids, _ in reqs], params,
                                  lora_request=self.request, use_tqdm=False)
-        return per_prompt(len(prompts), reqs, [self._completion(o.outputs[0]) for o in outs], n)
+        return per_prompt(len(prompts), reqs, [self._completion(o.outputs[0]) for o in outs], sampling.n)
 
     def _completion(self, out) -> Completion:
         ids = list(out.token_ids)
@@ -370,17 +366,15 @@ class ServerEngine:
             with contextlib.suppress(GcpoError):
                 self._call("POST", "/v1/unload_lora_adapter", dict(lora_name=old))
 
-    def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
-                 batch_size: int = 32, seeds: list | None = None) -> list[list[Completion]]:
-        greedy = temperature <= 0
+    def generate(self, prompts: list[str], sampling: Sampling, seeds: list | None = None) -> list[list[Completion]]:
         model = self.lora_name or self.base
-        reqs = sample_requests(self.tok, prompts, n, temperature, seeds)
-        jobs = [dict(model=model, prompt=ids, max_tokens=max_new_tokens, temperature=max(temperature, 0.0),
-                     top_p=1.0 if greedy else top_p, logprobs=0, return_token_ids=True, stop_token_ids=self.stop,
+        reqs = sample_requests(self.tok, prompts, sampling, seeds)
+        jobs = [dict(model=model, prompt=ids, max_tokens=sampling.max_new_tokens, temperature=max(sampling.temperature, 0.0),
+                     top_p=sampling.nucleus, logprobs=0, return_token_ids=True, stop_token_ids=self.stop,
                      skip_special_tokens=True, seed=seed) for _, ids, seed in reqs]
         with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs) or 1)) as pool:
             answers = list(pool.map(lambda job: self._call("POST", "/v1/completions", job), jobs))
-        return per_prompt(len(prompts), reqs, [self._completion(a["choices"][0]) for a in answers], n)
+        return per_prompt(len(prompts), reqs, [self._completion(a["choices"][0]) for a in answers], sampling.n)
 
     def _completion(self, choice: dict) -> Completion:
         ids = list(choice.get("token_ids") or [])
@@ -422,7 +416,7 @@ def for_training(kind: str, recipe, model, tok, sampler, problems: list[dict], r
     v = recipe.vllm
     dtype = v.dtype if v.dtype != "auto" else (
         recipe.model.dtype if recipe.model.quant != "none" else ("bfloat16" if fast_bf16(device) else "float32"))
-    length = v.max_model_len or model_len(tok, from_recipe(recipe), [p["text"] for p in problems],
+    length = v.max_model_len or model_len(tok, from_recipe(recipe), [p.text for p in problems],
                                           max(recipe.generation.max_new_tokens, recipe.eval.max_new_tokens))
     return VLLMEngine(resolve_model(recipe.model.name), tok, adapter_root=root, lora_r=recipe.lora.r,
                       dtype=dtype, max_model_len=length, kv_cache_gib=v.kv_cache_gib,

@@ -23,6 +23,7 @@ from .evaluation import GOLDEN, evaluate_golden, evaluate_problems, samples_by_p
 from .grader import Grader
 from .prompts import PRESETS, Prompt
 from .prompts import from_recipe as prompt_from_recipe
+from .records import Problem
 from .resumable import StopSignals
 
 DEFAULT_MAX_NEW_TOKENS = 512  # a model's evaluation; a run's is its recipe's (run_target)
@@ -189,7 +190,7 @@ def parse_target(db, spec: str, is_model_name) -> Target:
     return run_target(db, run["id"], int(step) if step else None)
 
 
-def evaluate_target(db, t: Target, sets: dict[str, list[dict]], grader: Grader, prompt: Prompt | None, p: dict,
+def evaluate_target(db, t: Target, sets: dict[str, list[Problem]], grader: Grader, prompt: Prompt | None, p: dict,
                     progress: bool, stop: StopSignals | None = None) -> list[dict]:
     """Every set's metrics for one target; `p` holds k, temperature, top_p, max_new_tokens,
     seed and batch_size. `prompt` (from the command line) wins over the target's own."""
@@ -217,7 +218,7 @@ def evaluate_target(db, t: Target, sets: dict[str, list[dict]], grader: Grader, 
         gc.collect()
 
 
-def inference_engine(t: Target, p: dict, prompt: Prompt, sets: dict[str, list[dict]]) -> tuple:
+def inference_engine(t: Target, p: dict, prompt: Prompt, sets: dict[str, list[Problem]]) -> tuple:
     """(engine, tokenizer) for a target: `p["engine"]` (auto|hf|vllm, engines.resolve). hf loads
     the model (model.load_for_inference); vllm serves the 16-bit base with the run's adapter as
     a LoRA request (an nf4 run's too), in bf16 where bf16 is fast, as the hf path samples. On a
@@ -250,7 +251,7 @@ def inference_engine(t: Target, p: dict, prompt: Prompt, sets: dict[str, list[di
         lora_r = int(json.loads((Path(t.adapter) / "adapter_config.json").read_text())["r"])
     dtype = t.dtype if t.quant != "none" else ("bfloat16" if fast_bf16(device) else "float32")
     kv = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 2)  # CPU: the KV cache's GiB (the recipe default)
-    texts = [x["text"] for problems in sets.values() for x in problems]
+    texts = [x.text for problems in sets.values() for x in problems]
     try:
         engine = engines.VLLMEngine(source, tok, adapter_root=paths.cache_dir() / "adapters" / "eval", lora_r=lora_r,
                                     dtype=dtype, max_model_len=engines.model_len(tok, prompt, texts,

@@ -25,15 +25,16 @@ from .eval_metrics import Sample, summarize
 from .grader import Grader
 from .prompts import Prompt
 from .prompts import resolve as resolve_prompt
+from .records import Problem, Sampling
 
 GOLDEN = "golden"  # the "model" that answers with each problem's own golden answers
 GOLDEN_CHUNK = 64  # problems per transaction where nothing is generated (golden answers, imports)
 
 
-def problem_params(problems: list[dict], **kw) -> dict:
+def problem_params(problems: list[Problem], **kw) -> dict:
     """An evaluation's parameters: `kw` plus which problems (their count and a hash of their ids
     in order), so that a resume is of the same problems."""
-    ids = "\n".join(p["id"] for p in problems)
+    ids = "\n".join(p.id for p in problems)
     return dict(kw, problems=len(problems), problems_sha=hashlib.sha256(ids.encode()).hexdigest()[:16])
 
 
@@ -57,7 +58,7 @@ def stored_samples(db, evaluation_id: str, problem_ids: list[str] | None = None)
 class Ungraded:
     """One sample of an evaluation before grading: what `graded_rows` grades and stores."""
 
-    problem: dict  # {id, text, answer}
+    problem: Problem
     sample_index: int
     completion: str
     extracted_answer: str | None
@@ -69,14 +70,14 @@ class Ungraded:
 def graded_rows(grader: Grader, samples: list[Ungraded]) -> list[dict]:
     """`eval_results` rows of the samples, graded by `Grader.verdicts` (the training rewards'
     path: a truncated sample is incorrect)."""
-    verdicts = grader.verdicts([(s.problem["text"], s.problem["answer"], s.extracted_answer, s.truncated)
+    verdicts = grader.verdicts([(s.problem.text, s.problem.answer, s.extracted_answer, s.truncated)
                                 for s in samples])
-    return [dict(problem_id=s.problem["id"], sample_index=s.sample_index, completion=s.completion,
+    return [dict(problem_id=s.problem.id, sample_index=s.sample_index, completion=s.completion,
                  extracted_answer=s.extracted_answer, correct=int(ok), completion_tokens=s.completion_tokens,
                  truncated=int(s.truncated), prompt=s.prompt) for s, ok in zip(samples, verdicts)]
 
 
-def run_evaluation(db, problems: list[dict], sample: Callable[[list[dict]], list[Ungraded]], *, label: str,
+def run_evaluation(db, problems: list[Problem], sample: Callable[[list[Problem]], list[Ungraded]], *, label: str,
                    set_name: str, params: dict, k: int, chunk_size: int, run_id: str | None = None,
                    run_step: int | None = None, grader: Grader | None = None, progress: bool = True,
                    stop: resumable.StopSignals | None = None, contexts: tuple = (), order=None,
@@ -92,7 +93,7 @@ def run_evaluation(db, problems: list[dict], sample: Callable[[list[dict]], list
                                      run_step=run_step)
 
     def finish(evaluation_id: str, resumed: int) -> dict:
-        metrics = summarize(stored_samples(db, evaluation_id, [p["id"] for p in problems]), k) | (extra or {})
+        metrics = summarize(stored_samples(db, evaluation_id, [p.id for p in problems]), k) | (extra or {})
         store.finish_evaluation(db, evaluation_id, metrics)
         return metrics
 
@@ -120,7 +121,7 @@ def seeded(seed: int):
         yield
 
 
-def evaluate_problems(db, engine, tok, problems: list[dict], *, label: str, set_name: str, k: int = 1,
+def evaluate_problems(db, engine, tok, problems: list[Problem], *, label: str, set_name: str, k: int = 1,
                       temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 512,
                       seed: int = 0, prompt: Prompt | None = None, template: str | None = None,
                       run_id: str | None = None, run_step: int | None = None, batch_size: int = 32,
@@ -146,20 +147,20 @@ def evaluate_problems(db, engine, tok, problems: list[dict], *, label: str, set_
     prompt = prompt or resolve_prompt(template=template)
     # Rendered before the evaluation is opened: a prompt the tokenizer cannot render (a chat
     # preset without a chat template) leaves nothing behind.
-    prompts = {p["id"]: prompt.render(tok, p["text"]) for p in problems}
+    prompts = {p.id: prompt.render(tok, p.text) for p in problems}
     params = problem_params(problems, k=k, temperature=temperature, top_p=top_p,
                             max_new_tokens=max_new_tokens, seed=seed, **prompt.params())
     if engine.name != "hf":  # another sampler: another evaluation (hf's params are those of gcpo 0.3)
         params["engine"] = engine.name
     per_batch = max(1, batch_size // k)
+    sampling = Sampling(n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                        batch_size=per_batch * k)
     tokens = 0
 
-    def sample(chunk: list[dict]) -> list[Ungraded]:
+    def sample(chunk: list[Problem]) -> list[Ungraded]:
         nonlocal tokens
-        comps = engine.generate([prompts[p["id"]] for p in chunk], n=k, max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=top_p, batch_size=per_batch * k,
-                                seeds=[f"{seed}:{p['id']}" for p in chunk])
-        out = [Ungraded(p, j, c.text, extract_answer(c.text), c.tokens, c.truncated, prompts[p["id"]])
+        comps = engine.generate([prompts[p.id] for p in chunk], sampling, seeds=[f"{seed}:{p.id}" for p in chunk])
+        out = [Ungraded(p, j, c.text, extract_answer(c.text), c.tokens, c.truncated, prompts[p.id])
                for p, cs in zip(chunk, comps) for j, c in enumerate(cs)]
         tokens += sum(s.completion_tokens for s in out)
         return out
@@ -169,22 +170,22 @@ def evaluate_problems(db, engine, tok, problems: list[dict], *, label: str, set_
     result = run_evaluation(db, problems, sample, label=label, set_name=set_name, params=params, k=k,
                             chunk_size=per_batch, run_id=run_id, run_step=run_step, grader=grader, progress=progress,
                             stop=stop, contexts=(seeded(seed),), tokens=lambda: tokens,
-                            order=lambda p: len(tok(prompts[p["id"]], add_special_tokens=False).input_ids))
+                            order=lambda p: len(tok(prompts[p.id], add_special_tokens=False).input_ids))
     return dict(result, prompt=prompt.name)
 
 
-def evaluate_golden(db, problems: list[dict], *, set_name: str, progress: bool = True,
+def evaluate_golden(db, problems: list[Problem], *, set_name: str, progress: bool = True,
                     grader: Grader | None = None, stop: resumable.StopSignals | None = None) -> dict:
     """Grade each problem's own golden answers as if a model had written them: a check of the
     extractor and grader on a benchmark's formats. Problems without one are counted, not graded."""
     # A completion is graded on what extract_answer finds; the ingest's own reading (MathQA's
     # trailing "answer : d") stands in where it finds nothing.
     golden = {pid: [(g["text"], extract_answer(g["text"]) or g["final_answer"]) for g in gs]
-              for pid, gs in store.golden_answers(db, [p["id"] for p in problems]).items()}
-    have = [p for p in problems if p["id"] in golden]
+              for pid, gs in store.golden_answers(db, [p.id for p in problems]).items()}
+    have = [p for p in problems if p.id in golden]
 
-    def sample(chunk: list[dict]) -> list[Ungraded]:
-        return [Ungraded(p, j, text, ext, None, False) for p in chunk for j, (text, ext) in enumerate(golden[p["id"]])]
+    def sample(chunk: list[Problem]) -> list[Ungraded]:
+        return [Ungraded(p, j, text, ext, None, False) for p in chunk for j, (text, ext) in enumerate(golden[p.id])]
 
     return run_evaluation(db, have, sample, label=GOLDEN, set_name=set_name, params=problem_params(have, golden=True),
                           k=1, chunk_size=GOLDEN_CHUNK, grader=grader, progress=progress, stop=stop,

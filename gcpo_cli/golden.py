@@ -52,6 +52,7 @@ from .grader import Grader
 from .readers import content_hash, load_source
 from .prompts import PRESETS, Prompt
 from .recipe import GOLDEN_ORIGINS
+from .records import Problem, Sampling
 from .samples import ProblemMatcher
 from .texts import checked_text
 
@@ -97,12 +98,10 @@ class ModelTeacher:
             torch.manual_seed(seed)
             yield
 
-    def sample(self, texts: list[str], prompt: Prompt, *, k: int, max_new_tokens: int, temperature: float,
-               top_p: float, seed: int, batch_size: int) -> list[list[Sample]]:
+    def sample(self, texts: list[str], prompt: Prompt, sampling: Sampling, seed: int) -> list[list[Sample]]:
         from .rollout import generate
 
-        comps = generate(self.model, self.tok, [prompt.render(self.tok, t) for t in texts], n=k,
-                         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size)
+        comps = generate(self.model, self.tok, [prompt.render(self.tok, t) for t in texts], sampling)
         return [[Sample(c.text, c.truncated, c.tokens) for c in cs] for cs in comps]
 
 
@@ -173,11 +172,11 @@ class ServerTeacher:
                                   None))
         return out
 
-    def sample(self, texts: list[str], prompt: Prompt, *, k: int, max_new_tokens: int, temperature: float,
-               top_p: float, seed: int, batch_size: int) -> list[list[Sample]]:
-        settings = dict(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    def sample(self, texts: list[str], prompt: Prompt, sampling: Sampling, seed: int) -> list[list[Sample]]:
+        settings = dict(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+                        seed=seed)
         with ThreadPoolExecutor(SERVER_THREADS) as pool:
-            return list(pool.map(lambda t: self._one(t, prompt, k, settings), texts))
+            return list(pool.map(lambda t: self._one(t, prompt, sampling.n, settings), texts))
 
 
 def coverage(db, set_name: str) -> dict:
@@ -201,7 +200,7 @@ def golden_id(problem_id: str, text: str) -> str:
     return content_hash(problem_id, text)[:16]
 
 
-def verified_candidates(problems: list[dict], samples: list[list[Sample]], verdicts: list[bool], *,
+def verified_candidates(problems: list[Problem], samples: list[list[Sample]], verdicts: list[bool], *,
                         model: str | None, params_json: str) -> tuple[list[dict], list[dict]]:
     """(attempts {problem_id, samples, correct}, candidate rows of the correct samples, one per
     distinct text) from each problem's samples and their verdicts, in order."""
@@ -209,17 +208,17 @@ def verified_candidates(problems: list[dict], samples: list[list[Sample]], verdi
     for p, ss in zip(problems, samples):
         oks = verdicts[at:at + len(ss)]
         at += len(ss)
-        attempts.append(dict(problem_id=p["id"], samples=len(ss), correct=sum(oks)))
+        attempts.append(dict(problem_id=p.id, samples=len(ss), correct=sum(oks)))
         for s, ok in zip(ss, oks):
             text = s.text.strip()
-            gid = golden_id(p["id"], text)
+            gid = golden_id(p.id, text)
             if ok and gid not in seen:
                 try:  # injected as the model's response: texts.py's validation (issue 27), else never stored
                     checked_text(text, "the teacher's completion")
                 except ValueError:
                     continue
                 seen.add(gid)
-                rows.append(dict(id=gid, problem_id=p["id"], text=text, final_answer=extract_answer(text),
+                rows.append(dict(id=gid, problem_id=p.id, text=text, final_answer=extract_answer(text),
                                  source_file=None, model=model, params_json=params_json, completion_tokens=s.tokens))
     return attempts, rows
 
@@ -251,22 +250,23 @@ def generate_golden(db, set_ref: str, teacher, *, k: int = 8, temperature: float
     if not problems:
         raise GcpoError(f"set '{set_name}' has no problems")
     prompt = prompt or PRESETS["boxed"]
-    teacher.check(prompt, problems[0]["text"])
+    teacher.check(prompt, problems[0].text)
     before = coverage(db, set_name)
     if only_missing:
         have = store.problems_with_verified(db, set_name)
-        problems = [p for p in problems if p["id"] not in have]
+        problems = [p for p in problems if p.id not in have]
     params = dict(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, limit=limit,
                   only_missing=only_missing, server=teacher.server, **prompt.params())
     per_batch = max(1, batch_size // k)
+    sampling = Sampling(n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                        batch_size=per_batch * k)
 
     def opened() -> tuple[str, set[str]]:
         return store.open_generation(db, set_name=set_name, teacher=teacher.label, params=params)
 
-    def sample(chunk: list[dict], grader: Grader) -> tuple[list[dict], list[list[Sample]], list[bool]]:
-        samples = teacher.sample([p["text"] for p in chunk], prompt, k=k, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, top_p=top_p, seed=seed, batch_size=per_batch * k)
-        verdicts = grader.verdicts([(p["text"], p["answer"], extract_answer(s.text), s.truncated)
+    def sample(chunk: list[Problem], grader: Grader) -> tuple[list[Problem], list[list[Sample]], list[bool]]:
+        samples = teacher.sample([p.text for p in chunk], prompt, sampling, seed)
+        verdicts = grader.verdicts([(p.text, p.answer, extract_answer(s.text), s.truncated)
                                     for p, ss in zip(chunk, samples) for s in ss])
         return chunk, samples, verdicts
 
@@ -321,7 +321,7 @@ def import_golden(db, path: str | Path, set_ref: str, *, solution: str | None = 
                         " name it with --solution FIELD")
     if id_f is None and text_f is None:
         raise GcpoError(f"{loaded.label}: no problem id or problem text field; name one with --id or --problem")
-    match = ProblemMatcher(store.set_problems_with_sources(db, s["id"]), s["name"])
+    match = ProblemMatcher(store.set_problems(db, s["name"])[1], s["name"])
     found, unmatched, empty = [], [], 0
     for where, row, why in loaded.items():
         if why is not None:
@@ -344,17 +344,17 @@ def import_golden(db, path: str | Path, set_ref: str, *, solution: str | None = 
                         + (f" ({unmatched[0]['where']}: {unmatched[0]['reason']})" if unmatched else ""))
     before = coverage(db, s["name"])
     with nullcontext(grader) if grader is not None else Grader() as g:
-        verdicts = g.verdicts([(p["text"], p["answer"], extract_answer(t), False) for _, p, t in found])
+        verdicts = g.verdicts([(p.text, p.answer, extract_answer(t), False) for _, p, t in found])
     params = store.dumps({"file": str(path), "sha256": loaded.fingerprint[:16], "fields": {
         "solution": sol_f, "id": id_f, "problem": text_f}})
     rows = {}
     for (_, p, text), ok in zip(found, verdicts):
-        gid = golden_id(p["id"], text)
-        rows.setdefault(gid, dict(id=gid, problem_id=p["id"], text=text, final_answer=extract_answer(text),
+        gid = golden_id(p.id, text)
+        rows.setdefault(gid, dict(id=gid, problem_id=p.id, text=text, final_answer=extract_answer(text),
                                   source_file=Path(path).name, verified=int(ok), model=teacher,
                                   params_json=params))
     added = store.write_imported(db, list(rows.values()))
-    mismatches = [{"where": w, "problem_id": p["id"], "answer": p["answer"], "golden": extract_answer(t)}
+    mismatches = [{"where": w, "problem_id": p.id, "answer": p.answer, "golden": extract_answer(t)}
                   for (w, p, t), ok in zip(found, verdicts) if not ok]
     return dict(set_name=s["name"], source=loaded.label, rows_read=loaded.rows_read, matched=len(found),
                 verified=sum(verdicts), unverified=len(found) - sum(verdicts), added=added, no_solution=empty,
@@ -476,7 +476,7 @@ def report(db, set_ref: str, recipe) -> dict:
     recipe's tokenizer), and the length distribution of the answers its golden_origin picks."""
     s = store.resolve_set(db, set_ref)
     name, problems = store.set_problems(db, s["name"])
-    answers = {p["id"]: p["answer"] for p in problems}
+    answers = {p.id: p.answer for p in problems}
     tok = load_tokenizer(recipe.model.name)
     limit, lengths, origins = recipe.generation.max_new_tokens, {}, {}
     for origin in GOLDEN_ORIGINS:

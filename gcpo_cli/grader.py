@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from .answers import MAX_ANSWER_CHARS, grading_target, local_verdict, verify_answer
 from .errors import GcpoError
+from .records import Problem, problem_dict
 from .rewards import RewardLoadError, call_reward, load_reward
 
 
@@ -110,9 +111,9 @@ class Grader:
         return self.grade([(gold, None if truncated else grading_target(problem or "", gold, extracted))
                            for problem, gold, extracted, truncated in items])
 
-    def scores(self, items: Iterable[tuple[dict, str, str | None, bool]]) -> list[Score]:
+    def scores(self, items: Iterable[tuple[Problem, str, str | None, bool]]) -> list[Score]:
         """The training reward of each completion: `items` are (problem, completion, extracted
-        answer, truncated), the problem a dict with at least "text" and "answer" (the gold).
+        answer, truncated).
 
         Without a custom reward: 1 if `verdicts` says correct, else 0. With one: what
         fn(problem, completion, gold) returns (rewards.py), correct by its flag or reward == 1;
@@ -120,13 +121,14 @@ class Grader:
         is marked failed. A truncated completion scores 0 uncalled, as it does without one."""
         items = list(items)
         if not self.reward:
-            verdicts = self.verdicts([(p.get("text"), p.get("answer"), extracted, truncated)
+            verdicts = self.verdicts([(p.text, p.answer, extracted, truncated)
                                       for p, _, extracted, truncated in items])
             return [Score(1.0 if ok else 0.0, ok) for ok in verdicts]
         out = [Score(0.0, False)] * len(items)
         todo = [i for i, (_, _, _, truncated) in enumerate(items) if not truncated]
         if todo:
-            calls = [(dict(items[i][0]), items[i][1], items[i][0].get("answer")) for i in todo]
+            # a reward function is handed the problem as a dict (rewards.py), as in 0.4
+            calls = [(problem_dict(items[i][0]), items[i][1], items[i][0].answer) for i in todo]
             with self._lock:
                 results = self._remote("reward", calls, (0.0, False, "overran its deadline"))
             for i, (reward, correct, error) in zip(todo, results):

@@ -15,7 +15,7 @@ from .prompts import golden_response
 from .learner import UpdateStats
 from .loss import golden_slot, group_advantages, overlong_shaping
 from .recipe import Recipe
-from .records import Rollout
+from .records import Problem, Rollout
 from .rollout import response_ids
 
 
@@ -60,22 +60,22 @@ def is_mixed(group: list[Rollout]) -> bool:
     return len({x.correct for x in group}) > 1
 
 
-def go_gold(r: Recipe, problem: dict, group: list[Rollout], tok, rng: random.Random | None) -> str | None:
+def go_gold(r: Recipe, problem: Problem, group: list[Rollout], tok, rng: random.Random | None) -> str | None:
     """Swap one wrong rollout of an all-wrong group for the problem's golden answer, written by
     the recipe's golden.template and tokenised as the model emits a response. Returns what
     happened: "injected", "too_long" (over max_new_tokens: not injected) or None."""
-    slot = golden_slot([x.correct for x in group], bool(problem["golden"]) and r.golden.enabled,
+    slot = golden_slot([x.correct for x in group], bool(problem.golden) and r.golden.enabled,
                        r.golden.replace, rng)
     if slot is None:
         return None
-    text = golden_response(r.golden.template, problem["golden"], problem["answer"])
+    text = golden_response(r.golden.template, problem.golden, problem.answer)
     ids = response_ids(tok, text)
     if len(ids) > r.generation.max_new_tokens:
         return "too_long"
     # The displaced rollout stays recorded (advantage NULL: not in the loss); the golden answer
     # is one extra row, sample index G.
     group[slot].advantage = None
-    group[slot] = Rollout(problem_id=problem["id"], sample_index=len(group), completion=text,
+    group[slot] = Rollout(problem_id=problem.id, sample_index=len(group), completion=text,
                           extracted_answer=extract_answer(text), truncated=False, reward=1.0, correct=True,
                           is_golden=True, prompt_ids=group[slot].prompt_ids, completion_ids=ids)
     return "injected"

@@ -15,6 +15,24 @@ def memory_only():
     return field(default=None, metadata={"column": False})
 
 
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A problem as training, evaluation and golden generation read it (store.set_problems):
+    its id, text and reference final answer; the verified golden answer training injects (None:
+    none, or not asked for) and its id in the set's own file (for matching imported samples)."""
+
+    id: str
+    text: str
+    answer: str
+    golden: str | None = None
+    source_id: str | None = None
+
+
+def problem_dict(p: Problem) -> dict:
+    """A problem as a custom reward function is handed it: {id, text, answer, golden}."""
+    return dict(id=p.id, text=p.text, answer=p.answer, golden=p.golden)
+
+
 @dataclass(slots=True)
 class Rollout:
     """One member of a group: a sampled completion or the golden answer, graded. Recorded in
@@ -47,6 +65,34 @@ class Rollout:
     def in_loss(self) -> bool:
         """Whether the update computes this sequence: a non-zero advantage (None: displaced)."""
         return bool(self.advantage)
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """How an engine draws completions: `n` per prompt, each at most `max_new_tokens` long, at
+    `temperature` within the `top_p` nucleus; at most `batch_size` sequences decode together.
+    Temperature 0 is greedy: one decode per prompt, shared by its n (they would be identical).
+    The one place "greedy" is decided; every engine, the rollout and the evaluation read it here."""
+
+    n: int = 1
+    max_new_tokens: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 32
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    @property
+    def draws(self) -> int:
+        """Decodes per prompt: n, or 1 when greedy."""
+        return 1 if self.greedy else self.n
+
+    @property
+    def nucleus(self) -> float:
+        """top_p as an engine applies it: 1 (the whole vocabulary) when greedy."""
+        return 1.0 if self.greedy else self.top_p
 
 
 # recorded columns that are computed from other fields (properties above)

@@ -33,6 +33,7 @@ from typing import Any
 
 from .errors import GcpoError
 from .grader import Grader
+from .records import Problem
 from .store.evaluations import database_file
 
 # ------------------------------------------------------------------------------------ stopping
@@ -255,9 +256,9 @@ class Outcome:
     seconds: float
 
 
-def run(db, ledger: Ledger, problems: list[dict], compute: Callable[[list[dict], Grader], Any], *,
+def run(db, ledger: Ledger, problems: list[Problem], compute: Callable[[list[Problem], Grader], Any], *,
         chunk_size: int, label: str, grader: Grader | None = None, progress: bool = True,
-        stop: StopSignals | None = None, contexts: tuple = (), order: Callable[[dict], Any] | None = None) -> Outcome:
+        stop: StopSignals | None = None, contexts: tuple = (), order: Callable[[Problem], Any] | None = None) -> Outcome:
     """Run a job over `problems` ({id, ...}): `compute(chunk, grader)` for each chunk of at most
     `chunk_size` unfinished problems (in the order `order` sorts them by, else as given), each
     result written by `ledger.write`. `grader` is used if given, else one is started for the
@@ -267,7 +268,7 @@ def run(db, ledger: Ledger, problems: list[dict], compute: Callable[[list[dict],
     stop.check()  # stopped before anything was opened: nothing to mark
     job_id, done = ledger.open()
     lock = hold(db, job_id, ledger.what)
-    todo = [p for p in problems if p["id"] not in done]
+    todo = [p for p in problems if p.id not in done]
     if order is not None:
         todo.sort(key=order)
     total, finished, t0 = len(todo) + len(done), 0, time.perf_counter()

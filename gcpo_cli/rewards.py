@@ -1,7 +1,8 @@
 """Custom rewards (issue 13): `reward: module:function` (or `path/to/file.py:function`) in a recipe.
 
-The function is called as fn(problem, completion, gold) -> a number in [0, 1], or a
-(reward, correct) pair, or {"reward": r, "correct": c}; without a flag, "correct" is reward == 1.
+The function is called as fn(problem, completion, gold), the problem a dict {id, text, answer,
+golden} (records.problem_dict), and returns a number in [0, 1], or a (reward, correct) pair, or
+{"reward": r, "correct": c}; without a flag, "correct" is reward == 1.
 It replaces math-verify grading in training, so it runs where math-verify does: in the
 `Grader`'s worker process, under the same limits. `call_reward` gives it `timeout_s` seconds
 (an alarm, which the worker's main thread can take) and the Grader kills the worker at its outer

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .prompts import BOXED_TEMPLATE as DEFAULT_TEMPLATE  # noqa: F401  (its old home; bench scripts)
 from .decoding import growing_layer_class
 from .prompts import Prompt, resolve
+from .records import Sampling
 
 
 @dataclass
@@ -63,8 +64,8 @@ def stop_ids(model, tokenizer, source: str | None = None) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _sample(logits, temperature: float, top_p: float, uniforms=None):
-    """(next tokens, their log-probs) from [N, V] logits: greedy at temperature 0 (log-probs
+def sample_tokens(logits, sampling: Sampling, uniforms=None):
+    """(next tokens, their log-probs) from [N, V] logits: argmax when greedy (log-probs
     None), else nucleus sampling; a token's log-prob is under the full softmax at the
     temperature, what the trainer's pi_old computes (issue 25), not renormalised over the
     nucleus: the sampler/trainer gap then measures engine error alone.
@@ -72,9 +73,10 @@ def _sample(logits, temperature: float, top_p: float, uniforms=None):
     torch.multinomial, whose draws depend on every row of the batch."""
     import torch
 
-    if temperature <= 0:
+    if sampling.greedy:
         return logits.argmax(-1), None
-    full = torch.log_softmax(logits.float() / temperature, dim=-1)
+    top_p = sampling.nucleus
+    full = torch.log_softmax(logits.float() / sampling.temperature, dim=-1)
     probs = full.exp()
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
@@ -91,10 +93,9 @@ def _sample(logits, temperature: float, top_p: float, uniforms=None):
     return tokens, full.gather(-1, tokens[:, None]).squeeze(-1)
 
 
-def _decode_batch(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: int,
-                  temperature: float, top_p: float, stop: set[int],
+def _decode_batch(model, tokenizer, prompts: list[list[int]], sampling: Sampling, stop: set[int],
                   streams: list | None = None) -> tuple[list[list[int]], list[list[float]] | None]:
-    """n continuations of each prompt with a KV cache. Each prompt is prefilled once and its
+    """sampling.draws continuations of each prompt with a KV cache. Each prompt is prefilled once and its
     cache fanned out to its n samples. Finished rows leave the batch once a quarter of it has
     finished (each compaction copies the cache), so late steps pay only for the rows still
     running. Returns [len(prompts) * n] token lists and their sampled log-probs (None when
@@ -103,6 +104,7 @@ def _decode_batch(model, tokenizer, prompts: list[list[int]], n: int, max_new_to
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
+    n, max_new_tokens = sampling.draws, sampling.max_new_tokens
     device = next(model.parameters()).device
     padded = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt")
     ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)  # [P, W]
@@ -127,10 +129,10 @@ def _decode_batch(model, tokenizer, prompts: list[list[int]], n: int, max_new_to
     stop_t = torch.tensor(sorted(stop), device=device)
     for t in range(max_new_tokens):
         u = None
-        if streams is not None and temperature > 0:
+        if streams is not None and not sampling.greedy:
             u = torch.tensor([1.0 - streams[r].random() if not d else 0.5
                               for r, d in zip(alive.tolist(), done.tolist())], dtype=torch.float64, device=device)
-        nxt, lp = _sample(logits, temperature, top_p, u)
+        nxt, lp = sample_tokens(logits, sampling, u)
         live = alive[~done].cpu()
         tokens[live, t] = nxt[~done].cpu()
         if lp is not None:
@@ -150,23 +152,18 @@ def _decode_batch(model, tokenizer, prompts: list[list[int]], n: int, max_new_to
         logits = out.logits[:, -1]
         pos = pos + 1
     outputs = [tokens[r, : length[r]].tolist() for r in range(total)]
-    return outputs, ([logps[r, : length[r]].tolist() for r in range(total)] if temperature > 0 else None)
+    return outputs, (None if sampling.greedy else [logps[r, : length[r]].tolist() for r in range(total)])
 
 
 def generate(
     model,
     tokenizer,
     prompts: list[str],
-    n: int,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    batch_size: int = 32,
+    sampling: Sampling,
     seeds: list | None = None,
 ) -> list[list[Completion]]:
-    """n completions for each prompt (temperature 0 = greedy: one decode, shared by the n).
-    Uses the global torch RNG: seed it first for reproducible samples. At most `batch_size`
-    sequences decode together.
+    """sampling.n completions for each prompt (greedy: one decode, shared by the n). Without
+    `seeds` it uses the global torch RNG: seed it first for reproducible samples.
 
     `seeds` (one per prompt): sample j of prompt i draws its tokens from its own stream,
     random.Random(f"{seeds[i]}/{j}"), so what it samples depends on its prompt, its seed and the
@@ -179,8 +176,8 @@ def generate(
     stop = stop_ids(model, tokenizer)
     encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # length bucketing
-    reps = 1 if temperature <= 0 else n
-    per_batch = max(1, batch_size // reps)
+    n, reps = sampling.n, sampling.draws
+    per_batch = max(1, sampling.batch_size // reps)
     results: list[list[Completion] | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()
@@ -189,8 +186,7 @@ def generate(
             idx = order[start : start + per_batch]
             streams = None if seeds is None else [random.Random(f"{seeds[i]}/{j}") for i in idx for j in range(reps)]
             with torch.inference_mode():
-                seqs, logps = _decode_batch(model, tokenizer, [encoded[i] for i in idx], reps, max_new_tokens,
-                                     temperature, top_p, stop, streams)
+                seqs, logps = _decode_batch(model, tokenizer, [encoded[i] for i in idx], sampling, stop, streams)
             for row, i in enumerate(idx):
                 comps = []
                 for s in range(row * reps, (row + 1) * reps):

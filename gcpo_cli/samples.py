@@ -33,6 +33,7 @@ from .errors import GcpoError
 from .eval_metrics import average, summarize
 from .evaluation import Ungraded, problem_params, run_evaluation, stored_samples
 from .grader import Grader
+from .records import Problem
 from .texts import checked_text
 
 IMPORT_CHUNK = 64  # problems graded and stored per transaction
@@ -146,7 +147,7 @@ def listed(db, limit: int) -> list[dict]:
 
 @dataclass
 class Imported:
-    problem: dict  # {id, source_id, text, answer}
+    problem: Problem
     completion: str
     prompt: str | None
     completion_tokens: int | None
@@ -163,19 +164,19 @@ class ProblemMatcher:
     """A line's problem: gcpo's id, else the source file's own id, else the exact text (then the
     text with whitespace normalised). Several problems with one text need an id."""
 
-    def __init__(self, problems: list[dict], set_name: str):
+    def __init__(self, problems: list[Problem], set_name: str):
         self.set_name = set_name
-        self.by_id = {p["id"]: p for p in problems}
-        self.by_source: dict[str, list[dict]] = {}
-        self.by_text: dict[str, list[dict]] = {}
+        self.by_id = {p.id: p for p in problems}
+        self.by_source: dict[str, list[Problem]] = {}
+        self.by_text: dict[str, list[Problem]] = {}
         for p in problems:
-            if p["source_id"] is not None:
-                self.by_source.setdefault(str(p["source_id"]), []).append(p)
-            self.by_text.setdefault(p["text"], []).append(p)
-            if _norm(p["text"]) != p["text"]:
-                self.by_text.setdefault(_norm(p["text"]), []).append(p)
+            if p.source_id is not None:
+                self.by_source.setdefault(str(p.source_id), []).append(p)
+            self.by_text.setdefault(p.text, []).append(p)
+            if _norm(p.text) != p.text:
+                self.by_text.setdefault(_norm(p.text), []).append(p)
 
-    def __call__(self, obj: dict) -> tuple[dict | None, str]:
+    def __call__(self, obj: dict) -> tuple[Problem | None, str]:
         pid, text = obj.get("problem_id"), obj.get("problem")
         if pid is not None and not isinstance(pid, bool) and isinstance(pid, (str, int)):
             pid = str(pid)
@@ -219,7 +220,7 @@ def _json_lines(path: Path, raw: bytes) -> list[tuple[int, dict]]:
     return out
 
 
-def _match(match: ProblemMatcher, record: layouts.Record) -> tuple[dict | None, str]:
+def _match(match: ProblemMatcher, record: layouts.Record) -> tuple[Problem | None, str]:
     if not record.either:
         return match({"problem_id": record.problem_id, "problem": record.problem})
     for obj in ({"problem_id": record.problem_id}, {"problem": record.problem}):  # an id, else a text
@@ -230,7 +231,7 @@ def _match(match: ProblemMatcher, record: layouts.Record) -> tuple[dict | None, 
     return None, f"{value!r} is neither a problem id nor a problem text of set '{match.set_name}'"
 
 
-def read_samples(path: Path, raw: bytes, problems: list[dict], set_name: str, *, completion_field: str | None = None,
+def read_samples(path: Path, raw: bytes, problems: list[Problem], set_name: str, *, completion_field: str | None = None,
                  problem_field: str | None = None) -> tuple[list[Imported], str]:
     """Every sample of an import file, matched to its problem, and the file's layout
     (sample_layouts.py: detected from its fields unless `completion_field` names the completion).
@@ -276,15 +277,15 @@ def import_samples(db, path: str | Path, set_ref: str, *, grader: Grader | None 
     except OSError as e:
         raise GcpoError(f"cannot read {path}: {e.strerror or e}") from None
     s = store.resolve_set(db, set_ref)
-    problems = store.set_problems_with_sources(db, s["id"])
+    problems = store.set_problems(db, s["name"])[1]
     if not problems:
         raise GcpoError(f"set '{s['name']}' has no problems")
     imported, layout = read_samples(path, raw, problems, s["name"], completion_field=completion_field,
                                     problem_field=problem_field)
     by: dict[str, list[Imported]] = {}
     for x in imported:
-        by.setdefault(x.problem["id"], []).append(x)
-    order = [p for p in problems if p["id"] in by]  # the set's order
+        by.setdefault(x.problem.id, []).append(x)
+    order = [p for p in problems if p.id in by]  # the set's order
     k = max(len(v) for v in by.values())
     label = f"import:{path.name}"
     # gcpo's own layout keeps the parameters imports had before layouts, so those resume.
@@ -292,16 +293,16 @@ def import_samples(db, path: str | Path, set_ref: str, *, grader: Grader | None 
         layout=layout, completion_field=completion_field, problem_field=problem_field)
     params = problem_params(order, imported=path.name, sha256=hashlib.sha256(raw).hexdigest()[:16], k=k, **read_as)
 
-    def sample(chunk: list[dict]) -> list[Ungraded]:
+    def sample(chunk: list[Problem]) -> list[Ungraded]:
         return [Ungraded(p, j, x.completion, extract_answer(x.completion), x.completion_tokens, x.truncated, x.prompt)
-                for p in chunk for j, x in enumerate(by[p["id"]])]
+                for p in chunk for j, x in enumerate(by[p.id])]
 
     result = run_evaluation(db, order, sample, label=label, set_name=s["name"], params=params, k=k,
                             chunk_size=IMPORT_CHUNK, grader=grader, progress=progress, stop=stop)
     return dict(result, layout=layout, file_verdicts=_agreement(db, result["evaluation_id"], by, order))
 
 
-def _agreement(db, evaluation_id: str, by: dict[str, list[Imported]], order: list[dict]) -> dict | None:
+def _agreement(db, evaluation_id: str, by: dict[str, list[Imported]], order: list[Problem]) -> dict | None:
     """The file's own verdicts against gcpo's: {samples, agree, mean_at_k}; the file's mean@k
     only when every sample has a verdict. None when the file has none."""
     ours = {(r["problem_id"], r["sample_index"]): bool(r["correct"]) for r in store.evaluation_samples(db, evaluation_id)}
@@ -309,6 +310,6 @@ def _agreement(db, evaluation_id: str, by: dict[str, list[Imported]], order: lis
     if not pairs:
         return None
     complete = all(x.correct is not None for xs in by.values() for x in xs)
-    mean = (sum(sum(x.correct for x in by[p["id"]]) / len(by[p["id"]]) for p in order) / len(order)
+    mean = (sum(sum(x.correct for x in by[p.id]) / len(by[p.id]) for p in order) / len(order)
             if complete else None)
     return {"samples": len(pairs), "agree": sum(a == b for a, b in pairs), "mean_at_k": mean}

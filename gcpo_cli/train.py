@@ -37,24 +37,21 @@ from dataclasses import dataclass, field, replace
 import torch
 from transformers import get_scheduler
 
-from . import checkpoints, curriculum, distributed, engines, paths, store, trackers
+from . import checkpoints, curriculum, distributed, engines, opening, store, trackers
 from .answers import extract_answer
 from .errors import GcpoError
-from .eval_targets import resolve_benchmark
 from .evaluation import evaluate_problems
 from .grader import Grader
-from .ingest import ensure_synthetic_set
 from .groups import StepMetrics, assign_advantages, go_gold, is_mixed, merge_timing, step_metrics
 from .learner import Policy, update
 from .model import (MergedSampler, add_lora, autocast_enabled, describe_environment, environment, load_adapter,
                     load_base, prepare_base, prepare_for_update)
 from .prompts import from_recipe as prompt_from_recipe
-from .records import Rollout
+from .records import Problem, Rollout, Sampling
 from .resumable import Abandon, StopFlag
 from .recipe import Recipe
-from .recipe_load import from_dict, to_dict
+from .recipe_load import to_dict
 from .rollout import render_prompt
-from .synthetic import parse_levels
 
 
 @dataclass
@@ -68,8 +65,8 @@ class Context:
     recipe: Recipe
     policy: Policy  # base + LoRA, its tokenizer and optimiser
     scheduler: object
-    pool: list[dict]  # problems trained on: {id, text, answer, golden}
-    holdout: list[dict]  # never trained on; evaluated before and after
+    pool: list[Problem]  # trained on, each with its golden answer or None
+    holdout: list[Problem]  # never trained on; evaluated before and after
     engine: object  # what samples rollouts and the held-out evaluation (engines.py), synced after each update
     start_step: int = 0
     by_id: dict = field(default_factory=dict)
@@ -134,7 +131,7 @@ def run_steps(ctx: Context, display) -> dict:
                     store.record_step(db, ctx.run_id, step, rollouts, row)
                     ctx.tracking.log(step, row)  # a copy of what was just committed
                     if r.log_completions and step % r.log_completions == 0:
-                        ctx.tracking.log_completions(step, [(step, ctx.by_id[x.problem_id]["text"], x.completion,
+                        ctx.tracking.log_completions(step, [(step, ctx.by_id[x.problem_id].text, x.completion,
                                                              x.reward, x.advantage, x.is_golden) for x in rollouts])
                     display.step(step, row)
                     if (r.save_every and step % r.save_every == 0) or step == r.steps:
@@ -224,7 +221,7 @@ def warn_off_policy(metrics: StepMetrics, step: int, ctx: Context, display) -> N
 # ---------------------------------------------------------------------------- a step, in order
 
 def pick_problems(ctx: Context, step: int) -> list[str]:
-    r, ids = ctx.recipe, [p["id"] for p in ctx.pool]
+    r, ids = ctx.recipe, [p.id for p in ctx.pool]
     if r.curriculum == "frontier":
         rates = store.pass_rates(ctx.db, ctx.run_id, r.frontier_window)
         picked = curriculum.frontier(rates, ids, step - 1, r.generation.problems_per_step, r.seed, ctx.usable_golden,
@@ -245,10 +242,11 @@ def roll_out(ctx: Context, step: int, problem_ids: list[str], grader: Grader,
     if not problem_ids:  # a rank with no group this round (fewer groups than ranks)
         return [], dict(gen_s=0.0, score_s=0.0, tokens=0, reward_failures=0)
     t0 = time.perf_counter()
-    completions = ctx.engine.generate(
-        [prompt(ctx, pid)[0] for pid in problem_ids], n=r.generation.samples_per_problem, max_new_tokens=r.generation.max_new_tokens,
-        temperature=r.generation.temperature, top_p=r.generation.top_p, batch_size=r.generation.problems_per_step * r.generation.samples_per_problem,
-        seeds=[f"{r.seed}:{step}:{pid}" for pid in problem_ids])
+    g = r.generation
+    sampling = Sampling(n=g.samples_per_problem, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+                        top_p=g.top_p, batch_size=g.problems_per_step * g.samples_per_problem)
+    completions = ctx.engine.generate([prompt(ctx, pid)[0] for pid in problem_ids], sampling,
+                                      seeds=[f"{r.seed}:{step}:{pid}" for pid in problem_ids])
     t1 = time.perf_counter()
     stop.check()
     version = ctx.engine.version
@@ -277,7 +275,7 @@ def refill(ctx: Context, step: int, order: dict, groups: list[list[Rollout]], ti
     sampled = list(groups)
     for _ in range(r.loss.max_resample_rounds):
         mixed = sum(dist.gather(sum(is_mixed(g) for g in sampled)))
-        spare = [p["id"] for p in ctx.pool if p["id"] not in order]
+        spare = [p.id for p in ctx.pool if p.id not in order]
         if mixed >= r.generation.problems_per_step or not spare:
             break
         extra = rng.sample(spare, min(len(spare), r.generation.problems_per_step - mixed))
@@ -303,25 +301,12 @@ def prompt(ctx: Context, problem_id: str) -> tuple[str, list[int]]:
     """A problem's prompt (the recipe's preset, prompts.py) and its tokens, exactly as generate()
     tokenises it."""
     if problem_id not in ctx.prompts:
-        text = render_prompt(ctx.tok, ctx.by_id[problem_id]["text"], prompt_from_recipe(ctx.recipe))
+        text = render_prompt(ctx.tok, ctx.by_id[problem_id].text, prompt_from_recipe(ctx.recipe))
         ctx.prompts[problem_id] = (text, ctx.tok(text, add_special_tokens=False).input_ids)
     return ctx.prompts[problem_id]
 
 
 # ---------------------------------------------------------------------------- setting up
-
-@dataclass
-class Opened:
-    """What setting up reads from the database (rank 0's part), handed to every rank."""
-
-    recipe: Recipe
-    set_name: str
-    pool: list[dict]  # trained on, each with its golden answer or None
-    holdout: list[dict]  # the set's last eval.holdout problems
-    start: int  # the checkpoint a resumed run starts from (0: a new run)
-    run: dict | None  # a resumed run's row
-    benchmarks: dict = field(default_factory=dict)  # eval.benchmarks: set name -> its problems (eval.limit)
-
 
 def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
           save_every: int | None, display, *, report_to: list[str] | None = None,
@@ -335,12 +320,12 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
     run_lock = None
     with dist.together():  # rank 0 reads the database (a bad run id, a live run: every rank stops)
         if dist.writer:
-            opened, run_lock = read_run(db, recipe, resume_run, steps, save_every, report_to)
-    o: Opened = dist.broadcast(opened if dist.writer else None)
+            opened, run_lock = opening.open_run(db, recipe, resume_run, steps, save_every, report_to)
+    o: opening.Opened = dist.broadcast(opened if dist.writer else None)
     r = o.recipe
     with dist.together():  # a model, adapter or checkpoint that does not load stops every rank
         adapter = checkpoints.adapter(checkpoints.run_folder(o.run), o.start) if o.start and dist.writer else None
-        policy, scheduler, sampler, kind = load_policy(r, o.pool[0]["text"], adapter, dist)
+        policy, scheduler, sampler, kind = load_policy(r, o.pool[0].text, adapter, dist)
         r = o.recipe = with_engine(r, kind)  # stored with the run as it trains
         # before the run exists: a vLLM that fails to start leaves no run behind
         evaluated = o.holdout + [p for ps in o.benchmarks.values() for p in ps]
@@ -349,7 +334,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
         if dist.writer:
             state = checkpoints.load_trainer_state(checkpoints.run_folder(o.run), o.start) if o.start else None
             load_state(policy, scheduler, state)  # a bad checkpoint fails before the run is marked running
-            run_id, out_dir, run_lock = begin_run(db, o, run_lock, display)
+            run_id, out_dir, run_lock = opening.begin_run(db, o, run_lock, display)
             env = dict(environment(policy.model, r.model, sampler), **engine.describe())
             store.set_environment(db, run_id, dict(env, world_size=dist.world) if dist.active else env)
             display.message(describe_environment(env) + (f", {dist.world} processes" if dist.active else ""))
@@ -366,7 +351,7 @@ def setup(db, recipe: Recipe | None, resume_run: str | None, steps: int | None,
               if r.golden.enabled and r.curriculum == "frontier" else frozenset())  # once: issue 25 item 7
     return Context(db=db, run_id=run_id, set_name=o.set_name, out_dir=out_dir, recipe=r, policy=policy,
                    scheduler=scheduler, pool=o.pool, holdout=o.holdout, engine=engine, start_step=o.start,
-                   by_id={p["id"]: p for p in o.pool + o.holdout}, lock=run_lock, dist=dist, tracking=tracking,
+                   by_id={p.id: p for p in o.pool + o.holdout}, lock=run_lock, dist=dist, tracking=tracking,
                    benchmarks=o.benchmarks,
                    usable_golden=usable)
 
@@ -411,72 +396,6 @@ def load_state(policy: Policy, scheduler, state: dict | None) -> None:
         scheduler.load_state_dict(state["scheduler"])
 
 
-def read_run(db, recipe: Recipe | None, resume_run: str | None, steps: int | None, save_every: int | None,
-             report_to: list[str] | None) -> tuple[Opened, object]:
-    """What setting up reads from the database, and the run's lock when resuming. A live run is
-    left alone; a tracker whose package is missing fails here, before any model loads."""
-    run, start, run_lock = None, 0, None
-    if resume_run:
-        run = store.resolve_run(db, resume_run)
-        run_lock = checkpoints.lock(checkpoints.run_folder(run), run["id"])  # a live run is left alone
-        start = int(run["checkpoint_step"] or 0)
-        if steps is not None and steps <= start:
-            raise GcpoError(f"run {run['id']} has done {start} steps (checkpoint {start}); --steps must be more")
-        overrides = {k: v for k, v in dict(steps=steps, save_every=save_every, report_to=report_to).items()
-                     if v is not None}
-        recipe = from_dict({**store.loads(run["recipe_json"]), **overrides})
-        set_name = run["set_name"]
-    else:
-        set_name = recipe.set_name or default_set(db, recipe)
-    trackers.check(recipe.report_to)
-    engines.check_available(recipe.generation.engine, recipe.generation.rollout_server)
-    set_name, problems = load_problems(db, set_name, recipe.golden.origin)
-    holdout = recipe.eval.holdout
-    if holdout >= len(problems):
-        raise GcpoError(f"set '{set_name}' has {len(problems)} problems and eval.holdout is "
-                        f"{holdout}: nothing left to train on")
-    cut = len(problems) - holdout
-    benchmarks = {}
-    for name in recipe.eval.benchmarks:  # before any model loads: a missing set is one line
-        bench = name if store.has_problems(db, name) else resolve_benchmark(db, name)  # any ingested set
-        benchmarks[bench] = store.set_problems(db, bench, limit=recipe.eval.limit or None)[1]
-    tested = {p["id"] for ps in benchmarks.values() for p in ps}
-    pool = [p for p in problems[:cut] if p["id"] not in tested]  # never train on what is evaluated
-    if not pool:
-        raise GcpoError(f"set '{set_name}': every problem left to train on is in eval.benchmarks")
-    return Opened(recipe, set_name, pool, problems[cut:], start, run, benchmarks), run_lock
-
-
-def begin_run(db, o: Opened, run_lock, display) -> tuple:
-    """Rank 0: create the run, or mark a resumed one running again from its checkpoint (dropping
-    the steps recorded after it). Returns (run id, its folder, its lock)."""
-    if o.run:
-        dropped = store.restart_run(db, o.run["id"], checkpoint_step=o.start, recipe=to_dict(o.recipe))
-        if dropped:
-            display.message(f"discarded {dropped} step(s) recorded after checkpoint {o.start}")
-        return o.run["id"], o.run["out_dir"], run_lock
-    run_id = store.new_id()
-    out_dir = str(paths.run_dir(run_id))
-    run_lock = checkpoints.lock(out_dir, run_id)
-    store.create_run(db, recipe=to_dict(o.recipe), set_name=o.set_name, out_dir=out_dir, run_id=run_id)
-    return run_id, out_dir, run_lock
-
-
-def load_problems(db, set_ref: str, golden_origin: str = "any") -> tuple[str, list[dict]]:
-    """(set name, its problems in ingest order, each with the verified golden answer the recipe's
-    golden_origin chooses, or None)."""
-    set_name, problems = store.set_problems(db, set_ref)
-    golden = store.verified_golden(db, set_name, golden_origin)
-    return set_name, [dict(p, golden=golden.get(p["id"])) for p in problems]
-
-
-def default_set(db, recipe: Recipe) -> str:
-    """The recipe's synthetic set (made once, then reused)."""
-    name = f"arithmetic-l{recipe.synthetic_levels.replace(',', '_')}-{recipe.synthetic_count}"
-    return ensure_synthetic_set(db, name, count=recipe.synthetic_count, seed=0,
-                                levels=parse_levels(recipe.synthetic_levels))
-
-
 def evaluate_all(ctx: Context, step: int, when: str, summary: dict, display) -> None:
     """The held-out problems (summary[when]) and each of eval.benchmarks
     (summary["benchmarks"][set][when]), as `gcpo eval --run RUN@STEP` would grade them."""
@@ -491,7 +410,7 @@ def evaluate_all(ctx: Context, step: int, when: str, summary: dict, display) -> 
         ctx.tracking.log_eval(step, result, set_name)
 
 
-def evaluate(ctx: Context, step: int, set_name: str, problems: list[dict]) -> dict | None:
+def evaluate(ctx: Context, step: int, set_name: str, problems: list[Problem]) -> dict | None:
     e, r = ctx.recipe.eval, ctx.recipe
     g = r.generation
     return evaluate_problems(

@@ -14,6 +14,7 @@ from gcpo_cli import recipe_load as recipes
 from gcpo_cli import train as training
 from gcpo_cli.ingest import ingest_rows
 from gcpo_cli.model import build_tiny, tiny_tokenizer
+from gcpo_cli.records import Problem
 
 LIMIT = 40  # the tiny recipe's max_new_tokens; the tiny tokenizer is byte-level: a token a character
 
@@ -26,8 +27,8 @@ def tiny_dir(tmp_path_factory) -> str:
 def test_a_golden_answer_counts_only_when_it_fits_as_the_template_writes_it():
     tok = tiny_tokenizer()
     fits = "x" * (LIMIT - 1)  # its characters, then the end-of-turn token: exactly the limit
-    pool = [dict(id="fits", answer="4", golden=fits), dict(id="over", answer="4", golden=fits + "x"),
-            dict(id="none", answer="4", golden=None)]
+    pool = [Problem("fits", "2 + 2?", "4", golden=fits), Problem("over", "2 + 2?", "4", golden=fits + "x"),
+            Problem("none", "2 + 2?", "4", golden=None)]
     assert curriculum.usable_golden(pool, tok, "{solution}", LIMIT) == {"fits"}
     # The template's own text counts, the answer it states included.
     assert curriculum.usable_golden(pool, tok, "{solution}{answer}", LIMIT) == set()

@@ -20,8 +20,8 @@ from gcpo_cli.grader import Grader
 from gcpo_cli.cli import app
 from gcpo_cli.errors import GcpoError
 from gcpo_cli.loss import policy_loss, sampler_mismatch, tis_weights
-from gcpo_cli.logprobs import completion_logprobs
 from gcpo_cli.model import build_tiny
+from gcpo_cli.records import Problem, Sampling
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,8 @@ def test_sampled_tokens_come_from_the_nucleus_and_their_logprobs_from_the_full_s
     torch.manual_seed(0)
     logits = torch.randn(64, 50)
     for temperature, top_p in ((1.0, 1.0), (0.7, 1.0), (1.0, 0.8)):
-        tokens, logp = rollout._sample(logits, temperature, top_p, torch.rand(64).clamp(min=1e-6))
+        tokens, logp = rollout.sample_tokens(logits, Sampling(temperature=temperature, top_p=top_p),
+                                             torch.rand(64).clamp(min=1e-6))
         probs = torch.softmax(logits / temperature, -1)
         sorted_p, order = probs.sort(-1, descending=True)
         keep = (sorted_p.cumsum(-1) - sorted_p) < top_p
@@ -50,7 +51,7 @@ def test_sampled_tokens_come_from_the_nucleus_and_their_logprobs_from_the_full_s
         want = torch.log_softmax(logits / temperature, -1).gather(-1, tokens[:, None])[:, 0]
         assert torch.allclose(logp, want, atol=1e-5)
         assert bool((logp > -math.inf).all())
-    assert rollout._sample(logits, 0.0, 1.0)[1] is None  # greedy: no sampler log-probs
+    assert rollout.sample_tokens(logits, Sampling(temperature=0.0))[1] is None  # greedy: no sampler log-probs
 
 
 def test_every_rollout_records_its_policy_version_and_sampler_logprobs(db, tiny_dir):
@@ -276,9 +277,10 @@ def test_a_sampled_evaluation_does_not_depend_on_its_batches(db):
     from gcpo_cli.model import load_for_inference
 
     model, tok = load_for_inference("tiny")
-    problems = [{"id": f"p{i}", "text": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(5)]
+    problems = [Problem(f"p{i}", f"What is {i} + {i}?", str(2 * i)) for i in range(5)]
     for p in problems:
-        db["problems"].insert(dict(p, metadata_json="{}", created_at="2025-01-01T00:00:00Z"))
+        db["problems"].insert(dict(id=p.id, text=p.text, answer=p.answer, metadata_json="{}",
+                                   created_at="2025-01-01T00:00:00Z"))
     kw = dict(set_name="s", k=3, temperature=1.0, max_new_tokens=8, progress=False)
     a = evaluate_problems(db, model, tok, problems, label="one-batch", batch_size=15, **kw)
     b = evaluate_problems(db, model, tok, problems, label="small-batches", batch_size=3, **kw)

@@ -11,6 +11,7 @@ import pytest
 
 from gcpo_cli.cli import app
 from gcpo_cli.evaluation import evaluate_problems
+from gcpo_cli.records import Problem
 
 # --------------------------------------------------------------------------------- the command
 
@@ -88,9 +89,10 @@ def test_interrupted_evaluation_resumes_only_unfinished_problems(db, monkeypatch
     from gcpo_cli.model import load_for_inference
 
     model, tok = load_for_inference("tiny")
-    problems = [{"id": f"p{i}", "text": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(5)]
+    problems = [Problem(f"p{i}", f"What is {i} + {i}?", str(2 * i)) for i in range(5)]
     for p in problems:  # eval_results reference problems
-        db["problems"].insert(dict(p, metadata_json="{}", created_at="2025-01-01T00:00:00Z"))
+        db["problems"].insert(dict(id=p.id, text=p.text, answer=p.answer, metadata_json="{}",
+                                   created_at="2025-01-01T00:00:00Z"))
     real, calls = rollout.generate, []
 
     def flaky(model, tok, prompts, n, *a, **kw):
@@ -120,7 +122,7 @@ def test_interrupted_evaluation_resumes_only_unfinished_problems(db, monkeypatch
     assert len(seen) == 3  # only the unfinished problems were generated again
     assert db["evaluations"].get(ev["id"])["status"] == "completed"
     rows = list(db["eval_results"].rows)
-    assert len(rows) == 5 and {r["problem_id"] for r in rows} == {p["id"] for p in problems}
+    assert len(rows) == 5 and {r["problem_id"] for r in rows} == {p.id for p in problems}
     assert out["n_problems"] == 5
     # A finished evaluation is not reopened: the same call starts a new one.
     again = evaluate_problems(db, model, tok, problems, **kw)
@@ -282,8 +284,7 @@ def test_a_stored_evaluation_exports_interrupted_then_resumed(runner, db, sums, 
     from gcpo_cli.model import load_for_inference
 
     model, tok = load_for_inference("tiny")
-    problems = [dict(p, id=sums[f"q{i}"]) for i, p in
-                enumerate({"text": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(3))]
+    problems = [Problem(sums[f"q{i}"], f"What is {i} + {i}?", str(2 * i)) for i in range(3)]
     real, calls = rollout.generate, []
 
     def flaky(*a, **kw):  # Ctrl-C during the second batch

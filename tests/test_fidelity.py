@@ -14,8 +14,8 @@ from gcpo_cli import recipe_load as recipes
 from gcpo_cli import groups
 from gcpo_cli import train as training
 from gcpo_cli.logprobs import completion_logprobs
-from gcpo_cli.model import autocast_context, build_tiny
-from gcpo_cli.records import Rollout
+from gcpo_cli.model import build_tiny
+from gcpo_cli.records import Problem, Rollout
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +36,10 @@ def batch(ctx, advantages):
     """Two groups of four rollouts with the given advantages (the same texts in each group)."""
     out = []
     for g, p in enumerate(ctx.pool[:2]):
-        prompt = training.prompt(ctx, p["id"])[1]
+        prompt = training.prompt(ctx, p.id)[1]
         for j, text in enumerate(TEXTS):
             ids = ctx.tok(text, add_special_tokens=False).input_ids + [ctx.tok.eos_token_id]
-            out.append(training.Rollout(problem_id=p["id"], sample_index=j, prompt_ids=prompt, completion_ids=ids,
+            out.append(training.Rollout(problem_id=p.id, sample_index=j, prompt_ids=prompt, completion_ids=ids,
                                         completion=text, extracted_answer=None, truncated=False, reward=0.0,
                                         correct=False, advantage=advantages[g * 4 + j]))
     return out
@@ -190,11 +190,11 @@ def test_training_and_evaluation_grade_through_one_path():
     correct in evaluation; a truncated completion is wrong in both."""
     from gcpo_cli.grader import Grader
 
-    problem = {"text": "What is 6 + 6? Options: a ) 10 , b ) 11 , c ) 12 , d ) 13", "answer": "c"}
+    problem = Problem("q", "What is 6 + 6? Options: a ) 10 , b ) 11 , c ) 12 , d ) 13", "c")
     samples = [("12", False), ("c", False), ("13", False), ("12", True)]
     with Grader() as g:
         in_training = g.scores([(problem, "", ext, cut) for ext, cut in samples])  # what train.roll_out calls
-        in_eval = g.verdicts([(problem["text"], "c", ext, cut) for ext, cut in samples])
+        in_eval = g.verdicts([(problem.text, "c", ext, cut) for ext, cut in samples])
     assert [s.reward for s in in_training] == [1.0, 1.0, 0.0, 0.0]
     assert in_eval == [s.correct for s in in_training]
 

@@ -157,11 +157,11 @@ class Interrupting:
     def seeded(self, seed):
         return self.inner.seeded(seed)
 
-    def sample(self, texts, prompt, **kw):
+    def sample(self, texts, prompt, sampling, seed):
         self.calls += 1
         if self.calls == self.fail_at:
             raise KeyboardInterrupt
-        return self.inner.sample(texts, prompt, **kw)
+        return self.inner.sample(texts, prompt, sampling, seed)
 
 
 def test_an_interrupted_generation_resumes_without_duplicates(db, wired):

@@ -15,6 +15,7 @@ import pytest
 
 from gcpo_cli.answers import MAX_ANSWER_CHARS, extract_answer, verify_answer
 from gcpo_cli.grader import Grader
+from gcpo_cli.records import Problem
 from gcpo_cli.units import gold_value, strip_unit
 
 # What the grader accepts and rejects, by rule. docs/grading.md publishes these tables: its cases section
@@ -372,9 +373,10 @@ def test_evaluation_stores_a_truncated_sample_as_incorrect(db):
     from gcpo_cli import store
     from gcpo_cli.evaluation import Ungraded, graded_rows
 
-    problems = [{"id": f"p{i}", "text": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(3)]
+    problems = [Problem(f"p{i}", f"What is {i} + {i}?", str(2 * i)) for i in range(3)]
     for p in problems:
-        db["problems"].insert(dict(p, metadata_json="{}", created_at="2025-01-01T00:00:00Z"))
+        db["problems"].insert(dict(id=p.id, text=p.text, answer=p.answer, metadata_json="{}",
+                                   created_at="2025-01-01T00:00:00Z"))
     ev_id, _ = store.open_evaluation(db, model="m", set_name="s", params={}, run_id=None, run_step=None)
     with Grader() as g:
         store.write_results(db, ev_id, graded_rows(g, [Ungraded(problems[0], 0, "... \\boxed{0}", "0", 9, False),

@@ -17,6 +17,7 @@ from gcpo_cli import groups
 from gcpo_cli import train as training
 from gcpo_cli.grader import Grader, Score
 from gcpo_cli.recipe_load import RecipeError
+from gcpo_cli.records import Problem
 
 MODULE = "gcpo_test_rewards"
 REWARDS = textwrap.dedent('''
@@ -198,7 +199,7 @@ def test_going_gold_follows_the_correct_flag_or_a_reward_of_1(db, tiny_dir, word
     ctx = training.setup(db, recipes.load("tiny", [f"model.name={tiny_dir}", f"set_name={words}",
                                                    f"reward={MODULE}:scripted"]), None, None, None,
                          training.NullDisplay())
-    pid = ctx.pool[0]["id"]
+    pid = ctx.pool[0].id
     prompt = training.prompt(ctx, pid)[1]
 
     def group(g, *texts):  # graded as train.roll_out grades them
@@ -223,7 +224,7 @@ def test_going_gold_follows_the_correct_flag_or_a_reward_of_1(db, tiny_dir, word
 
 
 def items(*completions, truncated=False):
-    return [({"id": "p", "text": "say a word", "answer": "word", "golden": None}, c, None, truncated)
+    return [(Problem("p", "say a word", "word"), c, None, truncated)
             for c in completions]
 
 
@@ -256,9 +257,9 @@ def test_hanging_rewards_are_cut_off_by_the_time_limits():
 
 def test_without_a_custom_reward_scores_are_math_verify_verdicts():
     with Grader() as g:
-        got = g.scores([({"text": "2 + 3?", "answer": "5"}, "so \\boxed{5}", "5", False),
-                        ({"text": "2 + 3?", "answer": "5"}, "so \\boxed{6}", "6", False),
-                        ({"text": "2 + 3?", "answer": "5"}, "so \\boxed{5}", "5", True)])
+        got = g.scores([(Problem("p", "2 + 3?", "5"), "so \\boxed{5}", "5", False),
+                        (Problem("p", "2 + 3?", "5"), "so \\boxed{6}", "6", False),
+                        (Problem("p", "2 + 3?", "5"), "so \\boxed{5}", "5", True)])
     assert got == [Score(1.0, True), Score(0.0, False), Score(0.0, False)]
 
 

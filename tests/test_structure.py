@@ -69,3 +69,21 @@ def test_the_checker_sees_a_cycle_inside_a_function(tmp_path, monkeypatch):
     edges, private = _imports(_modules())
     assert "gcpo_cli.a" in edges["gcpo_cli.b"] and "gcpo_cli.b" in edges["gcpo_cli.a"]
     assert private == [("gcpo_cli.b", "gcpo_cli._c._y")]
+
+
+def test_greedy_is_decided_by_the_sampling_record_alone():
+    """Whether a temperature means greedy decoding is one property, records.Sampling.greedy:
+    no sampling path compares a temperature with 0 itself (issue 21: it was decided in 8 places)."""
+    from gcpo_cli.records import Sampling
+
+    assert Sampling(n=4, temperature=0.0).greedy and Sampling(n=4, temperature=0.0).draws == 1
+    assert Sampling(n=4, temperature=0.0, top_p=0.9).nucleus == 1.0  # greedy ignores top-p
+    assert not Sampling(n=4, temperature=0.7).greedy and Sampling(n=4, temperature=0.7, top_p=0.9).draws == 4
+    deciders = []
+    for name in ("rollout", "engines", "evaluation", "golden", "train", "learner"):
+        for node in ast.walk(ast.parse((PKG / f"{name}.py").read_text())):
+            if isinstance(node, ast.Compare) and any(
+                    isinstance(side, (ast.Name, ast.Attribute)) and "temperature" in ast.unparse(side)
+                    for side in (node.left, *node.comparators)):
+                deciders.append(f"{name}.py:{node.lineno}: {ast.unparse(node)}")
+    assert deciders == []

@@ -86,7 +86,7 @@ def _base_state(model):
 def test_update_moves_lora_weights_only_and_raises_golden_answer_logprob(db, tiny_dir):
     ctx = training.setup(db, tiny_recipe(tiny_dir, "lr=5e-3"), None, None, None, training.NullDisplay())
     lora0, base0 = _lora_state(ctx.model), _base_state(ctx.model)
-    pid = ctx.pool[0]["id"]
+    pid = ctx.pool[0].id
     prompt = training.prompt(ctx, pid)[1]
     wrong = [ctx.tok("I do not know.", add_special_tokens=False).input_ids + [ctx.tok.eos_token_id]] * 3
     group = [make_rollout(pid, j, prompt, ids, "I do not know.") for j, ids in enumerate(wrong)]
@@ -116,7 +116,7 @@ def test_update_moves_lora_weights_only_and_raises_golden_answer_logprob(db, tin
 
 def test_all_correct_groups_are_skipped_from_the_loss(db, tiny_dir):
     ctx = training.setup(db, tiny_recipe(tiny_dir), None, None, None, training.NullDisplay())
-    pid = ctx.pool[0]["id"]
+    pid = ctx.pool[0].id
     prompt = training.prompt(ctx, pid)[1]
     right = [make_rollout(pid, j, prompt, [5, 6], "x", "2", 1.0, True) for j in range(4)]
     assert groups.go_gold(ctx.recipe, ctx.by_id[right[0].problem_id], right, ctx.tok, None) is None
@@ -128,11 +128,11 @@ def test_all_correct_groups_are_skipped_from_the_loss(db, tiny_dir):
 def test_dapo_dynamic_sampling_refills_the_batch_with_mixed_groups(db, tiny_dir, monkeypatch):
     r = tiny_recipe(tiny_dir, "algorithm=dapo", "steps=1")
     ctx = training.setup(db, r, None, None, None, training.NullDisplay())
-    first = set(training.curriculum.uniform([p["id"] for p in ctx.pool], 0, r.generation.problems_per_step, r.seed))
+    first = set(training.curriculum.uniform([p.id for p in ctx.pool], 0, r.generation.problems_per_step, r.seed))
 
     def fake_scores(grader, items):  # the first batch is all wrong, any other problem mixed (sample 0 right)
         G = r.generation.samples_per_problem
-        return [Score(float(ok), ok) for i, (p, *_) in enumerate(items) for ok in [p["id"] not in first and i % G == 0]]
+        return [Score(float(ok), ok) for i, (p, *_) in enumerate(items) for ok in [p.id not in first and i % G == 0]]
 
     monkeypatch.setattr(Grader, "scores", fake_scores)
     with Grader() as g:
@@ -157,7 +157,7 @@ def test_nf4_base_with_bf16_compute_and_gradient_checkpointing_trains_lora_on_cp
     # no fp32 residual stream under a bf16 compute dtype: only the LoRA weights stay fp32
     fp32 = [k for k, v in ctx.model.named_parameters() if v.dtype == torch.float32 and "lora_" not in k]
     assert fp32 == []
-    prompt = torch.tensor([training.prompt(ctx, ctx.pool[0]["id"])[1]])
+    prompt = torch.tensor([training.prompt(ctx, ctx.pool[0].id)[1]])
     # as rollouts run it (rollout.generate): eval mode, where gradient checkpointing is off and
     # the model keeps a KV cache (transformers 5.19 returns none in train mode)
     ctx.model.eval()
@@ -272,10 +272,10 @@ def test_shared_prompt_forward_and_merged_sampler_are_exact(db, tiny_dir):
                          None, None, None, training.NullDisplay())
     seqs = []
     for p in ctx.pool[:2]:
-        prompt = training.prompt(ctx, p["id"])[1]
+        prompt = training.prompt(ctx, p.id)[1]
         for j, text in enumerate(["1 + 1 = 2", "no idea at all", "3"]):
             ids = ctx.tok(text, add_special_tokens=False).input_ids + [ctx.tok.eos_token_id]
-            seqs.append(make_rollout(p["id"], j, prompt, ids, text))
+            seqs.append(make_rollout(p.id, j, prompt, ids, text))
     prompts, completions = [s.prompt_ids for s in seqs], [s.completion_ids for s in seqs]
     with torch.no_grad():
         shared, m1 = completion_logprobs(ctx.model, ctx.tok, prompts, completions, share_prompts=True)
@@ -297,7 +297,7 @@ def test_shared_prompt_forward_and_merged_sampler_are_exact(db, tiny_dir):
 def test_bf16_sampler_tracks_the_policy(db, tiny_dir):
     ctx = training.setup(db, tiny_recipe(tiny_dir, "model.sampler_dtype=bfloat16"), None, None, None,
                          training.NullDisplay())
-    ids = torch.tensor([training.prompt(ctx, ctx.pool[0]["id"])[1]])
+    ids = torch.tensor([training.prompt(ctx, ctx.pool[0].id)[1]])
     sampler = ctx.engine.model
     assert next(sampler.parameters()).dtype == torch.bfloat16
     with torch.no_grad(), autocast_context(ctx.model, ctx.recipe.model.autocast)():
@@ -389,11 +389,11 @@ def test_golden_template_renders_the_answer_as_the_model_would_write_it(db, tiny
     ctx = training.setup(db, tiny_recipe(tiny_dir, f"golden_template={json.dumps(template)}",
                                          "max_new_tokens=120"), None, None, None, training.NullDisplay())
     p = ctx.pool[0]
-    group = [make_rollout(p["id"], j, training.prompt(ctx, p["id"])[1], [5], "x") for j in range(4)]
+    group = [make_rollout(p.id, j, training.prompt(ctx, p.id)[1], [5], "x") for j in range(4)]
     assert groups.go_gold(ctx.recipe, ctx.by_id[group[0].problem_id], group, ctx.tok, None) == "injected"
     ga = group[3]
-    assert ga.completion == f"{p['golden']}\n</think>\n\nFinal: \\boxed{{{p['answer']}}}"
-    assert ga.extracted_answer == p["answer"]
+    assert ga.completion == f"{p.golden}\n</think>\n\nFinal: \\boxed{{{p.answer}}}"
+    assert ga.extracted_answer == p.answer
     assert ctx.tok.decode(ga.completion_ids[:-1]) == ga.completion
 
 
@@ -504,5 +504,5 @@ def test_the_smollm2_gsm8k_recipe_runs_on_tiny_shapes_with_its_own_knobs(db, tin
         assert "<<" not in g["completion"] and "####" not in g["completion"]
         assert g["completion"].endswith(f"The final answer is $\\boxed{{{g['extracted_answer']}}}$.")
     trained = {x["problem_id"] for x in rollouts(db, summary["run_id"])}
-    in_train = {p["id"] for p in store.set_problems(db, "gsm8k-train")[1]}
+    in_train = {p.id for p in store.set_problems(db, "gsm8k-train")[1]}
     assert trained and trained <= in_train

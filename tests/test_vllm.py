@@ -27,6 +27,7 @@ from gcpo_cli.logprobs import completion_logprobs
 from gcpo_cli.model import add_lora, load_base, resolve_model
 from gcpo_cli.prompts import PRESETS
 from gcpo_cli.recipe import LoraConfig, ModelConfig
+from gcpo_cli.records import Problem, Sampling
 
 pytestmark = pytest.mark.vllm
 
@@ -49,18 +50,25 @@ def policy():
     return add_lora(model, LoraConfig(r=16)), tok
 
 
-def test_the_engine_samples_exactly_the_synced_policy(tmp_path, policy):
+@pytest.fixture(scope="module")
+def engine(policy, tmp_path_factory):
+    """One vLLM engine for the tests that sample a synced adapter: each start costs CI ~a minute."""
+    e = engines.VLLMEngine(resolve_model("smollm2-135m"), policy[1], adapter_root=tmp_path_factory.mktemp("adapters"),
+                           lora_r=16, dtype="float32", max_model_len=1024, kv_cache_gib=1)
+    yield e
+    e.close()
+
+
+def test_the_engine_samples_exactly_the_synced_policy(policy, engine):
     pm, tok = policy
     pm.eval()
-    engine = engines.VLLMEngine(resolve_model("smollm2-135m"), tok, adapter_root=tmp_path, lora_r=16,
-                                dtype="float32", max_model_len=1024, kv_cache_gib=1)
     prompts = [PRESETS["boxed"].render(tok, p) for p in PROBLEMS]
     prompt_ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
 
     def greedy_both():
-        ours = engine.generate(prompts, n=1, max_new_tokens=24, temperature=0)
+        ours = engine.generate(prompts, Sampling(n=1, max_new_tokens=24, temperature=0))
         with torch.no_grad():
-            theirs = rollout.generate(pm, tok, prompts, n=1, max_new_tokens=24, temperature=0)
+            theirs = rollout.generate(pm, tok, prompts, Sampling(n=1, max_new_tokens=24, temperature=0))
         return [c[0].token_ids for c in ours], [c[0].token_ids for c in theirs]
 
     perturb(pm, 1)
@@ -71,8 +79,8 @@ def test_the_engine_samples_exactly_the_synced_policy(tmp_path, policy):
 
     # sampled: the reported log-probs are the trainer's (temperature 0.7), and seeds reproduce
     seeds = [f"0:1:{i}" for i in range(len(prompts))]
-    sampled = engine.generate(prompts, n=2, max_new_tokens=24, temperature=0.7, seeds=seeds)
-    again = engine.generate(prompts, n=2, max_new_tokens=24, temperature=0.7, seeds=seeds)
+    sampled = engine.generate(prompts, Sampling(n=2, max_new_tokens=24, temperature=0.7), seeds=seeds)
+    again = engine.generate(prompts, Sampling(n=2, max_new_tokens=24, temperature=0.7), seeds=seeds)
     assert [[c.token_ids for c in cs] for cs in sampled] == [[c.token_ids for c in cs] for cs in again]
     flat = [(prompt_ids[i], c) for i, cs in enumerate(sampled) for c in cs]
     with torch.no_grad():
@@ -92,18 +100,16 @@ def test_the_engine_samples_exactly_the_synced_policy(tmp_path, policy):
     assert greedy_both()[0] == b and engine.version == 2
 
 
-def test_many_seeded_prompts_in_one_call(tmp_path, policy):
+def test_many_seeded_prompts_in_one_call(policy, engine):
     """More prompt tokens than one engine step takes (4,096 on CPU), each request seeded, as
     `gcpo eval --engine vllm` sends a benchmark: vLLM's chunked prefill used to crash the CPU
     engine here (it rewinds a seeded request's generator, which CPU generators cannot)."""
     pm, tok = policy
-    engine = engines.VLLMEngine(resolve_model("smollm2-135m"), tok, adapter_root=tmp_path, lora_r=16,
-                                dtype="float32", max_model_len=1024, kv_cache_gib=1)
-    engine.sync(pm, 0)
+    engine.sync(pm, 3)
     prompts = [PRESETS["boxed"].render(tok, f"Problem {i}. " + "Tom adds 12 apples to 30 pears, then counts. " * 8)
                for i in range(40)]
     assert sum(len(tok(p).input_ids) for p in prompts) > 4096
-    out = engine.generate(prompts, n=1, max_new_tokens=2, temperature=1.0, seeds=[f"s{i}" for i in range(40)])
+    out = engine.generate(prompts, Sampling(n=1, max_new_tokens=2, temperature=1.0), seeds=[f"s{i}" for i in range(40)])
     assert len(out) == 40 and all(len(cs) == 1 and 0 < cs[0].tokens <= 2 for cs in out)
 
 
@@ -117,18 +123,18 @@ def test_eval_of_an_adapter_on_cpu_merges_it_as_the_hf_path_does(tmp_path, polic
     perturb(pm, 3)
     pm.save_pretrained(str(tmp_path / "adapter"))
     monkeypatch.setattr(model, "fast_bf16", lambda device: False)  # fp32 on both paths: exact
-    problems = [{"id": str(i), "text": t} for i, t in enumerate(PROBLEMS)]
+    problems = [Problem(str(i), t, "") for i, t in enumerate(PROBLEMS)]
     p = dict(engine="vllm", max_new_tokens=24, seed=0)
     target = eval_targets.Target("run:x@1", "smollm2-135m", str(tmp_path / "adapter"), "x", 1)
     engine, _ = eval_targets.inference_engine(target, p, PRESETS["boxed"], {"s": problems})
     assert engine.lora_r is None and engine.request is None  # merged: no LoRA request
     assert not list((gcpo_home / "cache").glob(".merged-*"))
-    prompts = [PRESETS["boxed"].render(tok, x["text"]) for x in problems]
-    ours = [c[0].token_ids for c in engine.generate(prompts, n=1, max_new_tokens=24, temperature=0)]
+    prompts = [PRESETS["boxed"].render(tok, x.text) for x in problems]
+    ours = [c[0].token_ids for c in engine.generate(prompts, Sampling(n=1, max_new_tokens=24, temperature=0))]
     merged, _ = model.load_for_inference("smollm2-135m", adapter_dir=tmp_path / "adapter")
-    theirs = [c[0].token_ids for c in rollout.generate(merged, tok, prompts, n=1, max_new_tokens=24, temperature=0)]
+    theirs = [c[0].token_ids for c in rollout.generate(merged, tok, prompts, Sampling(n=1, max_new_tokens=24, temperature=0))]
     base, _ = model.load_for_inference("smollm2-135m")
-    plain = [c[0].token_ids for c in rollout.generate(base, tok, prompts, n=1, max_new_tokens=24, temperature=0)]
+    plain = [c[0].token_ids for c in rollout.generate(base, tok, prompts, Sampling(n=1, max_new_tokens=24, temperature=0))]
     assert ours == theirs and ours != plain
 
 
@@ -183,7 +189,8 @@ def test_a_stale_vllm_policy_cannot_pass(db, monkeypatch):
 def test_eval_of_a_run_through_vllm(db):
     """As a script runs it: its own process, whose stdout must be the JSON alone (vLLM logs to
     stdout unless told otherwise)."""
-    summary = training.train(db, vllm_recipe("steps=1", "eval.holdout=0", "save_every=1"))
+    # trained by the hf engine: what is tested is the evaluation's own vLLM engine
+    summary = training.train(db, vllm_recipe("steps=1", "eval.holdout=0", "save_every=1", "engine=hf"))
     out = subprocess.run([sys.executable, "-m", "gcpo_cli", "eval", "--run", summary["run_id"], "--set",
                           "arithmetic-l2-40", "--limit", "6", "--k", "2", "--temperature", "0.8", "--max-new-tokens",
                           "32", "--engine", "vllm", "--json"], capture_output=True, text=True, timeout=600)

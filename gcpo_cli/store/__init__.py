@@ -23,7 +23,6 @@ from .evaluations import open_evaluation, write_results  # noqa: F401
 from .evaluations import results as evaluation_results  # noqa: F401
 from .evaluations import resolve as resolve_evaluation  # noqa: F401
 from .evaluations import samples as evaluation_samples  # noqa: F401
-from .evaluations import set_problems_with_sources  # noqa: F401
 from .problems import (golden_answers, has_problems, list_problems, list_sets, prior_ingest,  # noqa: F401
                        problem_texts, require_set_name, set_problems, set_sources, stored_answers, verified_golden)
 from .staging import IngestStage  # noqa: F401

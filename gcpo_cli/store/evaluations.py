@@ -149,11 +149,3 @@ def samples(db: Database, evaluation_id: str) -> list[dict]:
         " LEFT JOIN problem_sets ps ON ps.name = e.set_name"
         " LEFT JOIN set_problems sp ON sp.set_id = ps.id AND sp.problem_id = er.problem_id"
         " WHERE er.evaluation_id = ? ORDER BY sp.position, er.problem_id, er.sample_index", [evaluation_id]))
-
-
-def set_problems_with_sources(db: Database, set_id: int) -> list[dict]:
-    """A set's problems {id, source_id, text, answer} in ingest order: what an imported sample's
-    problem id or text is matched against."""
-    return list(db.query("SELECT p.id, sp.source_id, p.text, p.answer FROM set_problems sp"
-                         " JOIN problems p ON p.id = sp.problem_id WHERE sp.set_id = ? ORDER BY sp.position",
-                         [set_id]))

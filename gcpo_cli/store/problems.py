@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlite_utils import Database
 
 from ..recipe import GOLDEN_ORIGINS
+from ..records import Problem
 from ..texts import check_set_name
 from .db import rows_in
 from .golden import ANY, active_golden, coverage
@@ -23,12 +24,17 @@ GROUP BY s.id ORDER BY s.name
 GOLDEN_STATUS = {None: "none", 0: "unverified", 1: "verified"}
 
 
-def set_problems(db: Database, set_ref: str, limit: int | None = None) -> tuple[str, list[dict]]:
-    """(the set's name, its problems {id, text, answer} in ingest order, the first `limit`)."""
+def set_problems(db: Database, set_ref: str, limit: int | None = None,
+                 golden_origin: str | None = None) -> tuple[str, list[Problem]]:
+    """(the set's name, its problems in ingest order, the first `limit`), each with its id in
+    the set's file; with `golden_origin` (any, dataset or teacher) each also carries the verified
+    golden answer of that origin training injects, or None."""
     s = resolve_set(db, set_ref)
-    sql = ("SELECT p.id, p.text, p.answer FROM set_problems sp JOIN problems p ON p.id = sp.problem_id"
+    sql = ("SELECT p.id, p.text, p.answer, sp.source_id FROM set_problems sp JOIN problems p ON p.id = sp.problem_id"
            " WHERE sp.set_id = ? ORDER BY sp.position" + (" LIMIT ?" if limit is not None else ""))
-    return s["name"], list(db.query(sql, [s["id"]] + ([limit] if limit is not None else [])))
+    golden = verified_golden(db, s["name"], golden_origin) if golden_origin else {}
+    return s["name"], [Problem(golden=golden.get(r["id"]), **r)
+                       for r in db.query(sql, [s["id"]] + ([limit] if limit is not None else []))]
 
 
 def has_problems(db: Database, set_name: str) -> bool:
