@@ -79,7 +79,7 @@ def _plot_run(plt, h: dict):
     fig, axes = plt.subplots(len(curves), 1, figsize=(9, 1.9 * len(curves)), sharex=True, squeeze=False,
                              layout="constrained")
     for ax, (key, name) in zip(axes[:, 0], curves):
-        pts = [(s["step"], v) for s in h["steps"] if (v := render.step_value(s, key)) is not None]
+        pts = [(s["step"], v) for s in h["steps"] if (v := s.get(key)) is not None]
         if pts:
             ax.plot(*zip(*pts), lw=1)
         else:

@@ -349,13 +349,6 @@ RUN_CURVES = [("reward_mean", "reward mean"), ("all_wrong_frac", "all-wrong shar
               ("sampler_logp_abs_diff", "sampler |Δ log p|")]
 
 
-def step_value(step: dict, key: str):
-    """A metric of a step row: its column, else its metrics_json (where a metric without a column
-    of its own, such as sampler_logp_abs_diff, lives); None when the step did not record it."""
-    value = step.get(key)
-    return value if value is not None else (step.get("metrics_json") or {}).get(key)
-
-
 def _flatten(d, prefix=""):
     if isinstance(d, dict):
         for k, v in d.items():
@@ -399,14 +392,14 @@ def render_run(console: Console, h: dict, full: bool = False, limit: int = 10) -
 def _curves(console: Console, steps: list[dict], full: bool) -> None:
     w = console.width
     curves = list(RUN_CURVES)
-    if full:  # every metric the steps recorded (its column, or its metrics_json)
-        recorded = dict.fromkeys(k for s in steps for k, v in {**(s.get("metrics_json") or {}), **s}.items()
+    if full:  # every metric the steps recorded
+        recorded = dict.fromkeys(k for s in steps for k, v in s.items()
                                  if isinstance(v, (int, float)) and not isinstance(v, bool))
         curves += [(m, m) for m in recorded if m not in dict(curves) and m not in ("id", "step")]
     label = max(len(name) for _, name in curves) + 1
     rows = []
     for key, name in curves:
-        vals = [step_value(s, key) for s in steps]
+        vals = [s.get(key) for s in steps]  # every recorded metric is at one level (store)
         present = [v for v in vals if v is not None]
         stats = (f"{num(present[0])} -> {num(present[-1])} [{num(min(present))}, {num(max(present))}]"
                  if present else "no data")

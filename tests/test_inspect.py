@@ -286,6 +286,9 @@ def test_run_json(story, runner):
     assert [s["step"] for s in h["steps"]] == list(range(1, 7))
     assert h["steps"][0]["golden_rate"] == round(1 / 3, 4) and h["steps"][2]["golden_rate"] == 0
     assert h["steps"][0]["reward_mean"] == pytest.approx(0.35)  # the trainer's figure wins
+    # every metric a step recorded at one level, whether or not it has a column of its own
+    assert h["steps"][1]["sampler_logp_abs_diff"] == pytest.approx(0.002)
+    assert not any("metrics_json" in s for s in h["steps"])
     ps = h["problems"]
     assert ps["seen"] == 3 and ps["solved_from_start"] == [P2]
     assert [(a["problem_id"], a["graduated_step"]) for a in ps["graduated"]] == [(P1, 3)]

@@ -224,12 +224,14 @@ def run_history(db: Database, run_id: str) -> dict:
 
 
 def _step_rows(db: Database, run_id: str) -> list[dict]:
-    """Returns the trainer's step rows of the run, in step order, metrics decoded."""
+    """Returns the trainer's step rows of the run, in step order, every metric the step recorded
+    at one level: its column, else its metrics_json (where a metric without a column lives)."""
     steps = list(db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY step", [run_id]))
     for s in steps:
         s.pop("id", None)
         s.pop("run_id", None)
-        s["metrics_json"] = _loads(s.get("metrics_json"))
+        extra = _loads(s.pop("metrics_json", None)) or {}
+        s.update({k: v for k, v in extra.items() if s.get(k) is None})
     return steps
 
 
