@@ -384,7 +384,8 @@ def evals_cmd(
 ) -> None:
     """List evaluations, newest first: id, model (a run's checkpoint as run:ID@STEP), set, k,
     prompt preset (golden: a set's golden answers graded; import: another harness's samples),
-    date (UTC), status and mean@k with its standard error.
+    date (UTC), status and mean@k with its standard error. Under 100 columns k and the prompt are
+    left out and the date keeps its day (--json has everything).
 
     Status: running (a process is evaluating it now), completed, interrupted (Ctrl-C or
     SIGTERM), died (it was running when its process was killed); the command that started an
@@ -404,11 +405,10 @@ def evals_cmd(
     if not rows:
         console.print("no evaluations yet: run one with gcpo eval --model smollm2-135m --benchmark gsm8k")
         return
-    t = Table(box=None, pad_edge=False, collapse_padding=True, header_style="bold underline")  # fits 80 columns
-    for col, justify in (("id", "left"), ("model", "left"), ("set", "left"), ("k", "right"), ("prompt", "left"),
-                         ("date", "left"), ("status", "left"), ("n", "right"), ("mean@k", "right")):
-        # ids are what people copy: never squeezed; the model and set names give way first
-        t.add_column(col, no_wrap=True, overflow="ellipsis", justify=justify, min_width=16 if col == "id" else None)
+    # Below 100 columns the k and prompt columns go (--json has them) and the date keeps its day:
+    # what a reader copies or came for (id, status, n, score) is never squeezed.
+    narrow = console.width < 100
+    cells = []
     for r in rows:
         mean = "–" if r.get("mean_at_k") is None else _pct(r["mean_at_k"])
         if r.get("stderr") is not None:
@@ -416,6 +416,19 @@ def evals_cmd(
         done = str(r.get("n_problems") or 0)
         if r["status"] != "completed" and r["problems"]:
             done += f"/{r['problems']}"
-        t.add_row(r["id"], escape(r["model"]), escape(r["set_name"]), str(r["k"] or "–"), escape(r["prompt"]),
-                  (r["created_at"] or "")[:16].replace("T", " "), r["status"], done, mean)
+        cells.append(dict(id=r["id"], model=escape(r["model"]), set=escape(r["set_name"]), k=str(r["k"] or "–"),
+                          prompt=escape(r["prompt"]), date=(r["created_at"] or "")[:10 if narrow else 16].replace("T", " "),
+                          status=r["status"], n=done, **{"mean@k": mean}))
+    shown = [c for c in cells[0] if not (narrow and c in ("k", "prompt"))]
+    width = {c: max(len(c), *(len(x[c]) for x in cells)) for c in shown}
+    # the model and set names share what is left, the model 3/5 of it, each at least 6 wide
+    spare = console.width - sum(w for c, w in width.items() if c not in ("model", "set")) - (len(shown) - 1)
+    width["model"] = min(width["model"], max(6, spare * 3 // 5))
+    width["set"] = min(width["set"], max(6, spare - width["model"]))
+    t = Table(box=None, pad_edge=False, collapse_padding=True, header_style="bold underline")
+    for c in shown:
+        t.add_column(c, no_wrap=True, overflow="ellipsis", justify="right" if c in ("k", "n", "mean@k") else "left",
+                     width=width[c])
+    for x in cells:
+        t.add_row(*(x[c] for c in shown))
     console.print(t)

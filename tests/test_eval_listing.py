@@ -102,3 +102,23 @@ def test_latest_run_everywhere_a_run_is_read(runner, db, sums, two_runs, tmp_pat
     db["runs"].delete_where()
     r = runner.invoke(app, ["inspect", "--run", "latest", "--json"])
     assert r.exit_code == 1 and "no runs recorded yet, so no latest run" in r.output
+
+
+def test_evals_in_80_columns_keeps_the_id_status_and_score_whole(runner, db, sums):
+    """At 80 columns the score was cut to '78.' and the status to 'compl…': what a reader came
+    for. The model and set names give way instead."""
+    for i, status in enumerate(("completed", "interrupted")):
+        db["evaluations"].insert(dict(id=f"01evaluation{i:04d}", model=f"run:01m99fez8q96jmr{i}@20",
+                                      set_name="arithmetic-l2-400", status=status,
+                                      params_json=json.dumps({"k": 1, "prompt": "boxed", "problems": 32}),
+                                      metrics_json=json.dumps({"mean_at_k": 0.78125, "stderr": 0.0742,
+                                                               "n_problems": 32}),
+                                      created_at=f"2026-12-0{i + 1}T00:36:00Z", updated_at="2026-12-08T00:36:00Z"))
+    table = runner.invoke(app, ["evals"], env={"COLUMNS": "80"})
+    assert table.exit_code == 0
+    lines = table.stdout.splitlines()
+    assert lines and all(len(line) <= 80 for line in lines)
+    done = next(line for line in lines if "01evaluation0000" in line)
+    assert "completed" in done and "78.1% ±7.4" in done and "2026-12-01" in done, done
+    cut = next(line for line in lines if "01evaluation0001" in line)  # its score: over the problems it finished
+    assert "interrupted" in cut and "0/32" in cut and "2026-12-02" in cut, cut
