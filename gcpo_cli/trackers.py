@@ -52,9 +52,10 @@ def check(names) -> None:
             raise GcpoError(f"--report-to {name} needs the {name} package: pip install 'gcpo-cli[{name}]'")
 
 
-def numbers(values: dict, prefix: str) -> dict[str, float]:
-    """The finite numbers of `values` as {prefix/key: value}; None, text and NaN are left out."""
-    return {f"{prefix}/{k}": float(v) for k, v in values.items()
+def numbers(values: dict, prefix: str = "") -> dict[str, float]:
+    """The finite numbers of `values` as {prefix/key: value} ({key: value} without a prefix);
+    None, text and NaN are left out."""
+    return {f"{prefix}/{k}" if prefix else k: float(v) for k, v in values.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and k not in NOT_METRICS}
 
 
@@ -77,8 +78,8 @@ class Trackers:
             self.warn(f"warning: {name} tracking stopped ({first}); the database still records every step")
 
     def log(self, step: int, metrics: dict) -> None:
-        values = numbers(metrics, "train")
-        values.update({f"train/{TRL_NAMES[k[6:]]}": v for k, v in values.items() if k[6:] in TRL_NAMES})
+        values = numbers(metrics, "train")  # "train/<metric>"; TRL's names for those it has, too
+        values.update({f"train/{TRL_NAMES[m]}": v for m, v in numbers(metrics).items() if m in TRL_NAMES})
         self._log(step, values)
 
     def log_completions(self, step: int, rows: list[tuple]) -> None:
