@@ -22,6 +22,7 @@ from gcpo_cli.errors import GcpoError
 from gcpo_cli.loss import policy_loss, sampler_mismatch, tis_weights
 from gcpo_cli.model import build_tiny
 from gcpo_cli.records import Problem, Sampling
+from gcpo_cli.resumable import StopFlag
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_a_step_refuses_samples_from_another_policy_version(db, tiny_dir):
     ctx = training.setup(db, exact(tiny_dir), None, None, None, training.NullDisplay())
     ctx.engine.version = 5  # as if the engine were synced to another run's update
     with Grader() as g, pytest.raises(GcpoError, match="policy version 5, not 0"):
-        training.train_step(ctx, 1, g, training.StopFlag())
+        training.train_step(ctx, 1, g, StopFlag())
 
 
 def test_mismatch_and_truncated_importance_weights():

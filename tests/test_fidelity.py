@@ -39,9 +39,9 @@ def batch(ctx, advantages):
         prompt = training.prompt(ctx, p.id)[1]
         for j, text in enumerate(TEXTS):
             ids = ctx.tok(text, add_special_tokens=False).input_ids + [ctx.tok.eos_token_id]
-            out.append(training.Rollout(problem_id=p.id, sample_index=j, prompt_ids=prompt, completion_ids=ids,
-                                        completion=text, extracted_answer=None, truncated=False, reward=0.0,
-                                        correct=False, advantage=advantages[g * 4 + j]))
+            out.append(Rollout(problem_id=p.id, sample_index=j, prompt_ids=prompt, completion_ids=ids,
+                               completion=text, extracted_answer=None, truncated=False, reward=0.0,
+                               correct=False, advantage=advantages[g * 4 + j]))
     return out
 
 

@@ -103,7 +103,7 @@ def test_concurrent_writers_wait_their_turn_and_nothing_is_lost(tiny_dir, gcpo_h
                                    "1", "--db", str(db_path)], env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     procs = [subprocess.Popen(gcpo + ["train", "--recipe", "tiny", "--model", tiny_dir, "--set", "sums", "--steps",
-                                      "3", "-o", "max_new_tokens=8", f"-o", f"seed={seed}", "--db", str(db_path),
+                                      "3", "-o", "max_new_tokens=8", "-o", f"seed={seed}", "--db", str(db_path),
                                       "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for seed in (1, 2)]
     time.sleep(3)

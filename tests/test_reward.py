@@ -17,7 +17,8 @@ from gcpo_cli import groups
 from gcpo_cli import train as training
 from gcpo_cli.grader import Grader, Score
 from gcpo_cli.recipe_load import RecipeError
-from gcpo_cli.records import Problem
+from gcpo_cli.records import Problem, Rollout
+from gcpo_cli.resumable import StopFlag
 
 MODULE = "gcpo_test_rewards"
 REWARDS = textwrap.dedent('''
@@ -185,7 +186,7 @@ def test_a_reward_that_sleeps_forever_is_cut_off_and_the_step_goes_on(db, tiny_d
                          None, None, None, training.NullDisplay())
     with Grader(reward=ctx.recipe.reward, timeout_s=1, seconds_per_item=10) as g:
         t = time.perf_counter()
-        rollouts, m = training.train_step(ctx, 1, g, training.StopFlag())
+        rollouts, m = training.train_step(ctx, 1, g, StopFlag())
         elapsed = time.perf_counter() - t
         assert g.restarts == 0  # the time limit stopped each call; the worker lived on
     finished = [x for x in rollouts if not x.is_golden and not x.truncated]
@@ -205,8 +206,8 @@ def test_going_gold_follows_the_correct_flag_or_a_reward_of_1(db, tiny_dir, word
     def group(g, *texts):  # graded as train.roll_out grades them
         scores = g.scores([(ctx.by_id[pid], t, None, False) for t in texts])
         assert not any(s.failed for s in scores)
-        return [training.Rollout(problem_id=pid, sample_index=j, prompt_ids=prompt, completion_ids=[5], completion=t,
-                                 extracted_answer=None, truncated=False, reward=float(s.reward), correct=bool(s.correct))
+        return [Rollout(problem_id=pid, sample_index=j, prompt_ids=prompt, completion_ids=[5], completion=t,
+                        extracted_answer=None, truncated=False, reward=float(s.reward), correct=bool(s.correct))
                 for j, (t, s) in enumerate(zip(texts, scores))]
 
     with Grader(reward=ctx.recipe.reward) as g:

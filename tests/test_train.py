@@ -16,6 +16,9 @@ from gcpo_cli import train as training
 from gcpo_cli.grader import Grader, Score
 from gcpo_cli.logprobs import completion_logprobs
 from gcpo_cli.model import autocast_context, build_tiny
+from gcpo_cli import curriculum
+from gcpo_cli.records import Rollout
+from gcpo_cli.resumable import StopFlag
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +32,8 @@ def tiny_recipe(tiny_dir, *overrides):
 
 
 def make_rollout(pid, j, prompt, ids, text, extracted=None, reward=0.0, correct=False):
-    return training.Rollout(problem_id=pid, sample_index=j, prompt_ids=prompt, completion_ids=ids, completion=text,
-                            extracted_answer=extracted, truncated=False, reward=reward, correct=correct)
+    return Rollout(problem_id=pid, sample_index=j, prompt_ids=prompt, completion_ids=ids, completion=text,
+                   extracted_answer=extracted, truncated=False, reward=reward, correct=correct)
 
 
 def rollouts(db, run_id):
@@ -128,7 +131,7 @@ def test_all_correct_groups_are_skipped_from_the_loss(db, tiny_dir):
 def test_dapo_dynamic_sampling_refills_the_batch_with_mixed_groups(db, tiny_dir, monkeypatch):
     r = tiny_recipe(tiny_dir, "algorithm=dapo", "steps=1")
     ctx = training.setup(db, r, None, None, None, training.NullDisplay())
-    first = set(training.curriculum.uniform([p.id for p in ctx.pool], 0, r.generation.problems_per_step, r.seed))
+    first = set(curriculum.uniform([p.id for p in ctx.pool], 0, r.generation.problems_per_step, r.seed))
 
     def fake_scores(grader, items):  # the first batch is all wrong, any other problem mixed (sample 0 right)
         G = r.generation.samples_per_problem
@@ -136,7 +139,7 @@ def test_dapo_dynamic_sampling_refills_the_batch_with_mixed_groups(db, tiny_dir,
 
     monkeypatch.setattr(Grader, "scores", fake_scores)
     with Grader() as g:
-        seqs, m = training.train_step(ctx, 1, g, training.StopFlag())
+        seqs, m = training.train_step(ctx, 1, g, StopFlag())
     assert m.groups == 4 and m.groups_in_loss == 2  # two dropped, two refilled
     assert m.golden_injections == 0  # DAPO has no golden answers
     assert len({s.problem_id for s in seqs}) == 4 and len(seqs) == 16
@@ -168,7 +171,7 @@ def test_nf4_base_with_bf16_compute_and_gradient_checkpointing_trains_lora_on_cp
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in ctx.model.modules())
     lora0 = _lora_state(ctx.model)
     with Grader() as g:
-        _, m = training.train_step(ctx, 1, g, training.StopFlag())
+        _, m = training.train_step(ctx, 1, g, StopFlag())
     assert m.golden_injections >= 1 and m.update.grad_norm > 0 and m.update.optimizer_updates == 2
     assert any(not torch.equal(lora0[k], v) for k, v in _lora_state(ctx.model).items())
 
@@ -309,7 +312,7 @@ def test_bf16_sampler_tracks_the_policy(db, tiny_dir):
 def test_golden_answer_longer_than_the_limit_is_not_injected(db, tiny_dir):
     ctx = training.setup(db, tiny_recipe(tiny_dir, "max_new_tokens=10"), None, None, None, training.NullDisplay())
     with Grader() as g:
-        seqs, m = training.train_step(ctx, 1, g, training.StopFlag())
+        seqs, m = training.train_step(ctx, 1, g, StopFlag())
     # counted, not injected: the all-wrong groups stay without contrast
     assert m.golden_too_long == 2 and m.golden_injections == 0 and not [s for s in seqs if s.is_golden]
     assert m.sequences_in_loss == 0
@@ -439,7 +442,7 @@ def test_an_nf4_qwen2_policy_trains_after_sampling_on_cpu(db, tmp_path):
     assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
     lora0 = _lora_state(ctx.model)
     with Grader() as g:
-        _, m = training.train_step(ctx, 1, g, training.StopFlag())  # samples, then updates
+        _, m = training.train_step(ctx, 1, g, StopFlag())  # samples, then updates
     assert m.golden_injections >= 1 and m.update.grad_norm > 0
     assert all(not torch.equal(lora0[k], v) for k, v in _lora_state(ctx.model).items() if "lora_B" in k)
 
