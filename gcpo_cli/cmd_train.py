@@ -162,7 +162,7 @@ def train_cmd(
       torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 \\
           -m gcpo_cli train --recipe 1.5b-qlora -s math-train
     """
-    from . import distributed, trackers
+    from . import distributed
     from . import recipe_load as recipes
     from .model import check_model
 

@@ -261,7 +261,7 @@ def _held_out_md(d: dict) -> str:
     if h["before"] and h["after"] and None not in (h["before"]["mean_at_k"], h["after"]["mean_at_k"]):
         rows.append(f"| gain | | | {(h['after']['mean_at_k'] - h['before']['mean_at_k']) * 100:+.1f} pts |")
     return ("## Held-out accuracy\n\nProblems of the training set held out from training "
-            f"(`eval.holdout`), graded before and after.\n\n| when | step | n | mean@k |\n|---|---:|---:|---:|\n"
+            "(`eval.holdout`), graded before and after.\n\n| when | step | n | mean@k |\n|---|---:|---:|---:|\n"
             + "\n".join(rows))
 
 
